@@ -1,0 +1,18 @@
+"""The family-agnostic EM engine: chunk kernels, tree reduction, and the loop."""
+
+from dask_em.engine.estep import MixtureState, estep_block, m_step, score_block
+from dask_em.engine.loop import EMResult, run_em
+from dask_em.engine.passes import add_stats, run_pass, split_every_default, tree_pass
+
+__all__ = [
+    "EMResult",
+    "MixtureState",
+    "add_stats",
+    "estep_block",
+    "m_step",
+    "run_em",
+    "run_pass",
+    "score_block",
+    "split_every_default",
+    "tree_pass",
+]

@@ -1,0 +1,148 @@
+"""The E-step chunk kernel and the mixture-level pieces (weights, responsibilities).
+
+Everything here is NumPy on one row block and works for any :class:`Family`.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dask_em._math import as_float64, logsumexp
+
+_NK_EPS = 10 * np.finfo(np.float64).eps
+
+
+@dataclass
+class MixtureState:
+    """Parameters of one mixture: mixing ``weights`` (K,) and the family's ``params``."""
+
+    weights: np.ndarray
+    params: dict = field(default_factory=dict)
+
+
+def valid_rows(X, w=None):
+    """Mask of the rows that enter a fit, and the counts of those left out.
+
+    Rows with any NaN or infinite value are left out; so are rows whose sample
+    weight is zero. Negative or non-finite weights are counted, not used.
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (n,)
+    n_nonfinite : int
+    n_bad_weight : int
+    """
+    mask = np.isfinite(X).all(axis=1)
+    n_nonfinite = int(mask.size - np.count_nonzero(mask))
+    n_bad_weight = 0
+    if w is not None:
+        bad_w = ~np.isfinite(w) | (w < 0)
+        n_bad_weight = int(np.count_nonzero(bad_w))
+        mask &= ~bad_w & (w > 0)
+    return mask, n_nonfinite, n_bad_weight
+
+
+def weighted_log_prob(X, family, state):
+    """``log pi_k + log p(x | theta_k)`` (n, K); hard families ignore the weights."""
+    lp = family.log_prob(X, state.params)
+    if not family.hard:
+        lp += np.log(state.weights)
+    return lp
+
+
+def responsibilities(wlp, hard):
+    """Responsibilities (n, K) and per-row log-likelihood (n,) from weighted log-probs.
+
+    For hard families the responsibilities are one-hot at the best component and
+    the "log-likelihood" is the best weighted log-prob (minus the squared distance
+    for K-means).
+    """
+    if hard:
+        labels = np.argmax(wlp, axis=1)
+        rows = np.arange(wlp.shape[0])
+        resp = np.zeros_like(wlp)
+        resp[rows, labels] = 1.0
+        return resp, wlp[rows, labels]
+    lse = logsumexp(wlp, axis=1)
+    return np.exp(wlp - lse[:, None]), lse
+
+
+def estep_block(X, w, payload, index):
+    """E-step on one row block for several mixtures at once (shared data, one read).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D)
+    w : ndarray of shape (n,) or None
+        Sample weights.
+    payload : tuple (family, list of MixtureState)
+    index : int
+        Position of the block (unused; part of the kernel signature).
+
+    Returns
+    -------
+    list of dict
+        Per mixture: the family's statistics plus ``nk`` (K,), ``loglik`` (weighted
+        sum of per-row log-likelihoods), ``weight`` (sum of sample weights),
+        ``n_rows``, ``n_nonfinite``, ``n_bad_weight``.
+    """
+    family, states = payload
+    mask, n_nonfinite, n_bad_weight = valid_rows(X, w)
+    Xf = as_float64(X[mask] if not mask.all() else X)
+    wf = None if w is None else as_float64(w[mask] if not mask.all() else w)
+    out = []
+    for state in states:
+        resp, row_ll = responsibilities(weighted_log_prob(Xf, family, state), family.hard)
+        if wf is not None:
+            resp *= wf[:, None]
+            row_ll = row_ll * wf
+        stats = family.suff_stats(Xf, resp, state.params)
+        stats["nk"] = resp.sum(axis=0)
+        stats["loglik"] = float(row_ll.sum())
+        stats["weight"] = float(Xf.shape[0] if wf is None else wf.sum())
+        stats["n_rows"] = int(Xf.shape[0])
+        stats["n_nonfinite"] = n_nonfinite
+        stats["n_bad_weight"] = n_bad_weight
+        out.append(stats)
+    return out
+
+
+def m_step(family, stats, state, options):
+    """New :class:`MixtureState` from summed statistics: weights here, the rest by the family."""
+    nk = stats["nk"] + _NK_EPS
+    weights = nk / nk.sum()
+    params = family.m_step(stats, state.params, **options)
+    return MixtureState(weights=weights, params=params)
+
+
+def score_block(X, payload):
+    """Per-row results for predict / predict_proba / score_samples on one block.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D)
+    payload : tuple (family, MixtureState, what)
+        ``what`` is ``"labels"`` (n,), ``"proba"`` (n, K), ``"score"`` (n,) or
+        ``"log_proba"`` (n, K).
+
+    Raises
+    ------
+    ValueError
+        If the block holds NaN or infinite values (the message counts them).
+    """
+    family, state, what = payload
+    mask = np.isfinite(X).all(axis=1)
+    if not mask.all():
+        raise ValueError(
+            f"X contains {int(mask.size - mask.sum())} rows with NaN or infinite values "
+            f"in a block of {mask.size} rows; remove or impute them before predicting."
+        )
+    wlp = weighted_log_prob(as_float64(X), family, state)
+    if what == "labels":
+        return np.argmax(wlp, axis=1)
+    resp, row_ll = responsibilities(wlp, family.hard)
+    if what == "score":
+        return row_ll
+    if what == "proba":
+        return resp
+    return wlp - row_ll[:, None]

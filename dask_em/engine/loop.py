@@ -1,0 +1,137 @@
+"""The EM loop: one pass and one ``dask.compute`` per iteration, for one or many mixtures.
+
+Several mixtures (``n_init`` restarts) advance in lock-step and share each pass over
+the data; a mixture that has converged drops out of later passes.
+"""
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from dask_em.engine.estep import MixtureState, estep_block, m_step
+from dask_em.engine.passes import run_pass
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EMResult:
+    """Outcome of EM for one starting point.
+
+    Attributes
+    ----------
+    state : MixtureState
+        Parameters after the last M-step.
+    converged : bool
+        Whether the change of the mean log-likelihood fell below ``tol``.
+    n_iter : int
+        Number of EM iterations (passes) run for this mixture.
+    lower_bound : float
+        Mean log-likelihood per (weighted) row at the start of the last iteration,
+        as scikit-learn's ``lower_bound_``; ``-inf`` if no iteration ran.
+    history : list of dict
+        Per iteration: ``iteration``, ``mean_loglik``, ``change``, ``seconds``.
+    last_stats : dict or None
+        Summed statistics of the last pass (row counts among them).
+    """
+
+    state: MixtureState
+    converged: bool = False
+    n_iter: int = 0
+    lower_bound: float = -math.inf
+    history: list = field(default_factory=list)
+    last_stats: dict = None
+
+
+def run_em(
+    X,
+    family,
+    inits,
+    *,
+    tol,
+    max_iter,
+    options=None,
+    sample_weight=None,
+    split_every=None,
+    check=None,
+    callback=None,
+):
+    """Run EM from each starting state until convergence or ``max_iter``.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (N, D)
+        Row-chunked data.
+    family : Family
+    inits : list of MixtureState
+        Starting points; all advance together, one pass per iteration.
+    tol : float
+        Convergence threshold on the change of the mean log-likelihood per row.
+    max_iter : int
+        Maximum number of iterations (passes).
+    options : dict, optional
+        Keyword arguments for ``family.m_step`` (e.g. ``reg_covar``).
+    sample_weight : dask.array.Array of shape (N,), optional
+    split_every : int, optional
+        Fan-in of the tree reduction.
+    check : callable, optional
+        ``check(stats)`` is called with the summed statistics of every pass before
+        the M-step; it raises to stop the fit (non-finite rows, too few rows).
+    callback : callable, optional
+        ``callback(iteration, results)`` after every iteration (progress, checkpoints).
+
+    Returns
+    -------
+    list of EMResult
+        One per starting state, in the same order.
+    """
+    options = options or {}
+    results = [EMResult(state=s) for s in inits]
+    active = list(range(len(results)))
+    tag = len(results) > 1
+    for iteration in range(1, max_iter + 1):
+        start = time.perf_counter()
+        payload = (family, [results[i].state for i in active])
+        stats_list = run_pass(
+            X,
+            estep_block,
+            payload,
+            name=f"estep-{family.name}",
+            extra=sample_weight,
+            split_every=split_every,
+        )
+        if check is not None:
+            check(stats_list[0])
+        seconds = time.perf_counter() - start
+        still_active = []
+        for i, stats in zip(active, stats_list):
+            res = results[i]
+            mean_ll = stats["loglik"] / stats["weight"]
+            change = mean_ll - res.lower_bound
+            res.state = m_step(family, stats, res.state, options)
+            res.lower_bound = mean_ll
+            res.n_iter = iteration
+            res.last_stats = stats
+            res.history.append(
+                {"iteration": iteration, "mean_loglik": mean_ll, "change": change, "seconds": seconds}
+            )
+            logger.info(
+                "%siteration %d: mean log-likelihood %.8g, change %.3g, %.3f s",
+                f"init {i}: " if tag else "",
+                iteration,
+                mean_ll,
+                change,
+                seconds,
+            )
+            if abs(change) < tol:
+                res.converged = True
+                logger.info("%sconverged after %d iterations", f"init {i}: " if tag else "", iteration)
+            else:
+                still_active.append(i)
+        if callback is not None:
+            callback(iteration, results)
+        active = still_active
+        if not active:
+            break
+    return results

@@ -1,0 +1,96 @@
+"""One pass over a row-chunked dask array: a kernel per chunk and a tree of combines.
+
+This is the map-reduce skeleton every E-step and every initialisation pass uses.
+It builds the graph only; the caller runs one ``dask.compute`` per pass.
+"""
+
+import dask
+import numpy as np
+from dask.base import tokenize
+from dask.delayed import delayed
+
+DEFAULT_SPLIT_EVERY = 8
+
+
+def split_every_default():
+    """Fan-in of the tree reduction: ``dask.config`` key ``dask_em.split_every`` (8)."""
+    value = dask.config.get("dask_em.split_every", DEFAULT_SPLIT_EVERY)
+    if not isinstance(value, (int, np.integer)) or value < 2:
+        raise ValueError(
+            f"dask_em.split_every must be an int >= 2, got {value!r}; "
+            f"set it with dask.config.set({{'dask_em.split_every': 8}})."
+        )
+    return int(value)
+
+
+def add_stats(parts):
+    """Key-wise sum of statistics dicts (or of lists of such dicts, element-wise).
+
+    Parameters
+    ----------
+    parts : list of dict, or list of list of dict
+        Statistics from several row blocks, all with the same keys and shapes.
+    """
+    first = parts[0]
+    if isinstance(first, list):
+        return [add_stats([p[i] for p in parts]) for i in range(len(first))]
+    return {key: sum(p[key] for p in parts[1:]) + first[key] for key in first}
+
+
+def tree_pass(X, kernel, payload, *, name, combine=add_stats, extra=None, split_every=None):
+    """Lazily map ``kernel`` over the row blocks of ``X`` and tree-combine the results.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (N, D)
+        Row-chunked: exactly one chunk along axis 1.
+    kernel : callable
+        ``kernel(block, extra_block, payload, block_index) -> partial result``.
+        ``block`` is an ndarray (n_i, D); ``extra_block`` the matching block of
+        ``extra`` or ``None``.
+    payload : object
+        Small, picklable arguments (parameters). Shipped once per pass as one
+        graph key, not embedded in every task.
+    name : str
+        Prefix of the task names shown in the dashboard, e.g. ``estep-gaussian-full``.
+    combine : callable
+        ``combine(list_of_partials) -> partial``; associative. Key-wise sum by default.
+    extra : dask.array.Array of shape (N,), optional
+        A per-row array chunked like the rows of ``X`` (sample weights).
+    split_every : int, optional
+        Fan-in of the reduction tree; defaults to :func:`split_every_default`.
+
+    Returns
+    -------
+    dask.delayed.Delayed
+        The combined result of the whole pass; compute it once.
+    """
+    split_every = split_every or split_every_default()
+    blocks = X.to_delayed().ravel()
+    extras = [None] * len(blocks)
+    if extra is not None:
+        extras = list(extra.rechunk((X.chunks[0],)).to_delayed().ravel())
+    token = tokenize(X, extra, kernel, payload, combine, split_every)
+    payload_d = delayed(payload, name=f"{name}-params-{token}", traverse=False)
+    kernel_d = delayed(kernel, pure=True)
+    level = [
+        kernel_d(block, ext, payload_d, i, dask_key_name=(f"{name}-{token}", i))
+        for i, (block, ext) in enumerate(zip(blocks, extras))
+    ]
+    combine_d = delayed(combine, pure=True)
+    depth = 0
+    while len(level) > 1:
+        level = [
+            combine_d(level[j : j + split_every], dask_key_name=(f"{name}-combine-{token}", depth, j))
+            for j in range(0, len(level), split_every)
+        ]
+        depth += 1
+    if depth == 0:  # a single block still goes through combine once, for a uniform result
+        level = [combine_d(level, dask_key_name=(f"{name}-combine-{token}", 0, 0))]
+    return level[0]
+
+
+def run_pass(X, kernel, payload, **kwargs):
+    """Build and compute one pass (one ``dask.compute``); see :func:`tree_pass`."""
+    (result,) = dask.compute(tree_pass(X, kernel, payload, **kwargs))
+    return result

@@ -1,0 +1,13 @@
+"""Warnings and exceptions raised by dask-em."""
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a method that needs a fitted model is called before ``fit``.
+
+    Inherits from both ``ValueError`` and ``AttributeError``, as scikit-learn's
+    ``NotFittedError`` does, so existing ``except`` clauses keep working.
+    """
+
+
+class ConvergenceWarning(UserWarning):
+    """Raised when EM stops at ``max_iter`` before the change fell below ``tol``."""

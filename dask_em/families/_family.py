@@ -1,0 +1,47 @@
+"""The contract every mixture-component family fulfils.
+
+A family is a bundle of pure NumPy functions over a parameter dict. It never imports
+dask, keeps no state, and knows nothing of mixing weights: the engine owns those.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Family:
+    """The pure functions that define one kind of mixture component.
+
+    Attributes
+    ----------
+    name : str
+        Registry name, also used in dask task names (``estep-<name>``).
+    log_prob : callable
+        ``log_prob(X, params) -> ndarray (n, K)``: log-density of each row of
+        ``X`` (float64, shape (n, D)) under each component.
+    suff_stats : callable
+        ``suff_stats(X, resp, params) -> dict``: sums over the rows of ``X``
+        weighted by ``resp`` (shape (n, K)). Sizes depend on K and D, never on n,
+        and statistics of two row blocks add key-wise. ``params`` are the current
+        parameters (they may serve as a shift reference, e.g. Gaussian means).
+    m_step : callable
+        ``m_step(stats, params, **options) -> dict``: new component parameters
+        from summed statistics; ``stats["nk"]`` holds the summed responsibilities.
+    n_parameters : callable
+        ``n_parameters(params) -> int``: free parameters of the components
+        (the engine adds ``K - 1`` for the mixing weights).
+    sample : callable
+        ``sample(params, counts, rng) -> ndarray (sum(counts), D)``: ``counts[k]``
+        draws from component ``k``, in component order.
+    hard : bool
+        Hard-assignment EM (K-means): responsibilities are one-hot at the best
+        component, and mixing weights do not enter the assignment.
+    """
+
+    name: str
+    log_prob: Callable
+    suff_stats: Callable
+    m_step: Callable
+    n_parameters: Callable
+    sample: Callable
+    hard: bool = False
