@@ -249,6 +249,8 @@ def kmeans_parallel(X, n_clusters, seeds, *, check=None, split_every=None):
         tol=1e-4 * max(phis) / max(n_rows, 1),
         max_iter=LLOYD_MAX_ITER,
         split_every=split_every,
+        label="k-means init: ",
+        log_level=logging.DEBUG,
     )
     return [r.state.params["means"] for r in lloyd]
 

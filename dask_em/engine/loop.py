@@ -56,6 +56,8 @@ def run_em(
     split_every=None,
     check=None,
     callback=None,
+    label="",
+    log_level=logging.INFO,
 ):
     """Run EM from each starting state until convergence or ``max_iter``.
 
@@ -80,6 +82,10 @@ def run_em(
         the M-step; it raises to stop the fit (non-finite rows, too few rows).
     callback : callable, optional
         ``callback(iteration, results)`` after every iteration (progress, checkpoints).
+    label : str, optional
+        Prefix of the log lines (e.g. ``"k-means init: "``).
+    log_level : int, optional
+        Level of the per-iteration log lines (INFO by default).
 
     Returns
     -------
@@ -89,7 +95,10 @@ def run_em(
     options = options or {}
     results = [EMResult(state=s) for s in inits]
     active = list(range(len(results)))
-    tag = len(results) > 1
+
+    def prefix(i):
+        return label + (f"init {i}: " if len(results) > 1 else "")
+
     for iteration in range(1, max_iter + 1):
         start = time.perf_counter()
         payload = (family, [results[i].state for i in active])
@@ -116,9 +125,10 @@ def run_em(
             res.history.append(
                 {"iteration": iteration, "mean_loglik": mean_ll, "change": change, "seconds": seconds}
             )
-            logger.info(
+            logger.log(
+                log_level,
                 "%siteration %d: mean log-likelihood %.8g, change %.3g, %.3f s",
-                f"init {i}: " if tag else "",
+                prefix(i),
                 iteration,
                 mean_ll,
                 change,
@@ -126,7 +136,7 @@ def run_em(
             )
             if abs(change) < tol:
                 res.converged = True
-                logger.info("%sconverged after %d iterations", f"init {i}: " if tag else "", iteration)
+                logger.log(log_level, "%sconverged after %d iterations", prefix(i), iteration)
             else:
                 still_active.append(i)
         if callback is not None:

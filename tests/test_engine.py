@@ -1,0 +1,153 @@
+"""The engine: one compute per iteration, tree reductions, task names, schedulers."""
+
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from dask.callbacks import Callback
+from dask.utils import key_split
+
+from dask_em import GaussianMixture
+from dask_em.engine import MixtureState, add_stats, estep_block, tree_pass
+from dask_em.families import get_family
+from dask_em.initialization import KMEANS_PARALLEL_ROUNDS, LLOYD_MAX_ITER
+from tests.conftest import make_blobs
+
+
+class CountComputes(Callback):
+    """Counts calls into the (local) scheduler: one per dask.compute."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def _start(self, dsk):
+        self.count += 1
+
+
+def _given_init(X, K=3):
+    rng = np.random.default_rng(0)
+    means = X[rng.choice(len(X), K, replace=False)]
+    return dict(
+        weights_init=np.full(K, 1.0 / K),
+        means_init=means,
+        precisions_init=np.repeat(np.eye(X.shape[1])[None], K, axis=0),
+    )
+
+
+def test_one_compute_per_iteration():
+    Xn = make_blobs()
+    X = da.from_array(Xn, chunks=(500, -1))
+    init = _given_init(Xn)
+    with CountComputes() as counter, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        GaussianMixture(3, tol=0, max_iter=7, **init).fit(X)
+    assert counter.count == 7
+
+
+@pytest.mark.parametrize(
+    "init_params, passes",
+    [("random", 2), ("random_from_data", 2), ("k-means++", 2)],
+)
+def test_initialisation_costs_documented_passes(init_params, passes):
+    X = da.from_array(make_blobs(), chunks=(500, -1))
+    with CountComputes() as counter, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        GaussianMixture(3, tol=0, max_iter=4, n_init=3, init_params=init_params, random_state=0).fit(X)
+    assert counter.count == passes + 4  # n_init=3 shares every pass
+
+
+def test_kmeans_init_pass_budget():
+    X = da.from_array(make_blobs(), chunks=(500, -1))
+    with CountComputes() as counter, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        GaussianMixture(3, tol=0, max_iter=1, n_init=2, random_state=0).fit(X)
+    # seed + rounds + candidate weights + <= Lloyd passes + assignment, then one EM pass
+    assert KMEANS_PARALLEL_ROUNDS + 4 <= counter.count <= KMEANS_PARALLEL_ROUNDS + LLOYD_MAX_ITER + 4
+
+
+def test_split_every_does_not_change_the_result():
+    Xn = make_blobs(seed=7)
+    X = da.from_array(Xn, chunks=(97, -1))  # 31 blocks: several tree levels
+    init = _given_init(Xn)
+    fits = []
+    for split_every in (2, 3, 16):
+        with dask.config.set({"dask_em.split_every": split_every}), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fits.append(GaussianMixture(3, tol=0, max_iter=10, **init).fit(X))
+    for gm in fits[1:]:
+        np.testing.assert_allclose(gm.means_, fits[0].means_, rtol=1e-12)
+        np.testing.assert_allclose(gm.covariances_, fits[0].covariances_, rtol=1e-11)
+
+
+def test_bad_split_every_is_explained():
+    X = da.from_array(make_blobs(), chunks=(500, -1))
+    with dask.config.set({"dask_em.split_every": 1}), pytest.raises(ValueError, match="split_every"):
+        GaussianMixture(3, **_given_init(X.compute())).fit(X)
+
+
+def test_pass_graph_has_readable_deterministic_names():
+    X = da.from_array(make_blobs(), chunks=(250, -1))
+    fam = get_family("gaussian-diag")
+    state = MixtureState(np.full(2, 0.5), {"means": np.zeros((2, 4)), "precisions_cholesky": np.ones((2, 4))})
+    a = tree_pass(X, estep_block, (fam, [state]), name="estep-gaussian-diag", split_every=4)
+    b = tree_pass(X, estep_block, (fam, [state]), name="estep-gaussian-diag", split_every=4)
+    assert a.key == b.key
+    groups = {key_split(k) for k in a.dask.keys()}
+    assert {"estep-gaussian-diag", "estep-gaussian-diag-combine"} <= groups
+    n_estep = sum(key_split(k) == "estep-gaussian-diag" for k in a.dask.keys())
+    assert n_estep == X.numblocks[0]
+    # the parameters are one key in the graph, not copied into every task
+    assert sum(key_split(k) == "estep-gaussian-diag-params" for k in a.dask.keys()) == 1
+
+
+def test_estep_statistics_add_over_blocks():
+    X = make_blobs(seed=8)
+    fam = get_family("gaussian-full")
+    init = _given_init(X)
+    from dask_em.families.gaussian import cholesky_from_precisions
+
+    state = MixtureState(
+        init["weights_init"],
+        {"means": init["means_init"], "precisions_cholesky": cholesky_from_precisions(init["precisions_init"], "full")},
+    )
+    whole = estep_block(X, None, (fam, [state]), 0)
+    parts = add_stats([estep_block(X[:1234], None, (fam, [state]), 0), estep_block(X[1234:], None, (fam, [state]), 1)])
+    for key in whole[0]:
+        np.testing.assert_allclose(parts[0][key], whole[0][key], rtol=1e-12)
+
+
+@pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
+def test_mean_loglik_never_decreases(cov_type):
+    X = da.from_array(make_blobs(n=2000, seed=9, spread=2.0), chunks=(300, -1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm = GaussianMixture(4, covariance_type=cov_type, tol=0, max_iter=40, init_params="random", random_state=1).fit(X)
+    lb = np.array(gm.lower_bounds_)
+    assert len(lb) == 40
+    assert np.all(np.diff(lb) >= -1e-9 * np.abs(lb[1:]))
+    assert lb[-1] > lb[0]
+
+
+def test_threaded_and_distributed_give_the_same_fit(cluster_client):
+    Xn = make_blobs(seed=10)
+    X = da.from_array(Xn, chunks=(400, -1))
+    kw = dict(n_components=3, covariance_type="full", tol=0, max_iter=8, n_init=2, random_state=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with dask.config.set(scheduler="threads"):
+            local = GaussianMixture(**kw).fit(X)
+        distributed = GaussianMixture(**kw).fit(X)  # the client is the default scheduler
+    assert cluster_client.status == "running"
+    np.testing.assert_allclose(distributed.weights_, local.weights_, rtol=1e-12)
+    np.testing.assert_allclose(distributed.means_, local.means_, rtol=1e-12)
+    np.testing.assert_allclose(distributed.covariances_, local.covariances_, rtol=1e-12)
+    labels = distributed.predict(X).compute()
+    np.testing.assert_array_equal(labels, local.predict(Xn))
+    # NumPy input is shipped to the workers once and fitted there too
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from_numpy = GaussianMixture(**kw).fit(Xn)
+    assert from_numpy.lower_bound_ == pytest.approx(local.lower_bound_, rel=1e-3)
