@@ -95,7 +95,8 @@ def test_scores_equal_sklearn(cov_type):
     assert gm._n_parameters() == sk._n_parameters()
 
 
-def test_float32_input_accumulates_in_float64():
+def test_float32_input_within_1e4_of_float64():
+    """float32 data are processed in float32 and summed in float64."""
     X = make_blobs(seed=4).astype(np.float32)
     init = _start(X.astype(np.float64), "full")
     kw = dict(covariance_type="full", tol=0, max_iter=10, **init)
@@ -104,8 +105,9 @@ def test_float32_input_accumulates_in_float64():
         g32 = GaussianMixture(3, **kw).fit(da.from_array(X, chunks=(400, -1)))
         g64 = GaussianMixture(3, **kw).fit(X.astype(np.float64))
     assert g32.means_.dtype == np.float64 and g32.covariances_.dtype == np.float64
-    np.testing.assert_allclose(g32.means_, g64.means_, rtol=1e-12)
-    np.testing.assert_allclose(g32.covariances_, g64.covariances_, rtol=1e-12)
+    np.testing.assert_allclose(g32.means_, g64.means_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(g32.covariances_, g64.covariances_, rtol=1e-4, atol=1e-6)
+    assert g32.lower_bound_ == pytest.approx(g64.lower_bound_, rel=1e-6)
 
 
 def test_default_kmeans_init_reaches_sklearns_optimum():

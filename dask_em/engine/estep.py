@@ -11,6 +11,9 @@ from dask_em._math import as_float64, logsumexp
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
+#: Rows processed at once inside a block: keeps the (rows, K, D) work arrays in cache.
+SLAB_ROWS = 8192
+
 
 @dataclass
 class MixtureState:
@@ -42,9 +45,9 @@ def valid_rows(X, w=None):
     return mask, n_nonfinite, n_bad_weight
 
 
-def weighted_log_prob(X, family, state):
+def weighted_log_prob(X, family, state, **kwargs):
     """``log pi_k + log p(x | theta_k)`` (n, K); hard families ignore the weights."""
-    lp = family.log_prob(X, state.params)
+    lp = family.log_prob(X, state.params, **kwargs)
     if not family.hard:
         lp += np.log(state.weights)
     return lp
@@ -67,8 +70,31 @@ def responsibilities(wlp, hard):
     return np.exp(wlp - lse[:, None]), lse
 
 
+def _as_compute_dtype(X, family):
+    if family.keeps_float32 and X.dtype == np.float32:
+        return np.ascontiguousarray(X)
+    return as_float64(X)
+
+
+def _estep_slab(X, w, family, state):
+    """Statistics of one slab of valid rows under one mixture (see :func:`estep_block`)."""
+    cache = {} if family.caches else None
+    kw = {} if cache is None else {"cache": cache}
+    resp, row_ll = responsibilities(weighted_log_prob(X, family, state, **kw), family.hard)
+    if w is not None:
+        resp *= w[:, None]
+        row_ll = row_ll * w
+    stats = family.suff_stats(X, resp, state.params, **kw)
+    stats["nk"] = resp.sum(axis=0)
+    stats["loglik"] = float(row_ll.sum())
+    return stats
+
+
 def estep_block(X, w, payload, index):
     """E-step on one row block for several mixtures at once (shared data, one read).
+
+    The block is processed in slabs of :data:`SLAB_ROWS` rows so that per-row work
+    arrays stay small; statistics are summed over slabs in float64.
 
     Parameters
     ----------
@@ -88,19 +114,21 @@ def estep_block(X, w, payload, index):
     """
     family, states = payload
     mask, n_nonfinite, n_bad_weight = valid_rows(X, w)
-    Xf = as_float64(X[mask] if not mask.all() else X)
-    wf = None if w is None else as_float64(w[mask] if not mask.all() else w)
+    if not mask.all():
+        X = X[mask]
+        w = None if w is None else w[mask]
+    X = _as_compute_dtype(X, family)
+    w = None if w is None else as_float64(w)
+    n = X.shape[0]
     out = []
     for state in states:
-        resp, row_ll = responsibilities(weighted_log_prob(Xf, family, state), family.hard)
-        if wf is not None:
-            resp *= wf[:, None]
-            row_ll = row_ll * wf
-        stats = family.suff_stats(Xf, resp, state.params)
-        stats["nk"] = resp.sum(axis=0)
-        stats["loglik"] = float(row_ll.sum())
-        stats["weight"] = float(Xf.shape[0] if wf is None else wf.sum())
-        stats["n_rows"] = int(Xf.shape[0])
+        slabs = [
+            _estep_slab(X[i : i + SLAB_ROWS], None if w is None else w[i : i + SLAB_ROWS], family, state)
+            for i in range(0, max(n, 1), SLAB_ROWS)
+        ]
+        stats = slabs[0] if len(slabs) == 1 else {k: sum(s[k] for s in slabs) for k in slabs[0]}
+        stats["weight"] = float(n if w is None else w.sum())
+        stats["n_rows"] = int(n)
         stats["n_nonfinite"] = n_nonfinite
         stats["n_bad_weight"] = n_bad_weight
         out.append(stats)
@@ -137,7 +165,7 @@ def score_block(X, payload):
             f"X contains {int(mask.size - mask.sum())} rows with NaN or infinite values "
             f"in a block of {mask.size} rows; remove or impute them before predicting."
         )
-    wlp = weighted_log_prob(as_float64(X), family, state)
+    wlp = weighted_log_prob(_as_compute_dtype(X, family), family, state)
     if what == "labels":
         return np.argmax(wlp, axis=1)
     resp, row_ll = responsibilities(wlp, family.hard)

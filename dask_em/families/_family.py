@@ -36,6 +36,13 @@ class Family:
     hard : bool
         Hard-assignment EM (K-means): responsibilities are one-hot at the best
         component, and mixing weights do not enter the assignment.
+    caches : bool
+        ``log_prob`` and ``suff_stats`` take a ``cache`` dict: the engine passes the
+        same fresh dict to both, so work done for the log-density (e.g. whitened
+        rows) is reused for the statistics.
+    keeps_float32 : bool
+        The functions accept float32 ``X`` (computing in float32, returning float64
+        statistics); otherwise the engine hands them float64.
     """
 
     name: str
@@ -45,3 +52,5 @@ class Family:
     n_parameters: Callable
     sample: Callable
     hard: bool = False
+    caches: bool = False
+    keeps_float32: bool = False

@@ -22,7 +22,14 @@ Statistics are *shifted* by the current means ``c_k`` (DESIGN.md, "Numerics")::
                                                      over k for tied)
 
 and the M-step corrects exactly: ``mu = c + s1/N``, ``Sigma = s2/N - (s1/N)(s1/N)^T``.
-No raw moments, so data far from the origin keep their precision.
+
+For speed the sums are formed with a few GEMMs over all components at once, on
+``X - ref`` with ``ref`` the mean of the current means, and then moved exactly to each
+``c_k``. The data's offset from the origin never enters (data at +1e8 fit as well as
+centred data); what remains is rounding of relative size ``eps * (|c_k - ref| /
+sigma_k)^2``, bounded by the spread of the components, not by their distance from the
+origin. Full covariances use the whitened rows of the E-step and are centred on each
+``c_k`` exactly. float32 data are processed in float32 and summed in float64.
 """
 
 from functools import partial
@@ -50,78 +57,125 @@ def _log_det_cholesky(prec_chol, covariance_type, n_features):
     return n_features * np.log(prec_chol)
 
 
-def log_prob(X, params, covariance_type):
+def _shifted(X, means):
+    """``X - ref`` in the data's dtype and ``means - ref`` (float64), ``ref`` the mean of
+    the means: the GEMM forms below then never see the data's offset from the origin."""
+    ref = means.mean(axis=0)
+    return X - ref.astype(X.dtype), means - ref
+
+
+def log_prob(X, params, covariance_type, cache=None):
     """Log-density of each row under each Gaussian component.
+
+    All components are evaluated with one or two GEMMs on ``X - ref``. For ``full``,
+    the whitened rows ``y_k = (x - mu_k) P_k`` of every component come from one
+    (n, D) x (D, K*D) product; they are left in ``cache["y"]`` (n, K, D) for
+    :func:`suff_stats` when a dict is given.
 
     Parameters
     ----------
-    X : ndarray of shape (n, D), float64
+    X : ndarray of shape (n, D), float32 or float64
     params : dict
         ``means`` and ``precisions_cholesky`` (see the module docstring).
     covariance_type : {"full", "tied", "diag", "spherical"}
+    cache : dict, optional
 
     Returns
     -------
-    log_prob : ndarray of shape (n, K)
+    log_prob : ndarray of shape (n, K), float64
     """
     means = params["means"]
     prec_chol = params["precisions_cholesky"]
     n, D = X.shape
     K = means.shape[0]
-    sq = np.empty((n, K))
-    for k in range(K):
-        Xc = X - means[k]
-        if covariance_type == "full":
-            y = Xc @ prec_chol[k]
-        elif covariance_type == "tied":
-            y = Xc @ prec_chol
-        else:
-            y = Xc * prec_chol[k]
-        sq[:, k] = np.einsum("ij,ij->i", y, y)
+    dt = X.dtype
+    Xr, mr = _shifted(X, means)
+    if covariance_type == "full":
+        # one GEMM for all components: rows of PT are the P_k^T stacked, (K*D, D)
+        PT = np.ascontiguousarray(np.swapaxes(prec_chol, 1, 2).reshape(K * D, D), dtype=dt)
+        Y = PT @ Xr.T
+        Y -= np.einsum("kd,kde->ke", mr, prec_chol).reshape(-1, 1).astype(dt)
+        Y = Y.reshape(K, D, n)  # y_k = (x - mu_k) P_k, one contiguous (D, n) per component
+        sq = np.einsum("kdn,kdn->kn", Y, Y).T
+        if cache is not None:
+            cache["y"] = Y
+    elif covariance_type == "tied":
+        Y = Xr @ prec_chol.astype(dt)
+        B = mr @ prec_chol
+        sq = np.einsum("nd,nd->n", Y, Y)[:, None] - 2.0 * (Y @ B.T.astype(dt))
+        sq += np.einsum("kd,kd->k", B, B)
+    elif covariance_type == "diag":
+        p2 = prec_chol**2
+        sq = (Xr * Xr) @ p2.T.astype(dt) - 2.0 * (Xr @ (mr * p2).T.astype(dt))
+        sq += np.sum(mr * mr * p2, axis=1)
+    else:
+        p2 = prec_chol**2
+        sq = np.einsum("nd,nd->n", Xr, Xr)[:, None] - 2.0 * (Xr @ mr.T.astype(dt))
+        sq += np.einsum("kd,kd->k", mr, mr)
+        sq *= p2
     log_det = _log_det_cholesky(prec_chol, covariance_type, D)
-    return -0.5 * (D * LOG_2PI + sq) + log_det
+    return -0.5 * (D * LOG_2PI + sq.astype(np.float64, copy=False)) + log_det
 
 
 # --------------------------------------------------------------------------- statistics
-def suff_stats(X, resp, params, covariance_type):
-    """Shifted first and second moments of ``X`` weighted by ``resp``.
+def _inverse_upper(P):
+    """Inverse of upper-triangular factors (..., D, D)."""
+    return np.swapaxes(_inverse_lower(np.swapaxes(P, -1, -2)), -1, -2)
+
+
+def suff_stats(X, resp, params, covariance_type, cache=None):
+    """First and second moments of ``X`` weighted by ``resp``, about the current means.
+
+    Sums are formed with GEMMs on ``X - ref`` (``ref`` the mean of the means) and
+    moved exactly to each ``c_k``, so the data's offset from the origin never enters.
+    For ``full`` with whitened rows in ``cache`` (from :func:`log_prob`),
+    ``s2[k] = P_k^-T (sum_i r_ik y_ik y_ik^T) P_k^-1``.
 
     Parameters
     ----------
-    X : ndarray of shape (n, D), float64
+    X : ndarray of shape (n, D), float32 or float64
     resp : ndarray of shape (n, K)
     params : dict
-        Only ``means`` (K, D) is read: the shift ``c_k``.
+        ``means`` (K, D), the shift ``c_k``; ``precisions_cholesky`` when ``cache``
+        holds whitened rows.
     covariance_type : {"full", "tied", "diag", "spherical"}
+    cache : dict, optional
 
     Returns
     -------
-    stats : dict
+    stats : dict of float64 arrays
         ``s1`` (K, D) and ``s2``: (K, D, D) full, (D, D) tied, (K, D) diag,
         (K,) spherical.
     """
     centers = params["means"]
-    K, D = centers.shape
-    s1 = np.empty((K, D))
+    dt = X.dtype
+    Xr, cr = _shifted(X, centers)
+    R = resp.astype(dt, copy=False)
+    nk = resp.sum(axis=0)
+    T = (R.T @ Xr).astype(np.float64)  # sum_i r_ik (x_i - ref)
+    s1 = T - nk[:, None] * cr
     if covariance_type == "full":
-        s2 = np.empty((K, D, D))
-    elif covariance_type == "tied":
-        s2 = np.zeros((D, D))
-    elif covariance_type == "diag":
-        s2 = np.empty((K, D))
-    else:
-        s2 = np.empty(K)
-    for k in range(K):
-        r = resp[:, k]
-        Xc = X - centers[k]
-        s1[k] = r @ Xc
-        if covariance_type == "full":
-            s2[k] = (Xc.T * r) @ Xc
-        elif covariance_type == "tied":
-            s2 += (Xc.T * r) @ Xc
+        if cache is not None and "y" in cache:
+            Y = cache["y"]
+            W = np.empty((centers.shape[0],) + (X.shape[1],) * 2)
+            RT = np.ascontiguousarray(R.T)
+            for k in range(W.shape[0]):
+                W[k] = (Y[k] * RT[k]) @ Y[k].T
+            Pinv = _inverse_upper(params["precisions_cholesky"])
+            s2 = np.swapaxes(Pinv, 1, 2) @ W @ Pinv
         else:
-            sq = r @ (Xc * Xc)
-            s2[k] = sq if covariance_type == "diag" else sq.sum()
+            s2 = np.empty((centers.shape[0],) + (X.shape[1],) * 2)
+            for k in range(s2.shape[0]):
+                Xc = X - centers[k].astype(dt)
+                s2[k] = (Xc.T * R[:, k]) @ Xc
+    elif covariance_type == "tied":
+        w = R.sum(axis=1)
+        G = ((Xr.T * w) @ Xr).astype(np.float64)
+        cross = cr.T @ T
+        s2 = G - cross - cross.T + (cr.T * nk) @ cr
+    else:
+        Q = (R.T @ (Xr * Xr)).astype(np.float64) - 2.0 * cr * T + nk[:, None] * cr**2
+        s2 = Q if covariance_type == "diag" else Q.sum(axis=1)
     return {"s1": s1, "s2": s2}
 
 
@@ -281,6 +335,8 @@ def _make(covariance_type):
     return Family(
         name=f"gaussian-{covariance_type}",
         log_prob=bind(log_prob, covariance_type=covariance_type),
+        caches=covariance_type == "full",
+        keeps_float32=True,
         suff_stats=bind(suff_stats, covariance_type=covariance_type),
         m_step=bind(m_step, covariance_type=covariance_type),
         n_parameters=bind(n_parameters, covariance_type=covariance_type),
