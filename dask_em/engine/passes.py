@@ -6,8 +6,9 @@ It builds the graph only; the caller runs one ``dask.compute`` per pass.
 
 import dask
 import numpy as np
-from dask.base import tokenize
+from dask.base import get_scheduler, tokenize
 from dask.delayed import delayed
+from threadpoolctl import threadpool_limits
 
 DEFAULT_SPLIT_EVERY = 8
 
@@ -91,6 +92,17 @@ def tree_pass(X, kernel, payload, *, name, combine=add_stats, extra=None, split_
 
 
 def run_pass(X, kernel, payload, **kwargs):
-    """Build and compute one pass (one ``dask.compute``); see :func:`tree_pass`."""
-    (result,) = dask.compute(tree_pass(X, kernel, payload, **kwargs))
+    """Build and compute one pass (one ``dask.compute``); see :func:`tree_pass`.
+
+    With dask's local threaded scheduler, BLAS is limited to one thread per task
+    while the pass runs: dask already runs one task per core, and BLAS threads on top
+    of that oversubscribe the cores (about 9x slower on 2 cores). Worker processes of
+    ``distributed`` are already started with one BLAS thread.
+    """
+    graph = tree_pass(X, kernel, payload, **kwargs)
+    if get_scheduler(collections=[graph]) is dask.threaded.get:
+        with threadpool_limits(limits=1, user_api="blas"):
+            (result,) = dask.compute(graph)
+    else:
+        (result,) = dask.compute(graph)
     return result
