@@ -197,7 +197,7 @@ class GaussianMixture(BaseMixture):
     def _m_step_options(self):
         return {"reg_covar": self.reg_covar}
 
-    def _initial_states(self, X, family, seeds, options, check):
+    def _initial_states(self, X, family, seeds, options, check, sample_weight=None):
         cov_type = self.covariance_type
         given = [self.weights_init, self.means_init, self.precisions_init]
         if all(g is not None for g in given):
@@ -212,6 +212,7 @@ class GaussianMixture(BaseMixture):
                 centers=self.means_init,
                 options=options,
                 check=check,
+                sample_weight=sample_weight,
             )
         for state in states:
             if self.weights_init is not None:
