@@ -4,7 +4,20 @@
 """
 
 from dask_em._version import __version__
-from dask_em.estimators import GaussianMixture
+from dask_em.estimators import (
+    BernoulliMixture,
+    CategoricalMixture,
+    GaussianMixture,
+    PoissonMixture,
+)
 from dask_em.exceptions import ConvergenceWarning, NotFittedError
 
-__all__ = ["ConvergenceWarning", "GaussianMixture", "NotFittedError", "__version__"]
+__all__ = [
+    "BernoulliMixture",
+    "CategoricalMixture",
+    "ConvergenceWarning",
+    "GaussianMixture",
+    "NotFittedError",
+    "PoissonMixture",
+    "__version__",
+]

@@ -1,5 +1,7 @@
 """scikit-learn compatible estimators; each validates and delegates to the engine."""
 
+from dask_em.estimators.categorical import CategoricalMixture
+from dask_em.estimators.discrete import BernoulliMixture, PoissonMixture
 from dask_em.estimators.gaussian import GaussianMixture
 
-__all__ = ["GaussianMixture"]
+__all__ = ["BernoulliMixture", "CategoricalMixture", "GaussianMixture", "PoissonMixture"]

@@ -36,6 +36,18 @@ class Family:
     hard : bool
         Hard-assignment EM (K-means): responsibilities are one-hot at the best
         component, and mixing weights do not enter the assignment.
+    check_data : callable or None
+        ``check_data(X) -> None``: raises a ``ValueError`` naming the column and
+        the value when ``X`` holds values outside the family's support (negative
+        counts, non-binary values). Families call it inside ``log_prob`` and
+        ``suff_stats``, so bad data are found inside the passes; estimators call it
+        up front on in-memory data. ``None``: every finite value is valid.
+
+    Notes
+    -----
+    A statistic is usually an array, summed key-wise. It may also be any object
+    with an associative, commutative ``+`` that also accepts ``0 + s`` (the
+    farthest rows kept by K-means, for example).
     """
 
     name: str
@@ -45,3 +57,4 @@ class Family:
     n_parameters: Callable
     sample: Callable
     hard: bool = False
+    check_data: Callable = None
