@@ -8,6 +8,7 @@ from dask_em.estimators import (
     BernoulliMixture,
     CategoricalMixture,
     GaussianMixture,
+    KMeans,
     PoissonMixture,
 )
 from dask_em.exceptions import ConvergenceWarning, NotFittedError
@@ -17,6 +18,7 @@ __all__ = [
     "CategoricalMixture",
     "ConvergenceWarning",
     "GaussianMixture",
+    "KMeans",
     "NotFittedError",
     "PoissonMixture",
     "__version__",

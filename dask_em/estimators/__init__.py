@@ -3,5 +3,6 @@
 from dask_em.estimators.categorical import CategoricalMixture
 from dask_em.estimators.discrete import BernoulliMixture, PoissonMixture
 from dask_em.estimators.gaussian import GaussianMixture
+from dask_em.estimators.kmeans import KMeans
 
-__all__ = ["BernoulliMixture", "CategoricalMixture", "GaussianMixture", "PoissonMixture"]
+__all__ = ["BernoulliMixture", "CategoricalMixture", "GaussianMixture", "KMeans", "PoissonMixture"]
