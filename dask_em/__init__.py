@@ -12,6 +12,7 @@ from dask_em.estimators import (
     PoissonMixture,
 )
 from dask_em.exceptions import ConvergenceWarning, NotFittedError
+from dask_em.selection import select_n_components
 
 __all__ = [
     "BernoulliMixture",
@@ -22,4 +23,5 @@ __all__ = [
     "NotFittedError",
     "PoissonMixture",
     "__version__",
+    "select_n_components",
 ]
