@@ -4,7 +4,24 @@
 """
 
 from dask_em._version import __version__
-from dask_em.estimators import GaussianMixture
+from dask_em.estimators import (
+    BernoulliMixture,
+    CategoricalMixture,
+    GaussianMixture,
+    KMeans,
+    PoissonMixture,
+)
 from dask_em.exceptions import ConvergenceWarning, NotFittedError
+from dask_em.selection import select_n_components
 
-__all__ = ["ConvergenceWarning", "GaussianMixture", "NotFittedError", "__version__"]
+__all__ = [
+    "BernoulliMixture",
+    "CategoricalMixture",
+    "ConvergenceWarning",
+    "GaussianMixture",
+    "KMeans",
+    "NotFittedError",
+    "PoissonMixture",
+    "__version__",
+    "select_n_components",
+]

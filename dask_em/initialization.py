@@ -67,17 +67,22 @@ def _sample_block(X, w, jobs, index):
     ``centers is None``: key ``u`` (a uniform sample). Otherwise key ``d2 / u`` with
     ``d2`` the squared distance to the nearest centre: a row is kept by k-means||
     with probability ``min(1, l d2 / phi)`` exactly when ``d2 / u > phi / l``.
+    With sample weights ``w`` the keys are ``u ** (1 / w)`` and ``w d2 / u``, and
+    rows of weight zero are left out.
     """
-    mask, n_nonfinite, _ = valid_rows(X)
+    mask, n_nonfinite, n_bad_weight = valid_rows(X, w)
     Xf = as_float64(X[mask])
+    wf = None if w is None else as_float64(w[mask])
     out = []
     for seed, m, centers in jobs:
         rng = np.random.default_rng([seed, index])
         u = 1.0 - rng.random(Xf.shape[0])  # in (0, 1]
-        if centers is None:
-            keys, cost = u, 0.0
+        if centers is None:  # weighted: Efraimidis-Spirakis keys u ** (1 / w)
+            keys, cost = (u if wf is None else u ** (1.0 / wf)), 0.0
         else:
             d2, _ = min_sq_dist(Xf, centers)
+            if wf is not None:
+                d2 = d2 * wf
             keys, cost = d2 / u, float(d2.sum())
         top = _top(keys, m)
         out.append(
@@ -88,6 +93,7 @@ def _sample_block(X, w, jobs, index):
                 "cost": cost,
                 "n_rows": int(Xf.shape[0]),
                 "n_nonfinite": n_nonfinite,
+                "n_bad_weight": n_bad_weight,
             }
         )
     return out
@@ -108,27 +114,31 @@ def _combine_samples(parts):
                 "cost": sum(p["cost"] for p in ps),
                 "n_rows": sum(p["n_rows"] for p in ps),
                 "n_nonfinite": sum(p["n_nonfinite"] for p in ps),
+                "n_bad_weight": sum(p["n_bad_weight"] for p in ps),
             }
         )
     return out
 
 
 def _count_block(X, w, candidate_sets, index):
-    """How many rows have each candidate as their nearest, per candidate set."""
-    mask, _, _ = valid_rows(X)
+    """How many rows (total weight) have each candidate as their nearest, per candidate set."""
+    mask, _, _ = valid_rows(X, w)
     Xf = as_float64(X[mask])
+    wf = None if w is None else as_float64(w[mask])
     out = []
     for cands in candidate_sets:
         _, idx = min_sq_dist(Xf, cands)
-        out.append({"counts": np.bincount(idx, minlength=len(cands)).astype(np.float64)})
+        counts = np.bincount(idx, weights=wf, minlength=len(cands))
+        out.append({"counts": counts.astype(np.float64)})
     return out
 
 
 def _assign_block(X, w, payload, index):
     """Statistics of the family under hard (nearest centre) or random responsibilities."""
     family, jobs = payload
-    mask, n_nonfinite, _ = valid_rows(X)
+    mask, n_nonfinite, n_bad_weight = valid_rows(X, w)
     Xf = as_float64(X[mask])
+    wf = None if w is None else as_float64(w[mask])
     out = []
     for centers, seed, ref in jobs:
         n, K = Xf.shape[0], ref.shape[0]
@@ -139,8 +149,10 @@ def _assign_block(X, w, payload, index):
         else:
             resp = np.random.default_rng([seed, index]).random((n, K))
             resp /= resp.sum(axis=1, keepdims=True)
+        if wf is not None:
+            resp *= wf[:, None]
         stats = family.suff_stats(Xf, resp, {"means": ref})
-        stats.update(nk=resp.sum(axis=0), n_rows=n, n_nonfinite=n_nonfinite)
+        stats.update(nk=resp.sum(axis=0), n_rows=n, n_nonfinite=n_nonfinite, n_bad_weight=n_bad_weight)
         out.append(stats)
     return out
 
@@ -195,16 +207,24 @@ def _round_seed(seed, round_):
 
 
 # --------------------------------------------------------------------------- passes
-def _sample(X, jobs, name, check=None, split_every=None):
+def _sample(X, jobs, name, check=None, split_every=None, sample_weight=None):
     res = run_pass(
-        X, _sample_block, jobs, name=name, combine=_combine_samples, split_every=split_every
+        X,
+        _sample_block,
+        jobs,
+        name=name,
+        combine=_combine_samples,
+        extra=sample_weight,
+        split_every=split_every,
     )
     if check is not None:
         check(res[0])
     return res
 
 
-def kmeans_parallel(X, n_clusters, seeds, *, check=None, split_every=None):
+def kmeans_parallel(
+    X, n_clusters, seeds, *, check=None, split_every=None, sample_weight=None, lloyd_max_iter=None
+):
     """k-means|| seeding plus Lloyd passes; one list of centres per seed.
 
     Parameters
@@ -215,50 +235,92 @@ def kmeans_parallel(X, n_clusters, seeds, *, check=None, split_every=None):
         One starting point per seed; all share every pass.
     check : callable, optional
         Called with the counts of the first pass (``n_rows``, ``n_nonfinite``).
+    sample_weight : dask.array.Array of shape (N,), optional
+    lloyd_max_iter : int, optional
+        Lloyd passes after the seeding (default ``LLOYD_MAX_ITER``; 0 for none).
 
     Returns
     -------
     list of ndarray of shape (n_clusters, D)
     """
+    lloyd_max_iter = LLOYD_MAX_ITER if lloyd_max_iter is None else lloyd_max_iter
+    sw = {"split_every": split_every, "sample_weight": sample_weight}
     ell = KMEANS_OVERSAMPLING * n_clusters
-    first = _sample(X, [(s, 1, None) for s in seeds], "init-kmeans-parallel-seed", check, split_every)
+    first = _sample(X, [(s, 1, None) for s in seeds], "init-kmeans-parallel-seed", check, **sw)
     n_rows = first[0]["n_rows"]
     cands = [r["rows"] for r in first]
     phis = [0.0] * len(seeds)
     m = int(4 * ell + 16)
     for round_ in range(1, KMEANS_PARALLEL_ROUNDS + 1):
         jobs = [(_round_seed(s, round_), m, c) for s, c in zip(seeds, cands)]
-        res = _sample(X, jobs, "init-kmeans-parallel-round", split_every=split_every)
+        res = _sample(X, jobs, "init-kmeans-parallel-round", **sw)
         for i, r in enumerate(res):
             phis[i] = r["cost"]
             if r["cost"] > 0:
                 cands[i] = np.vstack([cands[i], r["rows"][r["keys"] > r["cost"] / ell]])
         logger.debug("k-means|| round %d: candidates %s", round_, [len(c) for c in cands])
-    counts = run_pass(X, _count_block, cands, name="init-kmeans-parallel-weights", split_every=split_every)
+    counts = run_pass(
+        X, _count_block, cands, name="init-kmeans-parallel-weights", extra=sample_weight,
+        split_every=split_every,
+    )
     centers = []
     for seed, c, cnt in zip(seeds, cands, counts):
         rng = np.random.default_rng([seed, 0])
         w = cnt["counts"]
         start = kmeans_plusplus(c, n_clusters, rng, weights=w if w.sum() > 0 else None)
         centers.append(_weighted_lloyd(c, w, start))
+    if lloyd_max_iter == 0:
+        return centers
     kmeans = get_family("kmeans")
     lloyd = run_em(
         X,
         kmeans,
         [MixtureState(np.full(n_clusters, 1.0 / n_clusters), {"means": c}) for c in centers],
         tol=1e-4 * max(phis) / max(n_rows, 1),
-        max_iter=LLOYD_MAX_ITER,
-        split_every=split_every,
+        max_iter=lloyd_max_iter,
         label="k-means init: ",
         log_level=logging.DEBUG,
+        **sw,
     )
     return [r.state.params["means"] for r in lloyd]
 
 
-def _assign(X, family, jobs, options, check=None, split_every=None):
+def initial_centers(
+    X, n_clusters, method, seeds, *, check=None, split_every=None, sample_weight=None, lloyd_max_iter=None
+):
+    """Starting centres (K, D), one array per seed, without the assignment pass.
+
+    ``method`` is ``"kmeans"`` (k-means|| plus ``lloyd_max_iter`` Lloyd passes),
+    ``"k-means++"`` (on a uniform, weighted if ``sample_weight`` is given, sample of
+    ``max(10_000, 100 K)`` rows) or ``"random_from_data"`` (K distinct rows drawn
+    uniformly, or with probability proportional to their weight).
+
+    Returns
+    -------
+    list of ndarray of shape (n_clusters, D)
+    """
+    sw = {"split_every": split_every, "sample_weight": sample_weight}
+    K = n_clusters
+    if method == "kmeans":
+        return kmeans_parallel(X, K, seeds, check=check, lloyd_max_iter=lloyd_max_iter, **sw)
+    if method not in ("k-means++", "random_from_data"):
+        raise ValueError(f"Unknown centre method {method!r}; expected 'kmeans', 'k-means++' or 'random_from_data'.")
+    m = K if method == "random_from_data" else max(KMEANSPP_SAMPLE, 100 * K)
+    res = _sample(X, [(s, m, None) for s in seeds], f"init-sample-{method}", check, **sw)
+    if method == "random_from_data":
+        return [r["rows"] for r in res]
+    return [kmeans_plusplus(r["rows"], K, np.random.default_rng([s, 0])) for s, r in zip(seeds, res)]
+
+
+def _assign(X, family, jobs, options, check=None, split_every=None, sample_weight=None):
     """One pass: weights and component parameters from hard or random responsibilities."""
     stats = run_pass(
-        X, _assign_block, (family, jobs), name=f"init-assign-{family.name}", split_every=split_every
+        X,
+        _assign_block,
+        (family, jobs),
+        name=f"init-assign-{family.name}",
+        extra=sample_weight,
+        split_every=split_every,
     )
     if check is not None:
         check(stats[0])
@@ -270,7 +332,17 @@ def _assign(X, family, jobs, options, check=None, split_every=None):
 
 
 def initialize(
-    X, family, n_components, method, seeds, *, centers=None, options=None, check=None, split_every=None
+    X,
+    family,
+    n_components,
+    method,
+    seeds,
+    *,
+    centers=None,
+    options=None,
+    check=None,
+    split_every=None,
+    sample_weight=None,
 ):
     """Starting :class:`MixtureState` objects, one per seed.
 
@@ -278,6 +350,8 @@ def initialize(
     ----------
     X : dask.array.Array of shape (N, D)
     family : Family
+        Its ``suff_stats`` and ``m_step`` must accept a parameter dict holding only
+        ``means`` (K, D), the centres of the assignment.
     n_components : int
     method : {"kmeans", "k-means++", "random", "random_from_data"}
         Ignored when ``centers`` is given.
@@ -288,34 +362,26 @@ def initialize(
         Keyword arguments for ``family.m_step``.
     check : callable, optional
         Called with the row counts of the first pass.
+    sample_weight : dask.array.Array of shape (N,), optional
+        Row weights, chunked like the rows of ``X``; every pass uses them.
 
     Returns
     -------
     list of MixtureState
     """
     options = options or {}
+    sw = {"split_every": split_every, "sample_weight": sample_weight}
     K = n_components
     if centers is not None:
         c = as_float64(centers)
         jobs = [(c, None, c)] * len(seeds)
-        return _assign(X, family, jobs, options, check, split_every)
-    if method == "kmeans":
-        starts = kmeans_parallel(X, K, seeds, check=check, split_every=split_every)
-    elif method in ("k-means++", "random_from_data"):
-        m = K if method == "random_from_data" else max(KMEANSPP_SAMPLE, 100 * K)
-        res = _sample(X, [(s, m, None) for s in seeds], f"init-sample-{method}", check, split_every)
-        if method == "random_from_data":
-            starts = [r["rows"] for r in res]
-        else:
-            starts = [
-                kmeans_plusplus(r["rows"], K, np.random.default_rng([s, 0]))
-                for s, r in zip(seeds, res)
-            ]
-    elif method == "random":
-        res = _sample(X, [(s, 1000, None) for s in seeds], "init-sample-random", check, split_every)
+        return _assign(X, family, jobs, options, check, **sw)
+    if method == "random":
+        res = _sample(X, [(s, 1000, None) for s in seeds], "init-sample-random", check, **sw)
         jobs = [(None, s, np.repeat(r["rows"].mean(axis=0, keepdims=True), K, axis=0))
                 for s, r in zip(seeds, res)]
-        return _assign(X, family, jobs, options, split_every=split_every)
-    else:  # validated by the estimators; kept for direct callers
+        return _assign(X, family, jobs, options, check, **sw)
+    if method not in INIT_METHODS:  # validated by the estimators; kept for direct callers
         raise ValueError(f"Unknown init method {method!r}; expected one of {INIT_METHODS}.")
-    return _assign(X, family, [(c, None, c) for c in starts], options, split_every=split_every)
+    starts = initial_centers(X, K, method, seeds, check=check, **sw)
+    return _assign(X, family, [(c, None, c) for c in starts], options, check, **sw)

@@ -24,6 +24,7 @@ from dask_em._validation import (
 from dask_em.data import as_row_chunked, count_nonfinite_rows
 from dask_em.engine import MixtureState, run_em, score_block
 from dask_em.exceptions import ConvergenceWarning
+from dask_em.weights import as_row_weights, bad_weight_error
 
 logger = logging.getLogger("dask_em")
 
@@ -61,7 +62,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
     def _m_step_options(self):
         return {}
 
-    def _initial_states(self, X, family, seeds, options, check):
+    def _initial_states(self, X, family, seeds, options, check, sample_weight=None):
         raise NotImplementedError
 
     def _set_state(self, state):
@@ -121,16 +122,18 @@ class BaseMixture(DensityMixin, BaseEstimator):
                     f"values (of {total} rows); remove or impute them before fitting, e.g. "
                     f"X = X[da.isfinite(X).all(axis=1)].compute_chunk_sizes()."
                 )
+            if stats.get("n_bad_weight", 0):
+                raise bad_weight_error(stats["n_bad_weight"])
             if stats["n_rows"] < K:
                 raise ValueError(
                     f"Expected n_samples >= n_components but got n_components = {K}, "
-                    f"n_samples = {stats['n_rows']}."
+                    f"n_samples = {stats['n_rows']} (rows with a positive sample weight)."
                 )
 
         return check
 
     # -- fitting ---------------------------------------------------------------
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Estimate the parameters by EM, one pass over ``X`` per iteration.
 
         Parameters
@@ -138,6 +141,10 @@ class BaseMixture(DensityMixin, BaseEstimator):
         X : array-like, dask array, zarr.Array or path of shape (n_samples, n_features)
             Row-chunked data; a dask array must have one chunk along features.
         y : ignored
+        sample_weight : array-like or dask array of shape (n_samples,), default=None
+            Weight of each row (initialisation included): an integer weight counts
+            as that many copies of the row, a weight of 0 drops it. Negative or
+            non-finite weights are an error (found inside the passes for dask input).
 
         Returns
         -------
@@ -150,6 +157,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
             raise ValueError(
                 f"Expected n_samples >= n_components but got n_components = {K}, n_samples = {n}."
             )
+        weights = as_row_weights(sample_weight, Xd)
         family = self._family()
         options = self._m_step_options()
         check = self._pass_check()
@@ -159,13 +167,21 @@ class BaseMixture(DensityMixin, BaseEstimator):
         with verbosity(self.verbose):
             if is_numpy:  # keep the wrapped blocks in place instead of re-slicing each pass
                 Xd = Xd.persist()
+                weights = None if weights is None else weights.persist()
             if warm:
                 inits = [self._get_state()]
             else:
                 logger.info("initialising %d start(s) with %r", len(seeds), self._init_name())
-                inits = self._initial_states(Xd, family, seeds, options, check)
+                inits = self._initial_states(Xd, family, seeds, options, check, sample_weight=weights)
             results = run_em(
-                Xd, family, inits, tol=self.tol, max_iter=self.max_iter, options=options, check=check
+                Xd,
+                family,
+                inits,
+                tol=self.tol,
+                max_iter=self.max_iter,
+                options=options,
+                sample_weight=weights,
+                check=check,
             )
         best = results[0]
         for res in results[1:]:

@@ -5,6 +5,7 @@ import numpy as np
 from dask_em._validation import check_number, check_option
 from dask_em.engine import MixtureState
 from dask_em.estimators._base import BaseMixture
+from dask_em.estimators._init_checks import check_array_init, check_weights_init
 from dask_em.families import get_family
 from dask_em.families.gaussian import (
     COVARIANCE_TYPES,
@@ -164,29 +165,9 @@ class GaussianMixture(BaseMixture):
         check_number(owner, "reg_covar", self.reg_covar, "float", 0)
         K, D = self.n_components, n_features
         if self.weights_init is not None:
-            w = np.asarray(self.weights_init, dtype=np.float64)
-            if w.shape != (K,):
-                raise ValueError(
-                    f"The parameter 'weights_init' should have the shape ({K},), but got {w.shape}."
-                )
-            if not np.all(np.isfinite(w)) or w.min() < 0 or w.max() > 1:
-                raise ValueError(
-                    f"The parameter 'weights_init' should be in the range [0, 1], but got "
-                    f"max value {w.max():.5f}, min value {w.min():.5f}."
-                )
-            if not np.isclose(w.sum(), 1.0, rtol=0, atol=1e-6):
-                raise ValueError(
-                    f"The parameter 'weights_init' should be normalized, but got "
-                    f"sum(weights) = {w.sum():.5f}."
-                )
+            check_weights_init(self.weights_init, K)
         if self.means_init is not None:
-            m = np.asarray(self.means_init, dtype=np.float64)
-            if m.shape != (K, D):
-                raise ValueError(
-                    f"The parameter 'means_init' should have the shape ({K}, {D}), but got {m.shape}."
-                )
-            if not np.all(np.isfinite(m)):
-                raise ValueError("The parameter 'means_init' contains NaN or infinite values.")
+            check_array_init("means_init", self.means_init, (K, D))
         if self.precisions_init is not None:
             _check_precisions(self.precisions_init, self.covariance_type, K, D)
 
@@ -197,7 +178,7 @@ class GaussianMixture(BaseMixture):
     def _m_step_options(self):
         return {"reg_covar": self.reg_covar}
 
-    def _initial_states(self, X, family, seeds, options, check):
+    def _initial_states(self, X, family, seeds, options, check, sample_weight=None):
         cov_type = self.covariance_type
         given = [self.weights_init, self.means_init, self.precisions_init]
         if all(g is not None for g in given):
@@ -212,6 +193,7 @@ class GaussianMixture(BaseMixture):
                 centers=self.means_init,
                 options=options,
                 check=check,
+                sample_weight=sample_weight,
             )
         for state in states:
             if self.weights_init is not None:

@@ -1,11 +1,14 @@
 """Component families: one NumPy-only module per distribution, found by name here."""
 
 from dask_em.families._family import Family
-from dask_em.families import gaussian, kmeans
+from dask_em.families import bernoulli, categorical, gaussian, kmeans, poisson
 
 FAMILIES = {
     **{fam.name: fam for fam in gaussian.FAMILIES.values()},
     kmeans.FAMILY.name: kmeans.FAMILY,
+    bernoulli.FAMILY.name: bernoulli.FAMILY,
+    poisson.FAMILY.name: poisson.FAMILY,
+    categorical.FAMILY.name: categorical.FAMILY,
 }
 
 

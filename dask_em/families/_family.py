@@ -43,6 +43,18 @@ class Family:
     keeps_float32 : bool
         The functions accept float32 ``X`` (computing in float32, returning float64
         statistics); otherwise the engine hands them float64.
+    check_data : callable or None
+        ``check_data(X) -> None``: raises a ``ValueError`` naming the column and
+        the value when ``X`` holds values outside the family's support (negative
+        counts, non-binary values). Families call it inside ``log_prob`` and
+        ``suff_stats``, so bad data are found inside the passes; estimators call it
+        up front on in-memory data. ``None``: every finite value is valid.
+
+    Notes
+    -----
+    A statistic is usually an array, summed key-wise. It may also be any object
+    with an associative, commutative ``+`` that also accepts ``0 + s`` (the
+    farthest rows kept by K-means, for example).
     """
 
     name: str
@@ -54,3 +66,4 @@ class Family:
     hard: bool = False
     caches: bool = False
     keeps_float32: bool = False
+    check_data: Callable = None

@@ -2,12 +2,72 @@
 
 ``params = {"means": (K, D)}``. ``log_prob`` is minus the squared distance, so the
 engine's hard E-step assigns each row to its nearest mean and its "log-likelihood"
-is minus the inertia. Statistics are shifted by the current means, as for Gaussians.
+is minus the inertia. Statistics are shifted by the current means ``c_k``, as for
+Gaussians::
+
+    s1[k]  = sum_i r_ik (x_i - c_k)          (K, D)
+    s2[k]  = sum_i r_ik (x_i - c_k) ** 2     (K, D), per feature: gives the data
+                                             variance (scikit-learn's relative tol)
+    sig[k] = sum_i r_ik (x_i . v)            (K,), v fixed: equal between two
+                                             passes exactly when the partition is
+                                             unchanged (strict convergence)
+    far    = the K rows farthest from their assigned centre (:class:`FarRows`)
+
+An empty cluster is re-seeded in the M-step at the farthest row of the pass
+(taken out of its old cluster), as scikit-learn does; it is never NaN.
 """
 
 import numpy as np
 
 from dask_em.families._family import Family
+
+
+class FarRows:
+    """The ``m`` rows of a pass farthest from their assigned centre.
+
+    A statistic combined with ``+`` by keeping the ``m`` largest distances
+    (associative and commutative; ``0 + s`` is ``s``), so it travels through the
+    engine's key-wise tree sum like an array.
+
+    Attributes
+    ----------
+    rows : ndarray (m', D)
+    d2 : ndarray (m',)
+        Squared distance to the assigned centre, in decreasing order.
+    labels : ndarray of int (m',)
+    weights : ndarray (m',)
+    m : int
+    """
+
+    def __init__(self, rows, d2, labels, weights, m):
+        order = np.argsort(-d2, kind="stable")[:m]
+        self.rows, self.d2 = rows[order], d2[order]
+        self.labels, self.weights, self.m = labels[order], weights[order], m
+
+    def __add__(self, other):
+        if isinstance(other, (int, float)) and other == 0:
+            return self
+        return FarRows(
+            np.concatenate([self.rows, other.rows]),
+            np.concatenate([self.d2, other.d2]),
+            np.concatenate([self.labels, other.labels]),
+            np.concatenate([self.weights, other.weights]),
+            self.m,
+        )
+
+    __radd__ = __add__
+
+    def arrays(self):
+        """The fields as a tuple of arrays (for comparisons)."""
+        return self.rows, self.d2, self.labels, self.weights
+
+
+def _sq_dist(X, means):
+    out = np.empty((X.shape[0], means.shape[0]))
+    for k, c in enumerate(means):
+        Xc = X - c
+        out[:, k] = np.einsum("ij,ij->i", Xc, Xc)
+    return out
 
 
 def log_prob(X, params):
@@ -22,30 +82,71 @@ def log_prob(X, params):
     -------
     ndarray of shape (n, K)
     """
-    means = params["means"]
-    out = np.empty((X.shape[0], means.shape[0]))
-    for k, c in enumerate(means):
-        Xc = X - c
-        out[:, k] = -np.einsum("ij,ij->i", Xc, Xc)
-    return out
+    return -_sq_dist(X, params["means"])
+
+
+def _signature_vector(D):
+    return np.cos(np.arange(1, D + 1) * 0.7548776662466927)  # fixed, no special structure
 
 
 def suff_stats(X, resp, params):
-    """``s1[k] = sum_i r_ik (x_i - c_k)`` for one-hot (or soft) ``resp`` (n, K)."""
+    """Shifted sums, signature and farthest rows for one-hot (or weighted) ``resp`` (n, K)."""
     centers = params["means"]
-    s1 = np.empty_like(centers, dtype=np.float64)
+    K, D = centers.shape
+    s1 = np.empty((K, D))
+    s2 = np.empty((K, D))
     for k, c in enumerate(centers):
-        s1[k] = resp[:, k] @ (X - c)
-    return {"s1": s1}
+        Xc = X - c
+        s1[k] = resp[:, k] @ Xc
+        s2[k] = resp[:, k] @ (Xc * Xc)
+    labels = np.argmax(resp, axis=1) if resp.size else np.zeros(0, dtype=np.intp)
+    weights = resp[np.arange(X.shape[0]), labels] if resp.size else np.zeros(0)
+    diff = X - centers[labels]
+    d2 = np.einsum("ij,ij->i", diff, diff)
+    return {
+        "s1": s1,
+        "s2": s2,
+        "sig": resp.T @ (X @ _signature_vector(D)),
+        "far": FarRows(X, d2, labels, weights, K),
+    }
 
 
 def m_step(stats, params):
-    """Centroids ``c + s1 / n_k``; a cluster that received no rows keeps its centre."""
-    nk = stats["nk"]
-    means = np.array(params["means"], dtype=np.float64, copy=True)
+    """Centroids ``c + s1 / n_k``; empty clusters re-seeded at the farthest rows.
+
+    The i-th empty cluster (in index order) moves to the i-th farthest row of the
+    pass, which leaves its old cluster, as in scikit-learn's Lloyd iteration. Without
+    ``far`` statistics (or with fewer rows than empty clusters) an empty cluster
+    keeps its centre.
+    """
+    nk = np.array(stats["nk"], dtype=np.float64, copy=True)
+    s1 = np.array(stats["s1"], dtype=np.float64, copy=True)
+    old = np.asarray(params["means"], dtype=np.float64)
+    means = old.copy()
+    far = stats.get("far")
+    empty = np.flatnonzero(nk <= 0)
+    if empty.size and far is not None:
+        for i, k in enumerate(empty[: len(far.d2)]):
+            x, j, w = far.rows[i], far.labels[i], far.weights[i]
+            s1[j] -= w * (x - old[j])
+            nk[j] -= w
+            means[k] = x
     filled = nk > 0
-    means[filled] += stats["s1"][filled] / nk[filled, None]
+    means[filled] = old[filled] + s1[filled] / nk[filled, None]
     return {"means": means}
+
+
+def data_variance(stats, params):
+    """Per-feature (weighted) variance of the data from one pass's statistics (D,).
+
+    Exact from the shifted sums: ``sum_k s2_k + 2 (c_k - m) s1_k + n_k (c_k - m)^2``
+    over ``N``, with ``m`` the overall mean.
+    """
+    c, nk, s1, s2 = params["means"], stats["nk"], stats["s1"], stats["s2"]
+    N = nk.sum()
+    m = (nk[:, None] * c + s1).sum(axis=0) / N
+    dc = c - m
+    return (s2 + 2.0 * dc * s1 + nk[:, None] * dc**2).sum(axis=0) / N
 
 
 def n_parameters(params):

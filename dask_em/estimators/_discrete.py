@@ -1,0 +1,99 @@
+"""What the discrete mixtures (Bernoulli, Poisson, categorical) share: smoothing,
+starting points, and the support check of in-memory data."""
+
+import numpy as np
+
+from dask_em._math import as_float64
+from dask_em._validation import check_number, check_option
+from dask_em.engine import MixtureState
+from dask_em.estimators._base import BaseMixture
+from dask_em.estimators._init_checks import check_weights_init
+from dask_em.initialization import INIT_METHODS, initialize
+
+
+class DiscreteMixture(BaseMixture):
+    """Base of the mixtures of discrete features; not for direct use.
+
+    Subclasses set ``_param`` (the family's parameter key; the attribute is
+    ``<_param>_`` and the starting value ``<_param>_init``) and implement
+    ``_family`` and ``_check_param_init(value, K, D)``.
+    """
+
+    _param = "means"
+
+    # -- validation -------------------------------------------------------------
+    def _check_params(self, n_features):
+        super()._check_params(n_features)
+        owner = type(self).__name__
+        check_option(owner, "init_params", self.init_params, INIT_METHODS)
+        check_number(owner, "alpha", self.alpha, "float", 0, low_open=True)
+        K = self.n_components
+        if self.weights_init is not None:
+            check_weights_init(self.weights_init, K)
+        given = getattr(self, f"{self._param}_init")
+        if given is not None:
+            self._check_param_init(given, K, n_features)
+
+    def _validate_X(self, X, reset):
+        """As the base class, then the family's support check on in-memory data.
+
+        Dask input is checked inside the passes (the family's kernels raise).
+        """
+        Xd, is_numpy = super()._validate_X(X, reset)
+        if reset:
+            self._learn_data_shape(X, Xd, is_numpy)
+        if is_numpy:
+            self._family().check_data(as_float64(np.asarray(X)))
+        return Xd, is_numpy
+
+    def _learn_data_shape(self, X, Xd, is_numpy):
+        """Hook for what ``fit`` infers from the data (categories per feature)."""
+
+    # -- engine plumbing ----------------------------------------------------------
+    def _m_step_options(self):
+        return {"alpha": self.alpha}
+
+    def _initial_states(self, X, family, seeds, options, check, sample_weight=None):
+        K = self.n_components
+        given = getattr(self, f"{self._param}_init")
+        weights = None if self.weights_init is None else np.asarray(self.weights_init, dtype=np.float64)
+        if given is not None and (weights is not None or self._param != "means"):
+            weights = np.full(K, 1.0 / K) if weights is None else weights
+            params = {self._param: np.array(given, dtype=np.float64)}
+            return [MixtureState(weights.copy(), {k: v.copy() for k, v in params.items()}) for _ in seeds]
+        states = initialize(
+            X,
+            family,
+            K,
+            self.init_params,
+            seeds,
+            centers=given,
+            options=options,
+            check=check,
+            sample_weight=sample_weight,
+        )
+        for state in states:
+            if weights is not None:
+                state.weights = weights.copy()
+            if given is not None:
+                state.params[self._param] = np.array(given, dtype=np.float64)
+        return states
+
+    def _get_state(self):
+        return MixtureState(weights=self.weights_, params={self._param: getattr(self, f"{self._param}_")})
+
+    def _set_state(self, state):
+        self.weights_ = state.weights
+        setattr(self, f"{self._param}_", state.params[self._param])
+
+
+def check_means_in(owner_name, value, K, D, low, high):
+    """``means_init`` must be (K, D) with entries in the open interval (low, high)."""
+    m = np.asarray(value, dtype=np.float64)
+    if m.shape != (K, D):
+        raise ValueError(f"The parameter 'means_init' should have the shape {(K, D)}, but got {m.shape}.")
+    if not np.all((m > low) & (m < high)):
+        raise ValueError(
+            f"The parameter 'means_init' of {owner_name} should hold values in the open "
+            f"interval ({low}, {high}), but got min {m.min():g}, max {m.max():g}."
+        )

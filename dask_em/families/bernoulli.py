@@ -1,0 +1,89 @@
+"""Bernoulli components: each feature is 0 or 1, independent within a component.
+
+``params = {"means": (K, D)}``, the probability that feature ``d`` is 1 in component
+``k``. Statistics: ``s1[k] = sum_i r_ik x_i`` (K, D); the data are bounded, so no
+shift is needed. The M-step smooths with a Beta(1 + alpha, 1 + alpha) prior (its
+mode), so no probability is exactly 0 or 1::
+
+    p_kd = (s1_kd + alpha) / (n_k + 2 alpha)
+"""
+
+import numpy as np
+
+from dask_em.families._checks import raise_if_invalid
+from dask_em.families._family import Family
+
+_NK_EPS = 10 * np.finfo(np.float64).eps
+
+
+def check_data(X):
+    """Raise a ``ValueError`` naming column and value unless every entry is 0 or 1."""
+    raise_if_invalid(
+        X,
+        (X != 0) & (X != 1),
+        "Bernoulli",
+        "Bernoulli features must be 0 or 1; binarise them first, e.g. X = (X > threshold).",
+    )
+
+
+def log_prob(X, params):
+    """``sum_d x_d log p_kd + (1 - x_d) log(1 - p_kd)`` with one GEMM.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D), float64, entries 0 or 1
+    params : dict with ``means`` (K, D), entries in (0, 1)
+
+    Returns
+    -------
+    ndarray of shape (n, K)
+    """
+    check_data(X)
+    p = params["means"]
+    log1m = np.log1p(-p)
+    return X @ (np.log(p) - log1m).T + log1m.sum(axis=1)
+
+
+def suff_stats(X, resp, params):
+    """``s1`` (K, D): responsibility-weighted counts of ones. ``params`` is unused."""
+    check_data(X)
+    return {"s1": resp.T @ X}
+
+
+def m_step(stats, params, alpha=1e-3):
+    """Smoothed probabilities ``(s1 + alpha) / (n_k + 2 alpha)``; ``params`` is unused.
+
+    Parameters
+    ----------
+    stats : dict with ``nk`` (K,) and ``s1`` (K, D)
+    params : dict
+        Current parameters (unused; may hold only ``means``).
+    alpha : float
+        Pseudo-count; an empty component gets probability 0.5 everywhere
+        (``alpha > 0``) instead of NaN.
+    """
+    nk = stats["nk"] + _NK_EPS
+    return {"means": (stats["s1"] + alpha) / (nk[:, None] + 2.0 * alpha)}
+
+
+def n_parameters(params):
+    """``K * D`` probabilities."""
+    return int(np.size(params["means"]))
+
+
+def sample(params, counts, rng):
+    """``counts[k]`` rows of 0/1 (float64) from component ``k``, in component order."""
+    p = params["means"]
+    out = [(rng.random((int(c), p.shape[1])) < p[k]).astype(np.float64) for k, c in enumerate(counts)]
+    return np.concatenate(out, axis=0) if out else np.empty((0, p.shape[1]))
+
+
+FAMILY = Family(
+    name="bernoulli",
+    log_prob=log_prob,
+    suff_stats=suff_stats,
+    m_step=m_step,
+    n_parameters=n_parameters,
+    sample=sample,
+    check_data=check_data,
+)

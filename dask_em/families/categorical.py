@@ -1,0 +1,152 @@
+"""Categorical components: feature ``d`` takes one of ``C_d`` integer codes 0..C_d-1.
+
+``params = {"probs": (K, D, C_max)}`` with ``C_max = max(C_d)``; ``probs[k, d, c]``
+is the probability of code ``c`` for feature ``d`` in component ``k``, and entries
+with ``c >= C_d`` are 0 (padding). The number of categories per feature is bound
+into the family with :func:`make_family` (``FAMILY`` infers it from ``probs``: the
+codes with non-zero probability).
+
+Statistics: ``counts[k, d, c] = sum_i r_ik [x_id == c]`` (K, D, C_max). The M-step is
+the mode under a symmetric Dirichlet(1 + alpha) prior, so no probability is 0::
+
+    p_kdc = (counts_kdc + alpha) / (n_k + C_d alpha)
+"""
+
+from functools import partial
+
+import numpy as np
+
+from dask_em.families._checks import non_integer, raise_if_invalid
+from dask_em.families._family import Family
+
+_NK_EPS = 10 * np.finfo(np.float64).eps
+
+
+def _categories(params, n_categories):
+    if n_categories is not None:
+        return np.asarray(n_categories, dtype=np.intp)
+    if "probs" not in params:
+        raise ValueError(
+            "The categorical family needs the number of categories per feature; build "
+            "it with dask_em.families.categorical.make_family(n_categories)."
+        )
+    return np.count_nonzero(params["probs"][0] > 0, axis=1)
+
+
+def check_data(X, n_categories=None):
+    """Raise a ``ValueError`` naming column and value unless ``0 <= x_d < C_d`` and whole."""
+    bad = (X < 0) | non_integer(X)
+    if n_categories is not None:
+        bad |= X >= np.asarray(n_categories)[None, :]
+    raise_if_invalid(
+        X,
+        bad,
+        "Categorical",
+        "each feature must hold integer codes 0 .. n_categories[d] - 1; encode them "
+        "first (e.g. sklearn.preprocessing.OrdinalEncoder) or give a larger n_categories.",
+    )
+
+
+def _codes(X, C):
+    check_data(X, C)
+    return X.astype(np.intp)
+
+
+def log_prob(X, params, n_categories=None):
+    """``sum_d log p[k, d, x_d]``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D), float64 integer codes
+    params : dict with ``probs`` (K, D, C_max)
+    n_categories : sequence of int of length D, optional
+
+    Returns
+    -------
+    ndarray of shape (n, K)
+    """
+    C = _categories(params, n_categories)
+    codes = _codes(X, C)
+    with np.errstate(divide="ignore"):
+        logp = np.log(params["probs"])
+    out = np.zeros((X.shape[0], logp.shape[0]))
+    for d in range(X.shape[1]):
+        out += logp[:, d, codes[:, d]].T
+    return out
+
+
+def suff_stats(X, resp, params, n_categories=None):
+    """``counts`` (K, D, C_max): responsibility-weighted code counts.
+
+    ``params`` is read only for the number of categories when ``n_categories`` is
+    not bound (it may hold only ``means``, as during initialisation).
+    """
+    C = _categories(params, n_categories)
+    codes = _codes(X, C)
+    n, D = codes.shape
+    cmax = int(C.max())
+    counts = np.empty((resp.shape[1], D, cmax))
+    onehot = np.zeros((n, cmax))
+    rows = np.arange(n)
+    for d in range(D):
+        onehot[rows, codes[:, d]] = 1.0
+        counts[:, d, :] = resp.T @ onehot
+        onehot[rows, codes[:, d]] = 0.0
+    return {"counts": counts}
+
+
+def m_step(stats, params, alpha=1e-3, n_categories=None):
+    """Smoothed probabilities ``(counts + alpha) / (n_k + C_d alpha)``, 0 past ``C_d``."""
+    counts = stats["counts"]
+    K, D, cmax = counts.shape
+    C = np.asarray(n_categories if n_categories is not None else [cmax] * D, dtype=np.intp)
+    valid = np.arange(cmax)[None, :] < C[:, None]  # (D, C_max)
+    nk = stats["nk"] + _NK_EPS
+    probs = (counts + alpha) / (nk[:, None, None] + C[None, :, None] * alpha)
+    return {"probs": np.where(valid[None], probs, 0.0)}
+
+
+def n_parameters(params, n_categories=None):
+    """``K * sum_d (C_d - 1)`` free probabilities."""
+    C = _categories(params, n_categories)
+    return int(params["probs"].shape[0] * np.sum(C - 1))
+
+
+def sample(params, counts, rng, n_categories=None):
+    """``counts[k]`` rows of codes (float64) from component ``k``, in component order."""
+    probs = params["probs"]
+    C = _categories(params, n_categories)
+    K, D, _ = probs.shape
+    cdf = np.cumsum(probs, axis=2)
+    out = []
+    for k, count in enumerate(counts):
+        u = rng.random((int(count), D, 1))
+        codes = np.sum(cdf[k][None] <= u, axis=2)
+        out.append(np.minimum(codes, C - 1).astype(np.float64))
+    return np.concatenate(out, axis=0) if out else np.empty((0, D))
+
+
+def make_family(n_categories):
+    """The categorical :class:`Family` for ``n_categories[d]`` codes of feature ``d``."""
+    C = tuple(int(c) for c in n_categories)
+    bind = partial
+    return Family(
+        name="categorical",
+        log_prob=bind(log_prob, n_categories=C),
+        suff_stats=bind(suff_stats, n_categories=C),
+        m_step=bind(m_step, n_categories=C),
+        n_parameters=bind(n_parameters, n_categories=C),
+        sample=bind(sample, n_categories=C),
+        check_data=bind(check_data, n_categories=C),
+    )
+
+
+FAMILY = Family(
+    name="categorical",
+    log_prob=log_prob,
+    suff_stats=suff_stats,
+    m_step=m_step,
+    n_parameters=n_parameters,
+    sample=sample,
+    check_data=check_data,
+)

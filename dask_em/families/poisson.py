@@ -1,0 +1,90 @@
+"""Poisson components: each feature is a count, independent within a component.
+
+``params = {"means": (K, D)}``, the rate of feature ``d`` in component ``k``.
+Statistics: ``s1[k] = sum_i r_ik x_i`` (K, D); counts are non-negative, so the sums
+have no cancellation and need no shift. The M-step is the mode under a
+Gamma(1 + alpha, alpha) prior (alpha pseudo-rows with a total count of alpha, prior
+rate 1), so no rate is exactly 0 and an empty component gets rate 1, never NaN::
+
+    lambda_kd = (s1_kd + alpha) / (n_k + alpha)
+"""
+
+import numpy as np
+from scipy.special import gammaln
+
+from dask_em.families._checks import non_integer, raise_if_invalid
+from dask_em.families._family import Family
+
+_NK_EPS = 10 * np.finfo(np.float64).eps
+
+
+def check_data(X):
+    """Raise a ``ValueError`` naming column and value unless every entry is a count >= 0."""
+    raise_if_invalid(
+        X,
+        (X < 0) | non_integer(X),
+        "Poisson",
+        "Poisson features must be non-negative whole numbers (counts); fix or remove "
+        "these values, e.g. X = np.clip(np.rint(X), 0, None).",
+    )
+
+
+def log_prob(X, params):
+    """``sum_d x_d log lambda_kd - lambda_kd - log(x_d!)`` with one GEMM.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D), float64 counts
+    params : dict with ``means`` (K, D), rates > 0
+
+    Returns
+    -------
+    ndarray of shape (n, K)
+    """
+    check_data(X)
+    lam = params["means"]
+    return X @ np.log(lam).T - lam.sum(axis=1) - gammaln(X + 1.0).sum(axis=1)[:, None]
+
+
+def suff_stats(X, resp, params):
+    """``s1`` (K, D): responsibility-weighted count sums. ``params`` is unused."""
+    check_data(X)
+    return {"s1": resp.T @ X}
+
+
+def m_step(stats, params, alpha=1e-3):
+    """Smoothed rates ``(s1 + alpha) / (n_k + alpha)``; ``params`` is unused.
+
+    Parameters
+    ----------
+    stats : dict with ``nk`` (K,) and ``s1`` (K, D)
+    params : dict
+        Current parameters (unused; may hold only ``means``).
+    alpha : float
+        Prior strength in pseudo-rows.
+    """
+    nk = stats["nk"] + _NK_EPS
+    return {"means": (stats["s1"] + alpha) / (nk[:, None] + alpha)}
+
+
+def n_parameters(params):
+    """``K * D`` rates."""
+    return int(np.size(params["means"]))
+
+
+def sample(params, counts, rng):
+    """``counts[k]`` rows of counts (float64) from component ``k``, in component order."""
+    lam = params["means"]
+    out = [rng.poisson(lam[k], size=(int(c), lam.shape[1])).astype(np.float64) for k, c in enumerate(counts)]
+    return np.concatenate(out, axis=0) if out else np.empty((0, lam.shape[1]))
+
+
+FAMILY = Family(
+    name="poisson",
+    log_prob=log_prob,
+    suff_stats=suff_stats,
+    m_step=m_step,
+    n_parameters=n_parameters,
+    sample=sample,
+    check_data=check_data,
+)

@@ -1,0 +1,156 @@
+"""A conformance suite for component families: :func:`check_family`.
+
+Every built-in family passes it (``tests/test_check_family.py``); a user who writes
+a family (see :class:`dask_em.families.Family`) can run it on theirs::
+
+    from dask_em.testing import check_family
+    check_family(my_family, true_params, reference=my_scipy_log_pdf)
+"""
+
+import dask.array as da
+import numpy as np
+
+from dask_em.engine import MixtureState, add_stats, run_em
+
+
+def _arrays(value):
+    if hasattr(value, "arrays"):
+        return [np.asarray(a, dtype=np.float64) for a in value.arrays()]
+    return [np.asarray(value, dtype=np.float64)]
+
+
+def _assert_close(name, got, want, rtol, atol=0.0):
+    for g, w in zip(_arrays(got), _arrays(want)):
+        if g.shape != w.shape or not np.allclose(g, w, rtol=rtol, atol=atol):
+            err = np.max(np.abs(g - w)) if g.shape == w.shape else f"shapes {g.shape} vs {w.shape}"
+            raise AssertionError(f"check_family: {name} (max abs difference {err}).")
+
+
+def _compare_params(name, got, want, keys, tol):
+    for key in keys:
+        w = np.asarray(want[key], dtype=np.float64)
+        _assert_close(f"{name}: parameter {key!r}", got[key], w, rtol=tol, atol=tol * max(np.abs(w).max(), 1e-12))
+
+
+def _stats(family, X, resp, params):
+    stats = family.suff_stats(X, resp, params)
+    stats["nk"] = resp.sum(axis=0)
+    return stats
+
+
+def check_family(
+    family,
+    params,
+    *,
+    reference=None,
+    X=None,
+    labels=None,
+    weights=None,
+    options=None,
+    compare=None,
+    n_samples=20_000,
+    recover_tol=0.1,
+    seed=0,
+):
+    """Check that ``family`` fulfils the contract the engine relies on.
+
+    Checks, in order (an ``AssertionError`` names the first that fails):
+
+    1. ``sample`` draws ``counts[k]`` rows from component ``k`` (skipped when the
+       family refuses to sample; then give ``X`` and ``labels``).
+    2. ``log_prob`` has shape (n, K) and agrees with ``reference`` (an independent
+       implementation, e.g. scipy.stats) to 1e-10.
+    3. Additivity: statistics of ``X[:m]`` plus those of ``X[m:]`` equal those of
+       ``X`` (random responsibilities).
+    4. Shift invariance: the M-step of statistics taken around the true parameters
+       and around other parameters (the M-step's result as reference) agree to 1e-8,
+       i.e. shifted statistics are corrected exactly.
+    5. The M-step of the statistics of ``X`` under its true labels recovers
+       ``params`` (within ``recover_tol``, relative).
+    6. Sample then fit: EM on ``X`` as a chunked dask array, through the engine,
+       from a perturbed start, recovers ``params`` (within ``recover_tol``).
+
+    Parameters
+    ----------
+    family : Family
+    params : dict
+        True component parameters (K components); components should be well
+        separated so that check 6 is meaningful.
+    reference : callable, optional
+        ``reference(X, params) -> ndarray (n, K)``, an independent log-density.
+    X, labels : ndarray of shape (n, D) and (n,), optional
+        Data and true components, instead of sampling from ``params``.
+    weights : ndarray of shape (K,), optional
+        Mixing weights for sampling (uniform by default).
+    options : dict, optional
+        Keyword arguments of ``family.m_step``.
+    compare : list of str, optional
+        Parameter keys compared in checks 5 and 6 (default: all keys of ``params``).
+    n_samples : int
+    recover_tol : float
+    seed : int
+
+    Returns
+    -------
+    list of str
+        Names of the checks that ran.
+    """
+    options = options or {}
+    rng = np.random.default_rng(seed)
+    ran = []
+    K = _n_components(family, params)
+    w = np.full(K, 1.0 / K) if weights is None else np.asarray(weights, dtype=np.float64)
+    if X is None:
+        counts = rng.multinomial(n_samples, w)
+        X = np.asarray(family.sample(params, counts, rng), dtype=np.float64)
+        labels = np.repeat(np.arange(K), counts)
+        if X.shape[0] != n_samples or not np.all(np.isfinite(X)):
+            raise AssertionError(f"check_family: sample returned shape {X.shape} or non-finite values.")
+        ran.append("sample")
+    X = np.asarray(X, dtype=np.float64)
+    labels = np.asarray(labels)
+    compare = list(params) if compare is None else compare
+
+    lp = family.log_prob(X, params)
+    if lp.shape != (X.shape[0], K):
+        raise AssertionError(f"check_family: log_prob returned shape {lp.shape}, expected {(X.shape[0], K)}.")
+    if reference is not None:
+        _assert_close("log_prob against the reference", lp, reference(X, params), rtol=1e-10, atol=1e-10)
+        ran.append("log_prob-reference")
+
+    resp = rng.dirichlet(np.ones(K), size=X.shape[0])
+    whole = _stats(family, X, resp, params)
+    m = X.shape[0] // 3
+    parts = add_stats([_stats(family, X[:m], resp[:m], params), _stats(family, X[m:], resp[m:], params)])
+    for key in whole:
+        _assert_close(f"additivity of statistic {key!r} over row blocks", parts[key], whole[key], rtol=1e-9, atol=1e-9)
+    ran.append("additivity")
+
+    onehot = np.zeros((X.shape[0], K))
+    onehot[np.arange(X.shape[0]), labels] = 1.0
+    exact = family.m_step(_stats(family, X, onehot, params), params, **options)
+    other = family.m_step(_stats(family, X, resp, params), params, **options)
+    again = family.m_step(_stats(family, X, onehot, other), other, **options)
+    _compare_params("shift invariance of the M-step", again, exact, exact.keys(), 1e-8)
+    ran.append("shift-invariance")
+    _compare_params("M-step of the true-label statistics", exact, params, compare, recover_tol)
+    ran.append("m-step-recovers")
+
+    start_resp = 0.8 * onehot + 0.2 * resp
+    start = MixtureState(start_resp.mean(axis=0), family.m_step(_stats(family, X, start_resp, params), params, **options))
+    Xd = da.from_array(X, chunks=(max(1, X.shape[0] // 5), -1))
+    (res,) = run_em(Xd, family, [start], tol=1e-8, max_iter=200, options=options)
+    _compare_params("sample-then-fit", res.state.params, params, compare, recover_tol)
+    if not family.hard:
+        _assert_close("sample-then-fit: mixing weights", res.state.weights, np.bincount(labels, minlength=K) / len(labels),
+                      rtol=0, atol=recover_tol)
+    ran.append("sample-then-fit")
+    return ran
+
+
+def _n_components(family, params):
+    first = params["means"] if "means" in params else next(iter(params.values()))
+    return int(np.shape(first)[0])
+
+
+__all__ = ["check_family"]

@@ -1,0 +1,91 @@
+"""KMeans against scikit-learn's KMeans from the same init array and max_iter."""
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans as SkKMeans
+
+from dask_em import KMeans
+
+
+@pytest.fixture(scope="module")
+def X():
+    rng = np.random.default_rng(0)
+    return np.concatenate([rng.normal(c, 1.0, (300, 3)) for c in (-3.0, 0.0, 4.0)]) + 1e3
+
+
+def _inputs(X):
+    return [X, da.from_array(X, chunks=(217, -1))]
+
+
+@pytest.mark.parametrize("tol", [0.0, 1e-4])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_parity_with_sklearn(X, tol, weighted):
+    init = X[[0, 1, 2, 3, 400]]
+    w = np.random.default_rng(1).integers(1, 4, len(X)).astype(float) if weighted else None
+    sk = SkKMeans(5, init=init, n_init=1, max_iter=50, tol=tol).fit(X, sample_weight=w)
+    for inp in _inputs(X):
+        km = KMeans(5, init=init, max_iter=50, tol=tol).fit(inp, sample_weight=w)
+        np.testing.assert_allclose(km.cluster_centers_, sk.cluster_centers_, rtol=1e-13)
+        assert km.inertia_ == pytest.approx(sk.inertia_, rel=1e-12)
+        np.testing.assert_array_equal(np.asarray(km.labels_), sk.labels_)
+        assert km.n_iter_ == sk.n_iter_
+        # sklearn expands |x|^2 - 2 x.c + |c|^2 (data at 1e3): only ~1e-8 accurate
+        np.testing.assert_allclose(np.asarray(km.transform(inp)), sk.transform(X), atol=1e-6)
+        assert km.score(inp, sample_weight=w) == pytest.approx(sk.score(X, sample_weight=w), rel=1e-12)
+
+
+def test_empty_clusters_are_reseeded_like_sklearn():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(c, 1.0, (300, 2)) for c in (-3.0, 0.0, 4.0)])
+    init = np.array([[0.0, 0.0], [1.0, 1.0], [50.0, 50.0], [-60.0, 0.0]])  # two start empty
+    sk = SkKMeans(4, init=init, n_init=1, max_iter=30, tol=0).fit(X)
+    for inp in _inputs(X):
+        km = KMeans(4, init=init, max_iter=30, tol=0).fit(inp)
+        assert np.all(np.isfinite(km.cluster_centers_))
+        np.testing.assert_allclose(km.cluster_centers_, sk.cluster_centers_, rtol=1e-12)
+        assert km.inertia_ == pytest.approx(sk.inertia_, rel=1e-12)
+        assert len(np.unique(np.asarray(km.labels_))) == 4
+
+
+def test_more_clusters_than_distinct_rows_stays_finite():
+    X = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0]]), 10, axis=0)
+    km = KMeans(3, init=np.array([[0.0, 0.0], [5.0, 5.0], [9.0, 9.0]]), max_iter=5).fit(X)
+    assert np.all(np.isfinite(km.cluster_centers_)) and km.inertia_ == 0.0
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+def test_string_inits_find_the_clusters(X, init):
+    Xd = da.from_array(X, chunks=(217, -1))
+    km = KMeans(3, init=init, random_state=0).fit(Xd)
+    sk = SkKMeans(3, random_state=0, n_init=5).fit(X)
+    assert km.inertia_ == pytest.approx(sk.inertia_, rel=1e-9)
+    assert isinstance(km.labels_, da.Array)  # lazy for dask input
+    assert km.labels_.compute().shape == (len(X),)
+
+
+def test_one_compute_per_iteration(X):
+    Xd = da.from_array(X, chunks=(217, -1))
+    init = X[[0, 1, 2]]
+    calls = []
+
+    class Count(dask.callbacks.Callback):
+        def _start(self, dsk):
+            calls.append(1)
+
+    with Count():
+        km = KMeans(3, init=init, max_iter=20, tol=0).fit(Xd)
+    # one pass per iteration; the inertia pass is skipped after strict convergence
+    assert len(calls) == km.n_iter_
+
+
+def test_errors(X):
+    with pytest.raises(ValueError, match="'init' parameter of KMeans"):
+        KMeans(3, init="kmeans").fit(X)
+    with pytest.raises(ValueError, match=r"'init' should have the shape \(3, 3\)"):
+        KMeans(3, init=X[:2]).fit(X)
+    with pytest.raises(ValueError, match="sample_weight contains 1 negative"):
+        KMeans(3).fit(X, sample_weight=np.r_[-1.0, np.ones(len(X) - 1)])
+    with pytest.warns(RuntimeWarning, match="performing only one init"):
+        KMeans(3, init=X[:3], n_init=3).fit(X)
