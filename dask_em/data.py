@@ -44,8 +44,13 @@ def _check_dtype(dtype, what):
 
 
 def numpy_block_rows(n_rows, n_features, itemsize=8):
-    """Rows per block when NumPy input is wrapped in a dask array (about 16 MiB each)."""
+    """Rows per block when NumPy input is wrapped in a dask array.
+
+    Blocks of at most about 16 MiB, and at least 4 of them (for 2+ cores) when the
+    data have more than 4,096 rows.
+    """
     rows = NUMPY_BLOCK_BYTES // max(1, n_features * itemsize)
+    rows = min(rows, -(-n_rows // 4))
     return int(max(1024, min(rows, max(n_rows, 1))))
 
 
