@@ -281,7 +281,7 @@ def plot_criterion(table, *, criteria=("bic", "aic"), ax=None):
 
 
 # --------------------------------------------------------------------------- label map
-def plot_label_map(labels, *, ax=None, cmap="tab10", title=None):
+def plot_label_map(labels, *, class_names=None, ax=None, cmap="tab10", title=None):
     """Map of component labels held in a 2-D xarray DataArray (missing labels blank).
 
     Parameters
@@ -290,6 +290,8 @@ def plot_label_map(labels, *, ax=None, cmap="tab10", title=None):
         Integer labels, or float with NaN where no label exists (masked pixels);
         dask-backed arrays are computed. Dimensions named ``y`` and ``x`` are put in
         that order; otherwise the array's own order is used (rows, columns).
+    class_names : sequence of str, optional
+        Name of each label (index = label), shown on the colour bar.
     ax : matplotlib.axes.Axes, optional
     cmap : str, default="tab10"
     title : str, optional
@@ -332,6 +334,10 @@ def plot_label_map(labels, *, ax=None, cmap="tab10", title=None):
     im = ax.imshow(image, cmap=cm, norm=norm, interpolation="nearest", extent=extent, origin="upper", aspect="auto")
     bar = ax.figure.colorbar(im, ax=ax, ticks=np.arange(n_classes))
     bar.set_label(labels.name or "component")
+    if class_names is not None:
+        if len(class_names) < n_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but the labels go up to {n_classes - 1}.")
+        bar.set_ticklabels(list(class_names)[:n_classes])
     ax.set_xlabel(xdim)
     ax.set_ylabel(ydim)
     ax.set_title(title or f"{labels.name or 'labels'}: {present.size} classes, {int(mask.sum())} missing")

@@ -191,6 +191,12 @@ def test_label_map_masks_missing(tmp_path):
     assert ax.get_xlabel() == "x" and ax.get_ylabel() == "y"
     assert "4 classes" in ax.get_title() and "35 missing" in ax.get_title()
     _save(ax, tmp_path / "labels.png")
+    ax = plot_label_map(da_, class_names=["a", "b", "c", "d"])
+    bar = ax.figure.axes[-1]
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["a", "b", "c", "d"]
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="class_names has 2 names"):
+        plot_label_map(da_, class_names=["a", "b"])
 
 
 def test_label_map_rejects_wrong_input():
