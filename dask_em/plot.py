@@ -248,9 +248,11 @@ def plot_criterion(table, *, criteria=("bic", "aic"), ax=None):
 
     Parameters
     ----------
-    table : dict of lists or list of dict
+    table : dict of lists, list of dict, or an object with a ``table`` attribute
         Columns (or row keys) ``n_components`` and the criteria to draw, e.g.
-        ``[{"n_components": 2, "bic": 1.2e4, "aic": 1.1e4}, ...]``.
+        ``[{"n_components": 2, "bic": 1.2e4, "aic": 1.1e4}, ...]`` or the ``table`` of
+        :func:`dask_em.select_n_components`. With a ``covariance_type`` column holding
+        several types, each type gets its own curve.
     criteria : sequence of str, default=("bic", "aic")
         Columns to draw; each must be in the table.
     ax : matplotlib.axes.Axes, optional
@@ -258,23 +260,29 @@ def plot_criterion(table, *, criteria=("bic", "aic"), ax=None):
     Returns
     -------
     ax : matplotlib.axes.Axes
-        One line per criterion (``ax.lines``, labelled "BIC"/"AIC") and one marker
-        line per minimum.
+        One line per criterion (and covariance type), labelled "BIC", "AIC" or
+        "BIC (full)", ..., and one marker line per minimum, labelled "best BIC: K=3".
     """
-    cols = _criterion_table(table)
+    cols = _criterion_table(getattr(table, "table", table))
     missing = [c for c in criteria if c not in cols]
     if missing:
         raise ValueError(f"The table has no column {missing[0]!r} (columns: {sorted(cols)}); pass criteria=... accordingly.")
+    kinds = cols.get("covariance_type")
+    groups = [None] if kinds is None or len(set(kinds.tolist())) < 2 else list(dict.fromkeys(kinds.tolist()))
     ax = _axes(ax)
-    ks = cols["n_components"].astype(int)
     for name in criteria:
-        values = cols[name].astype(np.float64)
-        (line,) = ax.plot(ks, values, marker="o", label=name.upper())
-        best = int(np.argmin(values))
-        ax.plot([ks[best]], [values[best]], marker="*", markersize=14, color=line.get_color(), linestyle="none", label=f"best {name.upper()}: K={ks[best]}")
+        for group in groups:
+            rows = np.ones(len(cols["n_components"]), bool) if group is None else kinds == group
+            ks = cols["n_components"][rows].astype(int)
+            values = cols[name][rows].astype(np.float64)
+            suffix = "" if group is None else f" ({group})"
+            (line,) = ax.plot(ks, values, marker="o", label=name.upper() + suffix)
+            best = int(np.argmin(values))
+            ax.plot([ks[best]], [values[best]], marker="*", markersize=14, color=line.get_color(),
+                    linestyle="none", label=f"best {name.upper()}{suffix}: K={ks[best]}")
     ax.set_xlabel("number of components K")
     ax.set_ylabel("criterion (lower is better)")
-    ax.set_xticks(ks)
+    ax.set_xticks(np.unique(cols["n_components"].astype(int)))
     ax.legend()
     ax.grid(True, alpha=0.3)
     return ax

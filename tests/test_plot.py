@@ -165,6 +165,19 @@ def test_criterion_rows_and_columns(tmp_path):
         plot_criterion(cols)
 
 
+def test_criterion_one_curve_per_covariance_type():
+    rows = [
+        {"n_components": k, "covariance_type": t, "bic": b, "aic": b - 5}
+        for t, bs in (("full", [50.0, 40.0, 45.0]), ("diag", [60.0, 55.0, 52.0]))
+        for k, b in zip((1, 2, 3), bs)
+    ]
+    ax = plot_criterion(rows, criteria=("bic",))
+    lines = {ln.get_label(): ln for ln in ax.lines}
+    assert set(lines) == {"BIC (full)", "best BIC (full): K=2", "BIC (diag)", "best BIC (diag): K=3"}
+    np.testing.assert_array_equal(lines["BIC (diag)"].get_ydata(), [60.0, 55.0, 52.0])
+    plt.close(ax.figure)
+
+
 def test_criterion_from_fitted_models(blobs):
     """The table as the notebook builds it, from real fits: BIC picks the true K=3."""
     rows = []
