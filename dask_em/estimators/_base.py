@@ -211,8 +211,9 @@ class BaseMixture(DensityMixin, BaseEstimator):
         persist : {"auto", True, False}, default="auto"
             Keep the data in (cluster) memory between iterations (True) or stream
             them from their source every iteration (False). ``"auto"`` persists when
-            they take at most half of the workers' memory limit (of the free RAM
-            without a distributed client). The log says which was used.
+            they take at most half of the workers' free memory (memory limit less
+            what the worker processes use; the free RAM without a distributed
+            client). The log says which was used.
         checkpoint : str or os.PathLike, optional
             File to save the EM state to after every iteration. If it exists and
             was written by the same fit (settings and data shape and chunks;

@@ -33,7 +33,10 @@ def _gib(n):
 
 
 def available_memory():
-    """Memory the data could be kept in: the workers' memory limits, or free RAM.
+    """Memory the data could be kept in, and where.
+
+    With a distributed client: the sum over workers of their memory limit minus the
+    memory their processes already use (libraries, buffers). Without one: free RAM.
 
     Returns
     -------
@@ -50,8 +53,10 @@ def available_memory():
     except (ImportError, ValueError):
         client = None
     if client is not None:
-        workers = client.scheduler_info(n_workers=-1)["workers"].values()
-        total = sum(w.get("memory_limit") or psutil.virtual_memory().total for w in workers)
+        total = 0
+        for w in client.scheduler_info(n_workers=-1)["workers"].values():
+            limit = w.get("memory_limit") or psutil.virtual_memory().total
+            total += max(0, limit - w.get("metrics", {}).get("memory", 0))
         return int(total), "cluster"
     return int(psutil.virtual_memory().available), "local"
 
@@ -64,14 +69,15 @@ def decide_persist(X, persist):
     X : dask.array.Array
     persist : {"auto", True, False}
         ``"auto"`` persists when ``X.nbytes`` is at most :data:`PERSIST_FRACTION` of
-        the workers' total memory limit (or of the free RAM without a cluster).
+        :func:`available_memory` (the workers' memory limits less what their
+        processes already use, or the free RAM without a cluster).
     """
     if not (isinstance(persist, (bool, np.bool_)) or (isinstance(persist, str) and persist == "auto")):
         raise ValueError(f"persist must be 'auto', True or False. Got {persist!r} instead.")
     memory, where = available_memory()
     if persist == "auto":
         persist = X.nbytes <= PERSIST_FRACTION * memory
-        reason = f"{_gib(X.nbytes)} of data, {_gib(memory)} of {where} memory"
+        reason = f"{_gib(X.nbytes)} of data, {_gib(memory)} of {where} memory free"
     else:
         reason = f"persist={persist}"
     if persist:
