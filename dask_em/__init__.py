@@ -11,7 +11,8 @@ from dask_em.estimators import (
     KMeans,
     PoissonMixture,
 )
-from dask_em.exceptions import ConvergenceWarning, NotFittedError
+from dask_em.exceptions import ConvergenceWarning, ModelFileError, NotFittedError
+from dask_em.persistence import load
 from dask_em.selection import select_n_components
 
 __all__ = [
@@ -20,8 +21,10 @@ __all__ = [
     "ConvergenceWarning",
     "GaussianMixture",
     "KMeans",
+    "ModelFileError",
     "NotFittedError",
     "PoissonMixture",
     "__version__",
+    "load",
     "select_n_components",
 ]

@@ -1,38 +1,24 @@
 """The data edge: any supported input becomes a row-chunked 2-D dask array.
 
 Supported: NumPy arrays (and array-likes), dask arrays chunked along rows, Zarr
-arrays and paths to them. Every problem gets an error that says how to fix it.
+stores (paths, URLs, ``zarr.Array``, an array inside a group; formats 2 and 3) and
+xarray ``DataArray`` / ``Dataset`` objects with a named feature dimension (see
+:mod:`dask_em.io`). Every problem gets an error that says how to fix it.
 """
 
 import logging
 import os
+from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
+
+from dask_em.io import from_xarray, is_xarray, is_zarr, open_zarr_array
 
 logger = logging.getLogger(__name__)
 
 #: Target size in bytes of one row block when NumPy input is wrapped in dask.
 NUMPY_BLOCK_BYTES = 16 * 2**20
-
-
-def _open_zarr(path):
-    import zarr
-
-    try:
-        arr = zarr.open(str(path), mode="r")
-    except Exception as exc:  # zarr raises several types for missing / corrupt stores
-        raise ValueError(
-            f"Could not open a Zarr array at {str(path)!r} ({type(exc).__name__}: {exc}). "
-            f"Check the path, or pass a zarr.Array or dask array instead."
-        ) from exc
-    if not hasattr(arr, "shape"):
-        names = sorted(getattr(arr, "array_keys", lambda: [])())
-        raise ValueError(
-            f"{str(path)!r} is a Zarr group, not an array; open one of its arrays "
-            f"({', '.join(names) or 'it holds none'}), e.g. zarr.open(path)['name']."
-        )
-    return da.from_zarr(arr)
 
 
 def _check_dtype(dtype, what):
@@ -54,13 +40,118 @@ def numpy_block_rows(n_rows, n_features, itemsize=8):
     return int(max(1024, min(rows, max(n_rows, 1))))
 
 
+@dataclass
+class Source:
+    """An input seen as rows x features, and how to give results back in its shape.
+
+    Attributes
+    ----------
+    X : dask.array.Array of shape (N, D)
+        Row-chunked, one chunk along features.
+    is_numpy : bool
+        Whether the input was in memory (NumPy or array-like).
+    layout : XarrayLayout or None
+        For xarray input: the sample dimensions and coordinates of the results.
+    """
+
+    X: da.Array
+    is_numpy: bool = False
+    layout: object = None
+
+    def wrap(self, result, what):
+        """Give a per-row result (N,) or (N, K) the shape of the input (xarray)."""
+        return result if self.layout is None else self.layout.wrap(result, what)
+
+
+def _from_zarr(source, array, feature_dim, what):
+    if feature_dim is not None:  # a labelled cube: read it through xarray
+        if not isinstance(source, (str, os.PathLike)):
+            raise ValueError(
+                f"feature_dim needs {what} as a store path, or open it with xarray yourself: "
+                f"xr.open_zarr(path)[name]."
+            )
+        import xarray as xr
+
+        try:
+            ds = xr.open_zarr(os.fspath(source), consolidated=None)
+        except Exception as exc:
+            raise ValueError(
+                f"Could not open {os.fspath(source)!r} with xarray ({type(exc).__name__}: {exc}); "
+                f"the store needs dimension names (written by xarray, or Zarr format 3)."
+            ) from exc
+        if array is not None and array not in ds.data_vars:
+            raise ValueError(
+                f"The store {os.fspath(source)!r} has no variable {array!r}; its variables are: "
+                f"{', '.join(ds.data_vars) or 'none'}."
+            )
+        return ds[array] if array is not None else ds
+    arr = open_zarr_array(source, array)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"The Zarr array {what} is {arr.ndim}-D with shape {arr.shape}; name the dimension "
+            f"that holds the features with feature_dim='name' (--feature-dim name), or give a "
+            f"2-D (n_samples, n_features) array."
+        )
+    X = da.from_zarr(arr)
+    if X.numblocks[1] != 1:
+        logger.info(
+            "the Zarr array has %d chunks along the features; rechunking to one chunk of %d "
+            "features per row block (keeping %d rows per block)",
+            X.numblocks[1],
+            X.shape[1],
+            X.chunks[0][0],
+        )
+        X = X.rechunk({1: -1})
+    return X
+
+
+def as_source(X, *, array=None, feature_dim=None, feature_names=None, what="X"):
+    """Any supported input as a :class:`Source` (a row-chunked 2-D dask array).
+
+    Parameters
+    ----------
+    X : array-like, dask array, zarr.Array / zarr.Group, str / os.PathLike, xarray object
+        A path or URL is opened as a Zarr store, lazily. An xarray object has one
+        feature dimension; every other dimension is a sample dimension.
+    array : str, optional
+        Name of the array (or xarray variable) inside a Zarr group.
+    feature_dim : str, optional
+        Feature dimension of xarray input (or of an N-D store read through xarray).
+    feature_names : list of str, optional
+        Data variables of a Dataset to use as features, in order.
+    what : str
+        Name used in error messages.
+
+    Returns
+    -------
+    Source
+
+    Raises
+    ------
+    ValueError
+        Wrong number of dimensions, chunks along the feature axis of a dask array,
+        unknown chunk sizes, a non-numeric dtype, or an unreadable store.
+    """
+    if isinstance(X, (str, os.PathLike)) or is_zarr(X):
+        X = _from_zarr(X, array, feature_dim, what)
+    elif array is not None:
+        raise ValueError(f"array={array!r} only applies to Zarr stores and groups; {what} is a {type(X).__name__}.")
+    if is_xarray(X):
+        Xd, layout = from_xarray(X, feature_dim, feature_names, what)
+        _check_dtype(Xd.dtype, what)
+        return Source(Xd, False, layout)
+    Xd, is_numpy = as_row_chunked(X, what=what)
+    return Source(Xd, is_numpy)
+
+
 def as_row_chunked(X, *, what="X"):
     """Return ``X`` as a 2-D dask array with a single chunk along features.
 
     Parameters
     ----------
     X : array-like, dask.array.Array, zarr.Array, str or os.PathLike
-        A path is opened as a Zarr array, lazily.
+        A path is opened as a Zarr array, lazily (see :func:`as_source` for groups
+        and xarray input).
     what : str
         Name used in error messages.
 
@@ -77,11 +168,9 @@ def as_row_chunked(X, *, what="X"):
         sizes, a non-numeric dtype, or an unreadable Zarr path.
     """
     is_numpy = False
-    if isinstance(X, (str, os.PathLike)):
-        X = _open_zarr(X)
-    elif type(X).__module__.startswith("zarr") and hasattr(X, "shape"):
-        X = da.from_zarr(X)
-    elif not isinstance(X, da.Array):
+    if isinstance(X, (str, os.PathLike)) or is_zarr(X) or is_xarray(X):
+        return as_source(X, what=what).X, False
+    if not isinstance(X, da.Array):
         X = np.asarray(X)
         is_numpy = True
     if X.ndim != 2:

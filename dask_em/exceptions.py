@@ -11,3 +11,8 @@ class NotFittedError(ValueError, AttributeError):
 
 class ConvergenceWarning(UserWarning):
     """Raised when EM stops at ``max_iter`` before the change fell below ``tol``."""
+
+
+class ModelFileError(ValueError):
+    """A saved model or checkpoint cannot be read: not a dask-em file, corrupt, or
+    written in a format version this dask-em does not read."""

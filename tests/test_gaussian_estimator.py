@@ -271,5 +271,5 @@ def test_non_numeric_input():
 
 
 def test_missing_zarr_path(tmp_path):
-    with pytest.raises(ValueError, match="Could not open a Zarr array"):
+    with pytest.raises(ValueError, match="Could not open a Zarr"):
         GaussianMixture(2).fit(str(tmp_path / "nope.zarr"))

@@ -58,6 +58,7 @@ def run_em(
     callback=None,
     label="",
     log_level=logging.INFO,
+    resume=None,
 ):
     """Run EM from each starting state until convergence or ``max_iter``.
 
@@ -86,6 +87,11 @@ def run_em(
         Prefix of the log lines (e.g. ``"k-means init: "``).
     log_level : int, optional
         Level of the per-iteration log lines (INFO by default).
+    resume : list of EMResult, optional
+        Results of an interrupted run (from a checkpoint) to continue instead of
+        starting from ``inits``: iterations continue from their ``n_iter``, converged
+        ones stay out of the passes, and the convergence test uses their saved
+        ``lower_bound``, so the outcome equals that of an uninterrupted run.
 
     Returns
     -------
@@ -93,13 +99,14 @@ def run_em(
         One per starting state, in the same order.
     """
     options = options or {}
-    results = [EMResult(state=s) for s in inits]
-    active = list(range(len(results)))
+    results = list(resume) if resume is not None else [EMResult(state=s) for s in inits]
+    active = [i for i, res in enumerate(results) if not res.converged]
+    done = max((results[i].n_iter for i in active), default=max_iter)
 
     def prefix(i):
         return label + (f"init {i}: " if len(results) > 1 else "")
 
-    for iteration in range(1, max_iter + 1):
+    for iteration in range(done + 1, max_iter + 1):
         start = time.perf_counter()
         payload = (family, [results[i].state for i in active])
         stats_list = run_pass(

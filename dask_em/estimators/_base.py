@@ -21,8 +21,10 @@ from dask_em._validation import (
     check_random_state_param,
     seed_from,
 )
-from dask_em.data import as_row_chunked, count_nonfinite_rows
+from dask_em.data import as_source, count_nonfinite_rows
 from dask_em.engine import MixtureState, run_em, score_block
+from dask_em.engine.omit import score_block_omit
+from dask_em.estimators._outofcore import Checkpointer, chain_callbacks, decide_persist, resolve_nan_policy
 from dask_em.exceptions import ConvergenceWarning
 from dask_em.weights import as_row_weights, bad_weight_error
 
@@ -72,6 +74,17 @@ class BaseMixture(DensityMixin, BaseEstimator):
         raise NotImplementedError
 
     _fitted_attribute = "weights_"
+    #: Fitted attributes besides the parameters that ``save`` writes (when set).
+    _saved_attributes = (
+        "converged_",
+        "n_iter_",
+        "lower_bound_",
+        "lower_bounds_",
+        "history_",
+        "n_features_in_",
+        "feature_dim_",
+        "feature_names_in_",
+    )
 
     # -- validation -------------------------------------------------------------
     def _check_common_params(self):
@@ -93,29 +106,63 @@ class BaseMixture(DensityMixin, BaseEstimator):
 
     def _validate_X(self, X, reset):
         """Row-chunked dask array from any input; checks features against the fit."""
-        Xd, is_numpy = as_row_chunked(X)
-        if is_numpy:
+        source, _ = self._validate_source(X, reset)
+        return source.X, source.is_numpy
+
+    def _validate_source(self, X, reset, array=None, feature_dim=None, nan_policy=None):
+        """:class:`~dask_em.data.Source` of any input, and the resolved NaN policy.
+
+        On ``reset`` the feature count (and for xarray the feature dimension and
+        Dataset variables) are recorded; otherwise they are checked against the fit.
+        """
+        if not reset and feature_dim is None:
+            feature_dim = getattr(self, "feature_dim_", None)
+        names = None if reset else getattr(self, "feature_names_in_", None)
+        source = as_source(X, array=array, feature_dim=feature_dim, feature_names=names)
+        Xd = source.X
+        policy = resolve_nan_policy(nan_policy, source)
+        if source.is_numpy and policy == "raise":
             bad = count_nonfinite_rows(np.asarray(X))
             if bad:
                 raise ValueError(
                     f"Input X contains {bad} rows with NaN or infinite values (of "
-                    f"{Xd.shape[0]} rows); remove or impute them first."
+                    f"{Xd.shape[0]} rows); remove or impute them first, or pass nan_policy='omit'."
                 )
         if reset:
             self.n_features_in_ = Xd.shape[1]
+            for attr in ("feature_dim_", "feature_names_in_"):
+                self.__dict__.pop(attr, None)
+            if source.layout is not None:
+                self.feature_dim_ = source.layout.feature_dim
+                if source.layout.feature_names is not None:
+                    self.feature_names_in_ = list(source.layout.feature_names)
         elif Xd.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {Xd.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input."
             )
-        return Xd, is_numpy
+        return source, policy
 
-    def _pass_check(self):
-        """The check run on the row counts of every pass during fit."""
+    def _pass_check(self, nan_policy="raise"):
+        """The check run on the row counts of every pass during fit.
+
+        With ``nan_policy="omit"`` rows holding NaN or inf are left out (the engine
+        skips them) and their number is logged once; with ``"raise"`` they are an error.
+        """
         K = self.n_components
+        logged = []
 
         def check(stats):
-            if stats["n_nonfinite"]:
+            if stats["n_nonfinite"] and nan_policy == "omit":
+                if not logged:
+                    total = stats["n_rows"] + stats["n_nonfinite"]
+                    logger.info(
+                        "left out %d rows with NaN or infinite values (of %d rows); they get no label",
+                        stats["n_nonfinite"],
+                        total,
+                    )
+                    logged.append(stats["n_nonfinite"])
+            elif stats["n_nonfinite"]:
                 total = stats["n_rows"] + stats["n_nonfinite"]
                 raise ValueError(
                     f"Input X contains {stats['n_nonfinite']} rows with NaN or infinite "
@@ -133,24 +180,63 @@ class BaseMixture(DensityMixin, BaseEstimator):
         return check
 
     # -- fitting ---------------------------------------------------------------
-    def fit(self, X, y=None, sample_weight=None):
+    def fit(
+        self,
+        X,
+        y=None,
+        sample_weight=None,
+        *,
+        array=None,
+        feature_dim=None,
+        nan_policy=None,
+        persist="auto",
+        checkpoint=None,
+        callback=None,
+    ):
         """Estimate the parameters by EM, one pass over ``X`` per iteration.
 
         Parameters
         ----------
-        X : array-like, dask array, zarr.Array or path of shape (n_samples, n_features)
-            Row-chunked data; a dask array must have one chunk along features.
+        X : array-like, dask array, Zarr store, or xarray object
+            Data of shape (n_samples, n_features): a NumPy or dask array (one chunk
+            along features), a Zarr store path / URL / ``zarr.Array`` / ``zarr.Group``
+            (format 2 or 3, read lazily), or an xarray ``DataArray`` / ``Dataset``
+            whose ``feature_dim`` holds the features and whose other dimensions are
+            samples (a Dataset's data variables are the features).
         y : ignored
         sample_weight : array-like or dask array of shape (n_samples,), default=None
             Weight of each row (initialisation included): an integer weight counts
             as that many copies of the row, a weight of 0 drops it. Negative or
             non-finite weights are an error (found inside the passes for dask input).
+        array : str, optional
+            The array inside a Zarr group, e.g. ``fit("cube.zarr", array="reflectance")``.
+        feature_dim : str, optional
+            Feature dimension of xarray input (or of an N-D store read through xarray).
+        nan_policy : {"raise", "omit"} or None, default=None
+            What to do with rows holding NaN or inf: ``"omit"`` leaves them out of
+            the fit and logs their number; ``"raise"`` is an error. ``None`` means
+            ``"omit"`` for xarray input and ``"raise"`` otherwise.
+        persist : {"auto", True, False}, default="auto"
+            Keep the data in (cluster) memory between iterations (True) or stream
+            them from their source every iteration (False). ``"auto"`` persists when
+            they take at most half of the workers' free memory (memory limit less
+            what the worker processes use; the free RAM without a distributed
+            client). The log says which was used.
+        checkpoint : str or os.PathLike, optional
+            File to save the EM state to after every iteration. If it exists and
+            was written by the same fit (settings and data shape and chunks;
+            ``max_iter`` may differ), the fit resumes from it, and ends as an
+            uninterrupted fit would. Format: :mod:`dask_em.persistence`.
+        callback : callable, optional
+            ``callback(iteration, results)`` after every EM iteration, where
+            ``results`` is a list of :class:`~dask_em.engine.EMResult` (one per start).
 
         Returns
         -------
         self
         """
-        Xd, is_numpy = self._validate_X(X, reset=True)
+        source, policy = self._validate_source(X, True, array, feature_dim, nan_policy)
+        Xd, is_numpy = source.X, source.is_numpy
         self._check_params(Xd.shape[1])
         n, K = Xd.shape[0], self.n_components
         if n < K:
@@ -160,15 +246,22 @@ class BaseMixture(DensityMixin, BaseEstimator):
         weights = as_row_weights(sample_weight, Xd)
         family = self._family()
         options = self._m_step_options()
-        check = self._pass_check()
+        check = self._pass_check(policy)
         warm = self.warm_start and hasattr(self, "converged_")
+        saver = Checkpointer(checkpoint, self, Xd) if checkpoint is not None else None
         seed = seed_from(self.random_state)
         seeds = [int(np.random.SeedSequence([seed, i]).generate_state(1)[0]) for i in range(self.n_init)]
         with verbosity(self.verbose):
+            resume = saver.resume() if saver is not None else None
             if is_numpy:  # keep the wrapped blocks in place instead of re-slicing each pass
                 Xd = Xd.persist()
                 weights = None if weights is None else weights.persist()
-            if warm:
+            elif decide_persist(Xd, persist):
+                Xd = Xd.persist()
+                weights = None if weights is None else weights.persist()
+            if resume is not None:
+                inits = None
+            elif warm:
                 inits = [self._get_state()]
             else:
                 logger.info("initialising %d start(s) with %r", len(seeds), self._init_name())
@@ -182,6 +275,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
                 options=options,
                 sample_weight=weights,
                 check=check,
+                callback=chain_callbacks(saver, callback),
+                resume=resume,
             )
         best = results[0]
         for res in results[1:]:
@@ -205,71 +300,113 @@ class BaseMixture(DensityMixin, BaseEstimator):
     def _init_name(self):
         return getattr(self, "init_params", "")
 
-    def fit_predict(self, X, y=None):
+    def fit_predict(self, X, y=None, **fit_params):
         """Fit, then return the label of each row (one more pass).
+
+        ``fit_params`` are those of :meth:`fit`; ``array``, ``feature_dim`` and
+        ``nan_policy`` also apply to the prediction.
 
         Returns
         -------
-        labels : ndarray or dask array of shape (n_samples,)
+        labels : ndarray, dask array or xarray.DataArray of shape (n_samples,)
         """
-        return self.fit(X).predict(X)
+        keep = ("array", "feature_dim", "nan_policy")
+        return self.fit(X, **fit_params).predict(X, **{k: v for k, v in fit_params.items() if k in keep})
+
+    def save(self, path):
+        """Write the fitted model to ``path`` (a plain NPZ + JSON file, never pickle).
+
+        Load it with :func:`dask_em.load`. The format is documented in
+        :mod:`dask_em.persistence`.
+
+        Returns
+        -------
+        str
+            ``path``.
+        """
+        from dask_em.persistence import save_model
+
+        check_is_fitted(self, self._fitted_attribute)
+        return save_model(self, path)
 
     # -- scoring ---------------------------------------------------------------
-    def _apply(self, X, what):
+    def _apply(self, X, what, array=None, feature_dim=None, nan_policy=None):
         check_is_fitted(self, self._fitted_attribute)
-        Xd, is_numpy = self._validate_X(X, reset=False)
+        source, policy = self._validate_source(X, False, array, feature_dim, nan_policy)
+        Xd = source.X
         family = self._family()
         payload = (family, self._get_state(), what)
-        if is_numpy:
-            return score_block(np.asarray(X), payload)
+        kernel = score_block_omit if policy == "omit" else score_block
+        if source.is_numpy:
+            return kernel(np.asarray(X), payload)
         K = self.n_components
-        name = f"{'predict' if what == 'labels' else what}-{family.name}-{tokenize(Xd, payload)}"
+        name = f"{'predict' if what == 'labels' else what}-{family.name}-{tokenize(Xd, payload, policy)}"
         payload_d = delayed(payload, traverse=False)
         if what in ("labels", "score"):
             dtype = np.int64 if what == "labels" else np.float64
-            return Xd.map_blocks(score_block, payload_d, dtype=dtype, drop_axis=1, name=name)
-        return Xd.map_blocks(score_block, payload_d, dtype=np.float64, chunks=(Xd.chunks[0], (K,)), name=name)
+            out = Xd.map_blocks(kernel, payload_d, dtype=dtype, drop_axis=1, name=name)
+        else:
+            out = Xd.map_blocks(kernel, payload_d, dtype=np.float64, chunks=(Xd.chunks[0], (K,)), name=name)
+        return source.wrap(out, what)
 
-    def predict(self, X):
+    def predict(self, X, *, array=None, feature_dim=None, nan_policy=None):
         """Label of the most probable component for each row.
 
         Parameters
         ----------
-        X : array-like or dask array of shape (n_samples, n_features)
+        X : array-like, dask array, Zarr store or xarray object (see :meth:`fit`)
+        array, feature_dim : str, optional
+            As for :meth:`fit`; the feature dimension defaults to the fitted one.
+        nan_policy : {"raise", "omit"} or None
+            ``"omit"``: rows with NaN / inf get label -1 (NaN in xarray output).
+            ``None``: omit for xarray input, raise otherwise.
 
         Returns
         -------
-        labels : ndarray of shape (n_samples,), or a lazy dask array for dask input
+        labels : ndarray of shape (n_samples,), a lazy dask array for dask / Zarr
+            input, or a lazy ``xarray.DataArray`` on the sample dimensions (with the
+            input's coordinates; float, NaN where a row was left out) for xarray input.
         """
-        return self._apply(X, "labels")
+        return self._apply(X, "labels", array, feature_dim, nan_policy)
 
-    def predict_proba(self, X):
+    def predict_proba(self, X, *, array=None, feature_dim=None, nan_policy=None):
         """Posterior probability of each component for each row.
 
+        Parameters are those of :meth:`predict`; left-out rows hold NaN.
+
         Returns
         -------
-        resp : ndarray of shape (n_samples, n_components), or a lazy dask array
+        resp : ndarray of shape (n_samples, n_components), a lazy dask array, or a
+            lazy ``xarray.DataArray`` with the sample dimensions plus ``component``
         """
-        return self._apply(X, "proba")
+        return self._apply(X, "proba", array, feature_dim, nan_policy)
 
-    def score_samples(self, X):
+    def score_samples(self, X, *, array=None, feature_dim=None, nan_policy=None):
         """Log-likelihood of each row under the model.
 
+        Parameters are those of :meth:`predict`; left-out rows hold NaN.
+
         Returns
         -------
-        log_prob : ndarray of shape (n_samples,), or a lazy dask array
+        log_prob : ndarray of shape (n_samples,), a lazy dask array, or a lazy
+            ``xarray.DataArray`` on the sample dimensions
         """
-        return self._apply(X, "score")
+        return self._apply(X, "score", array, feature_dim, nan_policy)
 
-    def score(self, X, y=None):
-        """Mean log-likelihood per row (computes when ``X`` is a dask array).
+    def score(self, X, y=None, *, array=None, feature_dim=None, nan_policy=None):
+        """Mean log-likelihood per row (computes when ``X`` is lazy).
+
+        Rows left out by ``nan_policy="omit"`` do not count.
 
         Returns
         -------
         float
         """
-        scores = self.score_samples(X)
-        return float(scores.mean().compute() if isinstance(scores, da.Array) else scores.mean())
+        scores = self.score_samples(X, array=array, feature_dim=feature_dim, nan_policy=nan_policy)
+        scores = getattr(scores, "data", scores)  # xarray -> its dask array
+        if isinstance(scores, da.Array):
+            return float(da.nanmean(scores).compute())
+        return float(np.nanmean(scores))
 
     def _n_parameters(self):
         state = self._get_state()
@@ -282,7 +419,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         -------
         float
         """
-        n = as_row_chunked(X)[0].shape[0]
+        n = as_source(X).X.shape[0]
         return -2 * self.score(X) * n + self._n_parameters() * np.log(n)
 
     def aic(self, X):
@@ -292,7 +429,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         -------
         float
         """
-        n = as_row_chunked(X)[0].shape[0]
+        n = as_source(X).X.shape[0]
         return -2 * self.score(X) * n + 2 * self._n_parameters()
 
     def sample(self, n_samples=1):

@@ -34,17 +34,17 @@ class DiscreteMixture(BaseMixture):
         if given is not None:
             self._check_param_init(given, K, n_features)
 
-    def _validate_X(self, X, reset):
+    def _validate_source(self, X, reset, *args, **kwargs):
         """As the base class, then the family's support check on in-memory data.
 
         Dask input is checked inside the passes (the family's kernels raise).
         """
-        Xd, is_numpy = super()._validate_X(X, reset)
+        source, policy = super()._validate_source(X, reset, *args, **kwargs)
         if reset:
-            self._learn_data_shape(X, Xd, is_numpy)
-        if is_numpy:
+            self._learn_data_shape(X, source.X, source.is_numpy)
+        if source.is_numpy:
             self._family().check_data(as_float64(np.asarray(X)))
-        return Xd, is_numpy
+        return source, policy
 
     def _learn_data_shape(self, X, Xd, is_numpy):
         """Hook for what ``fit`` infers from the data (categories per feature)."""

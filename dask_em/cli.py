@@ -1,0 +1,214 @@
+"""The ``dask-em`` command line: fit, predict, score, demo.
+
+::
+
+    dask-em fit STORE [--array NAME] [--feature-dim DIM] -k K --covariance-type T \\
+        [--scheduler ADDRESS] --output MODEL.npz
+    dask-em predict MODEL.npz STORE --output LABELS.zarr [--what labels|proba|score]
+    dask-em score MODEL.npz STORE
+    dask-em demo
+
+Without ``--scheduler`` a ``distributed.LocalCluster`` is started (and stopped at
+the end); with it, the command connects to that scheduler. Progress goes to stderr
+(a bar on a terminal, and one log line per EM iteration); results go to stdout.
+Outputs are written to a temporary sibling and renamed into place, so a failed
+run never leaves a half-written output where a good one was. Any error ends the
+run with one line on stderr and exit status 2 (``--verbose`` shows the traceback).
+"""
+
+import argparse
+import contextlib
+import logging
+import sys
+import time
+
+from dask_em._progress import ProgressBar, setup_logging
+
+logger = logging.getLogger("dask_em.cli")
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+WHAT_NAMES = {"labels": "labels", "proba": "probabilities", "score": "log_likelihood"}
+
+
+def _out(message):
+    print(message, flush=True)
+
+
+@contextlib.contextmanager
+def dask_client(scheduler, *, n_workers=None, memory_limit="auto", quiet=False):
+    """A ``distributed.Client`` on ``scheduler``, or on a new LocalCluster.
+
+    Prints the dashboard link (stderr) unless ``quiet``.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler, timeout="20s") as client:
+            if not quiet:
+                print(f"dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
+            yield client
+        return
+    kwargs = {"n_workers": n_workers, "threads_per_worker": 1} if n_workers else {}
+    with LocalCluster(
+        processes=True, dashboard_address=":0", memory_limit=memory_limit, silence_logs=logging.ERROR, **kwargs
+    ) as cluster, Client(cluster) as client:
+        if not quiet:
+            print(f"local cluster: {len(cluster.workers)} workers; dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
+        yield client
+
+
+# ------------------------------------------------------------------ sub-commands
+def _source_kwargs(args):
+    return {"array": args.array, "feature_dim": args.feature_dim, "nan_policy": args.nan_policy}
+
+
+def cmd_fit(args):
+    from dask_em import GaussianMixture
+
+    model = GaussianMixture(
+        args.n_components,
+        covariance_type=args.covariance_type,
+        tol=args.tol,
+        max_iter=args.max_iter,
+        n_init=args.n_init,
+        init_params=args.init_params,
+        random_state=args.random_state,
+    )
+    bar = args.bar = ProgressBar(args.max_iter, enabled=None if args.level <= logging.INFO else False)
+    args.handler.bar = bar
+    with dask_client(args.scheduler, quiet=args.quiet):
+        start = time.perf_counter()
+        try:
+            model.fit(
+                args.store, persist=args.persist, checkpoint=args.checkpoint, callback=bar, **_source_kwargs(args)
+            )
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - start
+    model.save(args.output)
+    state = "converged" if model.converged_ else "did not converge"
+    _out(
+        f"{state} after {model.n_iter_} iterations in {seconds:.1f} s; "
+        f"mean log-likelihood {model.lower_bound_:.6g}"
+    )
+    _out(f"model written to {args.output}")
+    return 0
+
+
+def cmd_predict(args):
+    import dask_em
+    from dask_em.io import write_zarr
+
+    model = dask_em.load(args.model)
+    with dask_client(args.scheduler, quiet=args.quiet):
+        method = {"labels": model.predict, "proba": model.predict_proba, "score": model.score_samples}[args.what]
+        result = method(args.store, **_source_kwargs(args))
+        fill = -1 if args.what == "labels" else None
+        write_zarr(result, args.output, name=WHAT_NAMES[args.what], fill_value=fill)
+    _out(f"{WHAT_NAMES[args.what]} written to {args.output}")
+    return 0
+
+
+def cmd_score(args):
+    import dask_em
+
+    model = dask_em.load(args.model)
+    with dask_client(args.scheduler, quiet=args.quiet):
+        value = model.score(args.store, **_source_kwargs(args))
+    _out(f"mean log-likelihood {value:.10g}")
+    return 0
+
+
+def cmd_demo(args):
+    from dask_em._demo import run_demo
+
+    return run_demo(args, dask_client, _out)
+
+
+# ------------------------------------------------------------------ parser
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _persist(text):
+    return {"auto": "auto", "yes": True, "no": False}[text]
+
+
+def build_parser():
+    common = argparse.ArgumentParser(add_help=False)
+    noise = common.add_mutually_exclusive_group()
+    noise.add_argument("-q", "--quiet", action="store_true", help="only results and errors")
+    noise.add_argument("-v", "--verbose", action="store_true", help="debug log and tracebacks")
+    common.add_argument("--scheduler", help="address of a running Dask scheduler (default: start a LocalCluster)")
+
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("store", help="Zarr store: path or URL (format 2 or 3)")
+    data.add_argument("--array", help="array (or xarray variable) inside the store's group")
+    data.add_argument("--feature-dim", help="dimension holding the features (reads the store with xarray)")
+    data.add_argument("--nan-policy", choices=("raise", "omit"), help="rows with NaN: error or leave out")
+
+    parser = argparse.ArgumentParser(prog="dask-em", description="Mixture models by EM on larger-than-memory data.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", parents=[common, data], help="fit a GaussianMixture and save it")
+    fit.add_argument("-k", "--n-components", type=_positive_int, required=True)
+    fit.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full")
+    fit.add_argument("--max-iter", type=_positive_int, default=100)
+    fit.add_argument("--tol", type=float, default=1e-3)
+    fit.add_argument("--n-init", type=_positive_int, default=1)
+    fit.add_argument("--init-params", default="kmeans", choices=("kmeans", "k-means++", "random", "random_from_data"))
+    fit.add_argument("--random-state", type=int, default=0)
+    fit.add_argument("--persist", type=_persist, default="auto", choices=("auto", True, False), metavar="{auto,yes,no}")
+    fit.add_argument("--checkpoint", help="checkpoint file; re-running with it resumes an interrupted fit")
+    fit.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
+    fit.set_defaults(func=cmd_fit)
+
+    predict = sub.add_parser("predict", parents=[common], help="write labels (or probabilities) to Zarr")
+    predict.add_argument("model", help="model file written by `dask-em fit`")
+    for action in data._actions:
+        predict._add_action(action)
+    predict.add_argument("--what", choices=tuple(WHAT_NAMES), default="labels")
+    predict.add_argument("-o", "--output", required=True, help="Zarr store to write")
+    predict.set_defaults(func=cmd_predict)
+
+    score = sub.add_parser("score", parents=[common], help="mean log-likelihood of a store under a model")
+    score.add_argument("model")
+    for action in data._actions:
+        score._add_action(action)
+    score.set_defaults(func=cmd_score)
+
+    demo = sub.add_parser("demo", parents=[common], help="fit a dataset larger than a small cluster's memory")
+    demo.add_argument("--workers", type=_positive_int, default=2)
+    demo.add_argument("--memory-limit", default="300MiB", help="per worker (default 300MiB)")
+    demo.add_argument("--size-factor", type=float, default=1.1, help="dataset size / total memory limit")
+    demo.add_argument("--n-components", type=_positive_int, default=3)
+    demo.add_argument("--keep", help="folder to keep the generated store in (default: a temporary one)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    args.level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    args.handler = setup_logging(args.level)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("dask-em: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line for the user; the traceback with --verbose
+        if args.verbose:
+            logger.exception("failed")
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"dask-em: error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        logging.getLogger("dask_em").removeHandler(args.handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""xarray in and out: a labelled cube becomes rows x features, results get their labels back.
+
+One named dimension holds the features; every other dimension is a sample
+dimension, e.g. ``(time, y, x, band)`` with ``band`` as features gives rows of
+``time * y * x`` samples. A ``Dataset`` contributes one feature per data variable.
+Each block is flattened on its own (:func:`dask.array.reshape_blockwise`), so the
+chunking of the sample dimensions is kept and nothing is rechunked along them;
+results are folded back the same way, lazily, with the original coordinates.
+"""
+
+import logging
+import math
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Names of the xarray results, by kind of per-row output.
+RESULT_NAMES = {"labels": "labels", "proba": "probabilities", "score": "log_likelihood", "log_proba": "log_probabilities"}
+
+
+def is_xarray(obj):
+    """Whether ``obj`` is an ``xarray.DataArray`` or ``xarray.Dataset``."""
+    return type(obj).__module__.startswith("xarray") and hasattr(obj, "dims") and hasattr(obj, "coords")
+
+
+@dataclass
+class XarrayLayout:
+    """What is needed to put per-row results back on the sample dimensions.
+
+    Attributes
+    ----------
+    sample_dims : tuple of str
+    sample_shape : tuple of int
+    sample_chunks : tuple of tuple of int
+        Chunks of the sample dimensions (the row blocks of the 2-D view, in order).
+    coords : dict
+        Coordinates that do not involve the feature dimension.
+    feature_dim : str
+    feature_names : list of str or None
+        Data variables of a Dataset, in feature order.
+    """
+
+    sample_dims: tuple
+    sample_shape: tuple
+    sample_chunks: tuple
+    coords: dict
+    feature_dim: str
+    feature_names: list = None
+
+    def wrap(self, result, what):
+        """Lazy ``xarray.DataArray`` from a per-row dask result of shape (N,) or (N, K).
+
+        Labels become floats with NaN where a row was left out (label -1).
+        """
+        import xarray as xr
+
+        if result.ndim == 1:
+            shape, chunks, dims = self.sample_shape, self.sample_chunks, self.sample_dims
+        else:
+            K = result.shape[1]
+            shape, chunks = self.sample_shape + (K,), self.sample_chunks + ((K,),)
+            dims = self.sample_dims + ("component",)
+        if what == "labels":
+            result = da.where(result >= 0, result, np.nan)
+        if len(self.sample_dims) > 1:
+            result = da.reshape_blockwise(result, shape, chunks=chunks)
+        return xr.DataArray(result, dims=dims, coords=self.coords, name=RESULT_NAMES.get(what, what))
+
+
+def _dataset_to_array(ds, feature_dim, feature_names):
+    names = list(ds.data_vars)
+    if not names:
+        raise ValueError("The Dataset has no data variables; each data variable is one feature.")
+    if feature_names is not None:
+        missing = [n for n in feature_names if n not in names]
+        if missing:
+            raise ValueError(
+                f"The Dataset lacks the variables {missing} that the model was fitted on "
+                f"(features: {list(feature_names)})."
+            )
+        names = list(feature_names)
+    dims = {n: ds[n].dims for n in names}
+    if len(set(dims.values())) != 1:
+        raise ValueError(
+            f"Every data variable of the Dataset must have the same dimensions to be used as "
+            f"features; got {dims}. Select the variables that do, e.g. ds[['a', 'b']]."
+        )
+    return ds[names].to_dataarray(dim=feature_dim), names
+
+
+def from_xarray(obj, feature_dim=None, feature_names=None, what="X"):
+    """Row-chunked 2-D dask array (N, D) from a DataArray or Dataset, and its layout.
+
+    Parameters
+    ----------
+    obj : xarray.DataArray or xarray.Dataset
+        NumPy-backed objects are wrapped in dask (lazy from here on).
+    feature_dim : str, optional
+        The dimension holding the features. For a DataArray it defaults to the last
+        dimension when there are exactly two; for a Dataset it names the new feature
+        dimension (``"variable"``).
+    feature_names : list of str, optional
+        For a Dataset: the variables to use, in this order (from a fitted model).
+    what : str
+        Name used in error messages.
+
+    Returns
+    -------
+    X : dask.array.Array of shape (N, D)
+    layout : XarrayLayout
+    """
+    import xarray as xr
+
+    if isinstance(obj, xr.Dataset):
+        feature_dim = feature_dim or "variable"
+        obj, feature_names = _dataset_to_array(obj, feature_dim, feature_names)
+    else:
+        feature_names = None
+        if feature_dim is None:
+            if obj.ndim != 2:
+                raise ValueError(
+                    f"{what} is a DataArray with dimensions {obj.dims}; say which one holds the "
+                    f"features with feature_dim='name' (--feature-dim name)."
+                )
+            feature_dim = obj.dims[1]
+            logger.info("using the last dimension %r of the DataArray as features", feature_dim)
+        if feature_dim not in obj.dims:
+            raise ValueError(
+                f"{what} has no dimension {feature_dim!r} to use as features; its dimensions "
+                f"are {obj.dims}."
+            )
+    sample_dims = tuple(d for d in obj.dims if d != feature_dim)
+    if not sample_dims:
+        raise ValueError(f"{what} has only the feature dimension {feature_dim!r}; it needs a sample dimension.")
+    obj = obj.transpose(*sample_dims, feature_dim)
+    data = obj.data
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=("auto",) + (-1,) * (data.ndim - 1))
+    if data.numblocks[-1] != 1:
+        logger.info(
+            "%s has %d chunks along the feature dimension %r; rechunking it to one "
+            "(every row block must hold all features)",
+            what,
+            data.numblocks[-1],
+            feature_dim,
+        )
+        data = data.rechunk({data.ndim - 1: -1})
+    sample_shape = data.shape[:-1]
+    n_rows = math.prod(sample_shape)
+    X = data if data.ndim == 2 else da.reshape_blockwise(data, (n_rows, data.shape[-1]))
+    coords = {k: v for k, v in obj.coords.items() if feature_dim not in v.dims}
+    layout = XarrayLayout(sample_dims, sample_shape, data.chunks[:-1], coords, feature_dim, feature_names)
+    return X, layout

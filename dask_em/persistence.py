@@ -1,0 +1,310 @@
+"""Saved models and checkpoints: a plain, documented format, never pickle.
+
+A file is a ZIP archive in NumPy's ``.npz`` layout (``numpy.load`` opens it):
+
+``metadata.json``
+    UTF-8 JSON object with ``format`` (``"dask-em-model"`` or
+    ``"dask-em-checkpoint"``), ``format_version`` (an int, :data:`FORMAT_VERSION`),
+    ``dask_em_version``, ``estimator`` (class name, e.g. ``"GaussianMixture"``),
+    ``params`` (the constructor parameters; an array-valued one is written as
+    ``{"__array__": "<entry>"}``), and per format:
+
+    - model: ``state`` ``{"weights": entry, "params": {name: entry}}`` and
+      ``attributes`` (fitted scalars and lists: ``n_iter_``, ``converged_``,
+      ``lower_bound_``, ``lower_bounds_``, ``history_``, ``n_features_in_``, ...);
+    - checkpoint: ``fingerprint`` (shape, dtype and row chunks of the data) and
+      ``starts``: one object per EM start with ``state``, ``n_iter``,
+      ``converged``, ``lower_bound``, ``history``.
+
+    Non-finite floats are written as the strings ``"inf"``, ``"-inf"``, ``"nan"``.
+``<entry>.npy``
+    One array per entry named in the metadata, in ``.npy`` format, read with
+    ``allow_pickle=False``.
+
+Files are written to a temporary sibling and renamed, so an interrupted write
+never replaces a good file with a broken one.
+"""
+
+import io
+import json
+import logging
+import math
+import os
+import zipfile
+
+import numpy as np
+
+from dask_em._version import __version__
+from dask_em.exceptions import ModelFileError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MODEL_FORMAT = "dask-em-model"
+CHECKPOINT_FORMAT = "dask-em-checkpoint"
+
+
+# ------------------------------------------------------------------ JSON values
+def _encode(value):
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _decode(value, float_keys=("lower_bound", "lower_bound_", "mean_loglik", "change")):
+    """Inverse of :func:`_encode` for the float fields that may be non-finite."""
+    if isinstance(value, dict):
+        return {
+            k: (_NONFINITE[v] if k in float_keys and isinstance(v, str) else _decode(v)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_NONFINITE.get(v, v) if isinstance(v, str) else _decode(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------ archives
+def _write_archive(path, metadata, arrays):
+    """Write ``metadata.json`` and ``<name>.npy`` entries to ``path`` atomically."""
+    from dask_em.io.zarr_source import temporary_sibling
+
+    path = os.fspath(path)
+    tmp = temporary_sibling(path)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            zf.writestr("metadata.json", json.dumps(_encode(metadata), indent=1, allow_nan=False))
+            for name, arr in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+                zf.writestr(f"{name}.npy", buf.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _read_archive(path, expected_format):
+    """Metadata and arrays of a dask-em file; :class:`ModelFileError` when unreadable."""
+    where = os.fspath(path)
+    if not os.path.isfile(where):
+        raise ModelFileError(f"No dask-em file at {where!r}; check the path.")
+    try:
+        with zipfile.ZipFile(where) as zf:
+            metadata = json.loads(zf.read("metadata.json").decode("utf-8"))
+            arrays = {}
+            for name in zf.namelist():
+                if name.endswith(".npy"):
+                    with zf.open(name) as fh:
+                        arrays[name[:-4]] = np.lib.format.read_array(io.BytesIO(fh.read()), allow_pickle=False)
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as exc:
+        raise ModelFileError(
+            f"{where!r} is not a readable dask-em file ({type(exc).__name__}: {exc}); it may be "
+            f"corrupt or not written by dask-em's save(). Save the model again."
+        ) from exc
+    if not isinstance(metadata, dict) or metadata.get("format") not in (MODEL_FORMAT, CHECKPOINT_FORMAT):
+        raise ModelFileError(f"{where!r} is not a dask-em model or checkpoint (no dask-em format tag).")
+    if metadata["format"] != expected_format:
+        raise ModelFileError(
+            f"{where!r} is a {metadata['format']!r} file, not a {expected_format!r} file."
+        )
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{where!r} was written by dask-em {metadata.get('dask_em_version', '?')} in file format "
+            f"version {version!r}; this dask-em ({__version__}) reads format version "
+            f"{FORMAT_VERSION}. Load it with the dask-em version that wrote it and re-fit or re-save."
+        )
+    if metadata.get("dask_em_version") != __version__:
+        logger.info("%s was written by dask-em %s (this is %s)", where, metadata.get("dask_em_version"), __version__)
+    return _decode(metadata), arrays
+
+
+def _array(arrays, entry, where):
+    try:
+        return arrays[entry]
+    except (KeyError, TypeError):
+        raise ModelFileError(f"{where!r} is corrupt: the array {entry!r} named in its metadata is missing.") from None
+
+
+# ------------------------------------------------------------------ estimator pieces
+def encode_params(estimator, arrays, prefix="params"):
+    """JSON-able constructor parameters; array values go to ``arrays``."""
+    out = {}
+    for key, value in estimator.get_params(deep=False).items():
+        if isinstance(value, (np.random.RandomState, np.random.Generator)):
+            logger.warning("random_state %r is not saved (only int or None are); saved as None", value)
+            value = None
+        if isinstance(value, (np.ndarray, list, tuple)) and key != "random_state":
+            arrays[f"{prefix}/{key}"] = np.asarray(value)
+            value = {"__array__": f"{prefix}/{key}"}
+        out[key] = value
+    return out
+
+
+def decode_params(params, arrays, where):
+    return {
+        k: _array(arrays, v["__array__"], where) if isinstance(v, dict) and "__array__" in v else v
+        for k, v in params.items()
+    }
+
+
+def _put_state(state, arrays, prefix):
+    arrays[f"{prefix}/weights"] = np.asarray(state.weights)
+    names = {}
+    for key, value in state.params.items():
+        arrays[f"{prefix}/params/{key}"] = np.asarray(value)
+        names[key] = f"{prefix}/params/{key}"
+    return {"weights": f"{prefix}/weights", "params": names}
+
+
+def _get_state(spec, arrays, where):
+    from dask_em.engine import MixtureState
+
+    try:
+        return MixtureState(
+            weights=_array(arrays, spec["weights"], where),
+            params={k: _array(arrays, v, where) for k, v in spec["params"].items()},
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ModelFileError(f"{where!r} is corrupt: its parameter list is malformed ({exc}).") from None
+
+
+def estimator_class(name, where):
+    """The estimator class called ``name`` in :mod:`dask_em.estimators`."""
+    import dask_em.estimators as estimators
+    from dask_em.estimators._base import BaseMixture
+
+    cls = getattr(estimators, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, BaseMixture)):
+        raise ModelFileError(f"{where!r} holds an unknown estimator {name!r}; this dask-em has {estimators.__all__}.")
+    return cls
+
+
+def save_model(estimator, path):
+    """Write a fitted estimator to ``path`` (see the module docstring for the format)."""
+    arrays = {}
+    metadata = {
+        "format": MODEL_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dask_em_version": __version__,
+        "estimator": type(estimator).__name__,
+        "params": encode_params(estimator, arrays),
+        "state": _put_state(estimator._get_state(), arrays, "state"),
+        "attributes": {
+            a: getattr(estimator, a) for a in estimator._saved_attributes if hasattr(estimator, a)
+        },
+    }
+    _write_archive(path, metadata, arrays)
+    return os.fspath(path)
+
+
+def load(path):
+    """Load a model written by ``model.save(path)``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    estimator
+        A fitted estimator of the saved class, with its saved settings.
+
+    Raises
+    ------
+    ModelFileError
+        Missing, corrupt, not a dask-em model, or another format version.
+    """
+    where = os.fspath(path)
+    metadata, arrays = _read_archive(where, MODEL_FORMAT)
+    cls = estimator_class(metadata.get("estimator"), where)
+    try:
+        est = cls(**decode_params(metadata["params"], arrays, where))
+        est._set_state(_get_state(metadata["state"], arrays, where))
+        for key, value in metadata.get("attributes", {}).items():
+            setattr(est, key, value)
+    except ModelFileError:
+        raise
+    except Exception as exc:
+        raise ModelFileError(f"{where!r} is corrupt or inconsistent ({type(exc).__name__}: {exc}).") from exc
+    return est
+
+
+# ------------------------------------------------------------------ checkpoints
+def write_checkpoint(path, estimator, fingerprint, results):
+    """Save every EM start (state, iteration count, history) after an iteration."""
+    arrays = {}
+    starts = [
+        {
+            "state": _put_state(res.state, arrays, f"start{i}"),
+            "n_iter": res.n_iter,
+            "converged": bool(res.converged),
+            "lower_bound": res.lower_bound,
+            "history": res.history,
+        }
+        for i, res in enumerate(results)
+    ]
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dask_em_version": __version__,
+        "estimator": type(estimator).__name__,
+        "params": encode_params(estimator, {}),
+        "fingerprint": fingerprint,
+        "starts": starts,
+    }
+    _write_archive(path, metadata, arrays)
+
+
+#: Settings that may change between an interrupted fit and its resumption.
+RESUMABLE_CHANGES = ("max_iter", "verbose", "warm_start")
+
+
+def read_checkpoint(path, estimator, fingerprint):
+    """EM results saved in ``path`` for this estimator and data, or ``None`` if no file.
+
+    Raises
+    ------
+    ModelFileError
+        The file is unreadable, or belongs to another fit (other settings or data).
+    """
+    from dask_em.engine import EMResult
+
+    where = os.fspath(path)
+    if not os.path.exists(where):
+        return None
+    metadata, arrays = _read_archive(where, CHECKPOINT_FORMAT)
+    mine = _encode(encode_params(estimator, {}))
+    theirs = metadata.get("params", {})
+    differ = sorted(k for k in set(mine) | set(theirs) if k not in RESUMABLE_CHANGES and mine.get(k) != theirs.get(k))
+    if metadata.get("estimator") != type(estimator).__name__:
+        differ.insert(0, "estimator")
+    if _encode(fingerprint) != metadata.get("fingerprint"):
+        differ.append("data (shape, dtype or chunks)")
+    if differ:
+        raise ModelFileError(
+            f"The checkpoint {where!r} belongs to a different fit (differs in: {', '.join(differ)}); "
+            f"delete it to start afresh, or use another checkpoint path."
+        )
+    try:
+        return [
+            EMResult(
+                state=_get_state(s["state"], arrays, where),
+                converged=bool(s["converged"]),
+                n_iter=int(s["n_iter"]),
+                lower_bound=float(s["lower_bound"]),
+                history=list(s["history"]),
+            )
+            for s in metadata["starts"]
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"The checkpoint {where!r} is corrupt ({type(exc).__name__}: {exc}).") from exc
