@@ -11,6 +11,11 @@ from dask_em._math import as_float64, logsumexp
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
+
+def log_tiny(dtype):
+    """Log of the smallest normal number of ``dtype`` (about -708 for float64, -87 for float32)."""
+    return float(np.log(np.finfo(dtype).tiny))
+
 #: Rows processed at once inside a block: keeps the (rows, K, D) work arrays in cache.
 SLAB_ROWS = 8192
 
@@ -53,12 +58,12 @@ def weighted_log_prob(X, family, state, **kwargs):
     return lp
 
 
-def responsibilities(wlp, hard):
+def responsibilities(wlp, hard, floor=-700.0):
     """Responsibilities (n, K) and per-row log-likelihood (n,) from weighted log-probs.
 
     For hard families the responsibilities are one-hot at the best component and
     the "log-likelihood" is the best weighted log-prob (minus the squared distance
-    for K-means).
+    for K-means). Soft responsibilities below ``exp(floor)`` are set to exactly 0.
     """
     if hard:
         labels = np.argmax(wlp, axis=1)
@@ -67,7 +72,11 @@ def responsibilities(wlp, hard):
         resp[rows, labels] = 1.0
         return resp, wlp[rows, labels]
     lse = logsumexp(wlp, axis=1)
-    return np.exp(wlp - lse[:, None]), lse
+    log_resp = wlp - lse[:, None]
+    # below exp(floor) a responsibility is a subnormal number in the compute dtype:
+    # flush it to zero, as arithmetic on subnormals is ~100x slower and changes no sum
+    log_resp[log_resp < floor] = -np.inf
+    return np.exp(log_resp), lse
 
 
 def _as_compute_dtype(X, family):
@@ -80,7 +89,8 @@ def _estep_slab(X, w, family, state):
     """Statistics of one slab of valid rows under one mixture (see :func:`estep_block`)."""
     cache = {} if family.caches else None
     kw = {} if cache is None else {"cache": cache}
-    resp, row_ll = responsibilities(weighted_log_prob(X, family, state, **kw), family.hard)
+    floor = log_tiny(X.dtype) + 1.0
+    resp, row_ll = responsibilities(weighted_log_prob(X, family, state, **kw), family.hard, floor)
     if w is not None:
         resp *= w[:, None]
         row_ll = row_ll * w
