@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dask_em._math import as_float64, logsumexp
+from dask_em._math import as_float64
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
@@ -40,7 +40,12 @@ def valid_rows(X, w=None):
     n_nonfinite : int
     n_bad_weight : int
     """
-    mask = np.isfinite(X).all(axis=1)
+    # fast path: a NaN or inf makes the row sum non-finite (a GEMV, unlike a
+    # reduction over the short feature axis); only then find the rows exactly
+    if np.isfinite(X @ np.ones(X.shape[1], dtype=X.dtype)).all():
+        mask = np.ones(X.shape[0], dtype=bool)
+    else:
+        mask = np.isfinite(X).all(axis=1)
     n_nonfinite = int(mask.size - np.count_nonzero(mask))
     n_bad_weight = 0
     if w is not None:
@@ -71,12 +76,19 @@ def responsibilities(wlp, hard, floor=-700.0):
         resp = np.zeros_like(wlp)
         resp[rows, labels] = 1.0
         return resp, wlp[rows, labels]
-    lse = logsumexp(wlp, axis=1)
-    log_resp = wlp - lse[:, None]
+    # work on the (K, n) transpose: reductions over the K components then run along
+    # contiguous rows, about 4x faster than over the short last axis of (n, K)
+    at = np.array(wlp.T, order="C")
+    top = at.max(axis=0)
+    top[~np.isfinite(top)] = 0.0
+    at -= top
     # below exp(floor) a responsibility is a subnormal number in the compute dtype:
     # flush it to zero, as arithmetic on subnormals is ~100x slower and changes no sum
-    log_resp[log_resp < floor] = -np.inf
-    return np.exp(log_resp), lse
+    np.putmask(at, at < floor + np.log(at.shape[0]), -np.inf)
+    np.exp(at, out=at)
+    total = at.sum(axis=0)
+    at /= total
+    return at.T, np.log(total) + top
 
 
 def _as_compute_dtype(X, family):
@@ -95,8 +107,8 @@ def _estep_slab(X, w, family, state):
         resp *= w[:, None]
         row_ll = row_ll * w
     stats = family.suff_stats(X, resp, state.params, **kw)
-    stats["nk"] = resp.sum(axis=0)
-    stats["loglik"] = float(row_ll.sum())
+    stats["nk"] = resp.sum(axis=0, dtype=np.float64)
+    stats["loglik"] = float(row_ll.sum(dtype=np.float64))
     return stats
 
 
@@ -176,6 +188,7 @@ def score_block(X, payload):
             f"in a block of {mask.size} rows; remove or impute them before predicting."
         )
     wlp = weighted_log_prob(_as_compute_dtype(X, family), family, state)
+    wlp = wlp.astype(np.float64, copy=False)  # results are float64 whatever the data
     if what == "labels":
         return np.argmax(wlp, axis=1)
     resp, row_ll = responsibilities(wlp, family.hard)
