@@ -142,6 +142,7 @@ def test_launcher_against_localcluster_stand_in(tmp_path):
         "--queue", "debug", "--job-extra=--qos=short", "--min-workers", "1", "--max-workers", "2",
         "--dashboard-address", "127.0.0.1:0",
         "--labels", str(tmp_path / "labels.zarr"), "--summary", str(tmp_path / "summary.json"),
+        "--output", str(tmp_path / "model.npz"),
     ]
     summary = launch.run(argv, cluster_factory=local_stand_in)
 
@@ -154,6 +155,10 @@ def test_launcher_against_localcluster_stand_in(tmp_path):
 
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["n_iter"] == summary["n_iter"] and on_disk["converged"]
+    import dask_em
+
+    saved = dask_em.load(tmp_path / "model.npz")
+    np.testing.assert_array_equal(saved.means_, np.array(summary["means"]))
     assert on_disk["shape"] == [9000, 2] and on_disk["chunks_rows"] == [1500]
     assert len(on_disk["history"]) == on_disk["n_iter"]
 

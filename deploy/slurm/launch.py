@@ -44,6 +44,7 @@ def build_parser():
     data.add_argument("--max-iter", type=int, default=100)
     data.add_argument("--tol", type=float, default=1e-3)
     data.add_argument("--random-state", type=int, default=0)
+    data.add_argument("--output", default=None, help="save the fitted model here (dask_em.load reads it back)")
     data.add_argument("--labels", default=None, help="write the label of every row to this Zarr store")
     data.add_argument("--summary", default=None, help="write a JSON summary of the fit (parameters, history) here")
 
@@ -163,6 +164,9 @@ def run(argv=None, cluster_factory=slurm_cluster):
                 random_state=args.random_state,
             ).fit(X)
             seconds = time.perf_counter() - start
+            if args.output:
+                gm.save(args.output)
+                logger.info("model written to %s", args.output)
             if args.labels:
                 da.to_zarr(gm.predict(X), args.labels, overwrite=True)
                 logger.info("labels written to %s", args.labels)
