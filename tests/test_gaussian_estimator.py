@@ -273,3 +273,20 @@ def test_non_numeric_input():
 def test_missing_zarr_path(tmp_path):
     with pytest.raises(ValueError, match="Could not open a Zarr"):
         GaussianMixture(2).fit(str(tmp_path / "nope.zarr"))
+
+
+def test_bic_aic_count_only_the_rows_scored(fitted):
+    """Rows left out by the NaN policy count neither in the likelihood nor in n."""
+    import xarray as xr
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    gm, X = fitted
+    holes = X.copy()
+    holes[[2, 50, 51], 1] = np.nan
+    cube = xr.DataArray(da.from_array(holes, chunks=(700, -1)), dims=("pixel", "band"))
+    kept = holes[np.isfinite(holes).all(axis=1)]
+    ref = SkGaussianMixture(3)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        setattr(ref, name, getattr(gm, name))
+    assert gm.bic(cube) == pytest.approx(ref.bic(kept), rel=1e-9)
+    assert gm.aic(cube) == pytest.approx(ref.aic(kept), rel=1e-9)

@@ -2,7 +2,7 @@
 
 from dask_em.engine.estep import MixtureState, estep_block, m_step, score_block
 from dask_em.engine.loop import EMResult, run_em
-from dask_em.engine.passes import add_stats, run_pass, split_every_default, tree_pass
+from dask_em.engine.passes import add_stats, map_rows, run_pass, split_every_default, tree_pass
 
 __all__ = [
     "EMResult",
@@ -10,6 +10,7 @@ __all__ = [
     "add_stats",
     "estep_block",
     "m_step",
+    "map_rows",
     "run_em",
     "run_pass",
     "score_block",

@@ -112,3 +112,30 @@ def run_pass(X, kernel, payload, **kwargs):
     else:
         (result,) = dask.compute(graph)
     return result
+
+
+def map_rows(X, kernel, payload, *, name, dtype, n_cols=None):
+    """Lazily apply ``kernel(block, payload)`` to every row block of ``X``.
+
+    The payload (parameters) is one key of the graph, not a copy in every task.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (N, D)
+    kernel : callable
+        ``kernel(block, payload) -> ndarray (n_i,)`` or ``(n_i, n_cols)``.
+    payload : object
+    name : str
+        Name of the output array (task names in the dashboard).
+    dtype : dtype
+    n_cols : int, optional
+        Columns of the output; ``None`` for one value per row.
+
+    Returns
+    -------
+    dask.array.Array of shape (N,) or (N, n_cols)
+    """
+    payload_d = delayed(payload, traverse=False)
+    if n_cols is None:
+        return X.map_blocks(kernel, payload_d, dtype=dtype, drop_axis=1, name=name)
+    return X.map_blocks(kernel, payload_d, dtype=dtype, chunks=(X.chunks[0], (n_cols,)), name=name)

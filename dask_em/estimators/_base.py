@@ -9,10 +9,10 @@ import logging
 import sys
 import warnings
 
+import dask
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
-from dask.delayed import delayed
 from sklearn.base import BaseEstimator, DensityMixin
 
 from dask_em._validation import (
@@ -22,7 +22,7 @@ from dask_em._validation import (
     seed_from,
 )
 from dask_em.data import as_source, count_nonfinite_rows
-from dask_em.engine import MixtureState, run_em, score_block
+from dask_em.engine import MixtureState, map_rows, run_em, score_block
 from dask_em.engine.omit import score_block_omit
 from dask_em.estimators._outofcore import Checkpointer, chain_callbacks, decide_persist, resolve_nan_policy
 from dask_em.exceptions import ConvergenceWarning
@@ -339,14 +339,16 @@ class BaseMixture(DensityMixin, BaseEstimator):
         kernel = score_block_omit if policy == "omit" else score_block
         if source.is_numpy:
             return kernel(np.asarray(X), payload)
-        K = self.n_components
         name = f"{'predict' if what == 'labels' else what}-{family.name}-{tokenize(Xd, payload, policy)}"
-        payload_d = delayed(payload, traverse=False)
-        if what in ("labels", "score"):
-            dtype = np.int64 if what == "labels" else np.float64
-            out = Xd.map_blocks(kernel, payload_d, dtype=dtype, drop_axis=1, name=name)
-        else:
-            out = Xd.map_blocks(kernel, payload_d, dtype=np.float64, chunks=(Xd.chunks[0], (K,)), name=name)
+        per_row = what in ("labels", "score")
+        out = map_rows(
+            Xd,
+            kernel,
+            payload,
+            name=name,
+            dtype=np.int64 if what == "labels" else np.float64,
+            n_cols=None if per_row else self.n_components,
+        )
         return source.wrap(out, what)
 
     def predict(self, X, *, array=None, feature_dim=None, nan_policy=None):
@@ -412,6 +414,19 @@ class BaseMixture(DensityMixin, BaseEstimator):
         state = self._get_state()
         return self._family().n_parameters(state.params) + len(state.weights) - 1
 
+    def _total_loglik(self, X):
+        """Summed log-likelihood of ``X`` and the number of rows it counts (one pass).
+
+        Rows left out by the NaN policy count in neither.
+        """
+        scores = self.score_samples(X)
+        scores = getattr(scores, "data", scores)  # xarray -> its dask array
+        if isinstance(scores, da.Array):
+            total, n = dask.compute(da.nansum(scores), da.count_nonzero(~da.isnan(scores)))
+        else:
+            total, n = np.nansum(scores), np.count_nonzero(~np.isnan(scores))
+        return float(total), int(n)
+
     def bic(self, X):
         """Bayesian information criterion for ``X`` (lower is better).
 
@@ -419,8 +434,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
         -------
         float
         """
-        n = as_source(X).X.shape[0]
-        return -2 * self.score(X) * n + self._n_parameters() * np.log(n)
+        total, n = self._total_loglik(X)
+        return -2 * total + self._n_parameters() * np.log(n)
 
     def aic(self, X):
         """Akaike information criterion for ``X`` (lower is better).
@@ -429,8 +444,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
         -------
         float
         """
-        n = as_source(X).X.shape[0]
-        return -2 * self.score(X) * n + 2 * self._n_parameters()
+        total, _ = self._total_loglik(X)
+        return -2 * total + 2 * self._n_parameters()
 
     def sample(self, n_samples=1):
         """Draw samples from the fitted mixture (in memory).

@@ -13,13 +13,12 @@ import warnings
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
-from dask.delayed import delayed
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
 from dask_em._math import as_float64
 from dask_em._validation import check_is_fitted, check_number, check_random_state_param, seed_from
 from dask_em.data import as_row_chunked, count_nonfinite_rows
-from dask_em.engine import MixtureState, estep_block, m_step, run_pass, score_block
+from dask_em.engine import MixtureState, estep_block, m_step, map_rows, run_pass, score_block
 from dask_em.estimators._base import verbosity
 from dask_em.estimators._init_checks import check_array_init
 from dask_em.exceptions import ConvergenceWarning
@@ -259,12 +258,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         payload = (get_family("kmeans"), self._state(), *payload_tail)
         if is_numpy:
             return kernel(np.asarray(X), payload)
+        dtype = np.int64 if what == "predict" else np.float64
         name = f"{what}-kmeans-{tokenize(Xd, payload)}"
-        payload_d = delayed(payload, traverse=False)
-        if out_cols is None:
-            dtype = np.int64 if what == "predict" else np.float64
-            return Xd.map_blocks(kernel, payload_d, dtype=dtype, drop_axis=1, name=name)
-        return Xd.map_blocks(kernel, payload_d, dtype=np.float64, chunks=(Xd.chunks[0], (out_cols,)), name=name)
+        return map_rows(Xd, kernel, payload, name=name, dtype=dtype, n_cols=out_cols)
 
     def predict(self, X):
         """Index of the closest centre for each row.
