@@ -109,6 +109,65 @@ def test_pass_graph_has_readable_deterministic_names():
     assert sum(key_split(k) == "estep-gaussian-diag-params" for k in a.dask.keys()) == 1
 
 
+def _diag_state(D=4):
+    means = np.array([np.zeros(D), np.full(D, 3.0)])
+    return MixtureState(np.array([0.4, 0.6]), {"means": means, "precisions_cholesky": np.ones((2, D))})
+
+
+@pytest.mark.parametrize("per_task", [2, 3, 40])
+def test_grouped_blocks_give_the_same_statistics(per_task):
+    X = da.from_array(make_blobs(), chunks=(90, -1))
+    w = da.from_array(np.random.default_rng(0).uniform(0.5, 2.0, X.shape[0]), chunks=77)
+    fam = get_family("gaussian-diag")
+    payload = (fam, [_diag_state()])
+    one = tree_pass(X, estep_block, payload, name="estep-gaussian-diag", extra=w).compute()
+    grouped = tree_pass(X, estep_block, payload, name="estep-gaussian-diag", extra=w, blocks_per_task=per_task)
+    n_tasks = sum(key_split(k) == "estep-gaussian-diag" for k in grouped.dask.keys())
+    assert n_tasks == -(-X.numblocks[0] // per_task)
+    got = grouped.compute()
+    for key in one[0]:
+        np.testing.assert_allclose(got[0][key], one[0][key], rtol=1e-12)
+    # against the statistics of the whole array as one block
+    whole = estep_block(X.compute(), w.compute(), payload, 0)
+    np.testing.assert_allclose(got[0]["s2"], whole[0]["s2"], rtol=1e-12)
+
+
+def test_blocks_per_task_groups_small_blocks_and_keeps_threads_busy():
+    from dask_em.engine.passes import TASK_BYTES, blocks_per_task
+
+    small = da.zeros((1_000_000, 16), chunks=(1_000, -1))  # 1,000 blocks of 125 KiB
+    assert blocks_per_task(small, 2) == 1_000 // 8  # at least 4 tasks per thread
+    assert blocks_per_task(small, 1) == int(TASK_BYTES // (1_000 * 16 * 8))
+    big = da.zeros((1_000_000, 16), chunks=(200_000, -1))  # 24 MiB blocks
+    assert blocks_per_task(big, 2) == 1
+
+
+def test_threaded_pass_over_many_small_blocks_runs_few_tasks():
+    X = da.from_array(make_blobs(n=4000), chunks=(10, -1)).persist()  # 400 blocks
+
+    class CountTasks(Callback):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def _posttask(self, key, result, dsk, state, id):
+            self.names.append(key_split(key))
+
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    counter = CountTasks()
+    init = _given_init(X.compute())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # two iterations do not converge
+        with dask.config.set(scheduler="threads", num_workers=2), counter:
+            gm = GaussianMixture(3, max_iter=2, tol=0, **init).fit(X)
+        ref = SkGaussianMixture(3, max_iter=2, tol=0, **init).fit(X.compute())
+    per_pass = counter.names.count("estep-gaussian-full") / gm.n_iter_
+    assert per_pass == 8  # 400 blocks of 320 bytes, 4 tasks per thread
+    np.testing.assert_allclose(gm.means_, ref.means_, rtol=1e-10)
+    np.testing.assert_allclose(gm.covariances_, ref.covariances_, rtol=1e-10)
+
+
 def test_estep_statistics_add_over_blocks():
     X = make_blobs(seed=8)
     fam = get_family("gaussian-full")

@@ -16,8 +16,16 @@ def log_tiny(dtype):
     """Log of the smallest normal number of ``dtype`` (about -708 for float64, -87 for float32)."""
     return float(np.log(np.finfo(dtype).tiny))
 
-#: Rows processed at once inside a block: keeps the (rows, K, D) work arrays in cache.
+#: Most rows processed at once inside a block (see :func:`slab_rows`).
 SLAB_ROWS = 8192
+
+
+def slab_rows(n_components, n_features):
+    """Rows processed at once: the (rows, K, D) work arrays stay near 16 MiB (in
+    float64), large enough for efficient GEMMs, small enough for the caches;
+    a power of two between 1,024 and :data:`SLAB_ROWS`."""
+    rows = 2**21 // max(n_components * n_features, 1)
+    return int(min(SLAB_ROWS, max(1024, 1 << max(rows.bit_length() - 1, 0))))
 
 
 @dataclass
@@ -63,12 +71,14 @@ def weighted_log_prob(X, family, state, **kwargs):
     return lp
 
 
-def responsibilities(wlp, hard, floor=-700.0):
+def responsibilities(wlp, hard, floor=-700.0, overwrite=False):
     """Responsibilities (n, K) and per-row log-likelihood (n,) from weighted log-probs.
 
     For hard families the responsibilities are one-hot at the best component and
     the "log-likelihood" is the best weighted log-prob (minus the squared distance
     for K-means). Soft responsibilities below ``exp(floor)`` are set to exactly 0.
+    With ``overwrite``, ``wlp`` may be reused as work space. Soft responsibilities
+    are returned as the transpose of a C-contiguous (K, n) array.
     """
     if hard:
         labels = np.argmax(wlp, axis=1)
@@ -78,7 +88,7 @@ def responsibilities(wlp, hard, floor=-700.0):
         return resp, wlp[rows, labels]
     # work on the (K, n) transpose: reductions over the K components then run along
     # contiguous rows, about 4x faster than over the short last axis of (n, K)
-    at = np.array(wlp.T, order="C")
+    at = wlp.T if overwrite and wlp.T.flags.c_contiguous else np.array(wlp.T, order="C")
     top = at.max(axis=0)
     top[~np.isfinite(top)] = 0.0
     at -= top
@@ -87,7 +97,7 @@ def responsibilities(wlp, hard, floor=-700.0):
     np.putmask(at, at < floor + np.log(at.shape[0]), -np.inf)
     np.exp(at, out=at)
     total = at.sum(axis=0)
-    at /= total
+    at *= 1.0 / total
     return at.T, np.log(total) + top
 
 
@@ -97,12 +107,12 @@ def _as_compute_dtype(X, family):
     return as_float64(X)
 
 
-def _estep_slab(X, w, family, state):
+def _estep_slab(X, w, family, state, cache):
     """Statistics of one slab of valid rows under one mixture (see :func:`estep_block`)."""
-    cache = {} if family.caches else None
     kw = {} if cache is None else {"cache": cache}
     floor = log_tiny(X.dtype) + 1.0
-    resp, row_ll = responsibilities(weighted_log_prob(X, family, state, **kw), family.hard, floor)
+    wlp = weighted_log_prob(X, family, state, **kw)
+    resp, row_ll = responsibilities(wlp, family.hard, floor, overwrite=True)
     if w is not None:
         resp *= w[:, None]
         row_ll = row_ll * w
@@ -115,8 +125,10 @@ def _estep_slab(X, w, family, state):
 def estep_block(X, w, payload, index):
     """E-step on one row block for several mixtures at once (shared data, one read).
 
-    The block is processed in slabs of :data:`SLAB_ROWS` rows so that per-row work
-    arrays stay small; statistics are summed over slabs in float64.
+    The block is processed in slabs of :func:`slab_rows` rows so that per-row work
+    arrays stay small; statistics are summed over slabs in float64. Families that
+    cache get one dict per mixture for the whole block; its ``"rows"`` entry is
+    shared by all mixtures and renewed for every slab (work on the rows alone).
 
     Parameters
     ----------
@@ -142,19 +154,24 @@ def estep_block(X, w, payload, index):
     X = _as_compute_dtype(X, family)
     w = None if w is None else as_float64(w)
     n = X.shape[0]
-    out = []
-    for state in states:
-        slabs = [
-            _estep_slab(X[i : i + SLAB_ROWS], None if w is None else w[i : i + SLAB_ROWS], family, state)
-            for i in range(0, max(n, 1), SLAB_ROWS)
-        ]
-        stats = slabs[0] if len(slabs) == 1 else {k: sum(s[k] for s in slabs) for k in slabs[0]}
+    caches = [{} if family.caches else None for _ in states]
+    totals = [None] * len(states)
+    step = slab_rows(max(len(s.weights) for s in states), X.shape[1])
+    for i in range(0, max(n, 1), step):
+        rows = {}
+        for j, state in enumerate(states):
+            if caches[j] is not None:
+                caches[j]["rows"] = rows
+            stats = _estep_slab(
+                X[i : i + step], None if w is None else w[i : i + step], family, state, caches[j]
+            )
+            totals[j] = stats if totals[j] is None else {k: totals[j][k] + v for k, v in stats.items()}
+    for stats in totals:
         stats["weight"] = float(n if w is None else w.sum())
         stats["n_rows"] = int(n)
         stats["n_nonfinite"] = n_nonfinite
         stats["n_bad_weight"] = n_bad_weight
-        out.append(stats)
-    return out
+    return totals
 
 
 def m_step(family, stats, state, options):

@@ -37,9 +37,13 @@ class Family:
         Hard-assignment EM (K-means): responsibilities are one-hot at the best
         component, and mixing weights do not enter the assignment.
     caches : bool
-        ``log_prob`` and ``suff_stats`` take a ``cache`` dict: the engine passes the
-        same fresh dict to both, so work done for the log-density (e.g. whitened
-        rows) is reused for the statistics.
+        ``log_prob`` and ``suff_stats`` take a ``cache`` dict. The engine gives one
+        dict per row block and per mixture, and calls ``log_prob`` then
+        ``suff_stats`` on the same rows, slab after slab: values derived from the
+        parameters may be kept there for the whole block, and work arrays of the
+        rows (e.g. whitened rows) are reused by ``suff_stats``. ``cache["rows"]``
+        is a dict shared by all the mixtures of a pass and renewed for every slab,
+        for work that depends on the rows alone.
     keeps_float32 : bool
         The functions accept float32 ``X`` (computing in float32, returning float64
         statistics); otherwise the engine hands them float64.

@@ -57,20 +57,64 @@ def _log_det_cholesky(prec_chol, covariance_type, n_features):
     return n_features * np.log(prec_chol)
 
 
-def _shifted(X, means):
-    """``X - ref`` in the data's dtype and ``means - ref`` (float64), ``ref`` the mean of
-    the means: the GEMM forms below then never see the data's offset from the origin."""
-    ref = means.mean(axis=0)
-    return X - ref.astype(X.dtype), means - ref
+def _shifted_rows(X, covariance_type, cache):
+    """The rows shifted by a reference point, ready for the GEMMs below.
+
+    ``ref`` is the mean of a few hundred evenly spaced rows, rounded to the data's
+    dtype, so that the very same value shifts the rows and (in float64) the means. Returns a dict with
+    ``ref`` (D,) float64 and, in the data's dtype:
+
+    - ``xa`` (n, D + 1), ``[X - ref, 1]`` for full covariance: with the column of
+      ones, one GEMM also subtracts each component's shifted mean;
+    - ``xr`` (n, D), ``X - ref`` (a view into ``xa`` for full);
+    - ``xr2`` (n, D), ``(X - ref)**2`` for diag and spherical.
+
+    They depend on the rows only, so they are kept in ``cache["rows"]`` (shared by
+    the mixtures of a pass) and in ``cache`` itself for :func:`suff_stats`.
+    """
+    shared = None if cache is None else cache.get("rows")
+    if shared is not None and "ref" in shared:
+        rows = shared
+    else:
+        n, D = X.shape
+        dt = X.dtype
+        # any central point will do: the mean of at most ~512 evenly spaced rows
+        ref = X[:: max(n // 512, 1)].mean(axis=0, dtype=np.float64) if n else np.zeros(D)
+        ref = ref.astype(dt) if np.all(np.isfinite(ref)) else np.zeros(D, dtype=dt)
+        rows = {"ref": ref.astype(np.float64)}
+        if covariance_type == "full":
+            xa = np.empty((n, D + 1), dtype=dt)
+            rows["xr"] = np.subtract(X, ref, out=xa[:, :D])
+            xa[:, D] = 1.0
+            rows["xa"] = xa
+        else:
+            rows["xr"] = X - ref
+        if covariance_type in ("diag", "spherical"):
+            rows["xr2"] = np.square(rows["xr"])
+        if shared is not None:
+            shared.update(rows)
+    if cache is not None:
+        cache["shifted"] = rows
+    return rows
+
+
+def _derived(cache, key, make):
+    """``make()``, computed once per cache (one row block and one mixture)."""
+    if cache is None:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
 
 
 def log_prob(X, params, covariance_type, cache=None):
     """Log-density of each row under each Gaussian component.
 
-    All components are evaluated with one or two GEMMs on ``X - ref``. For ``full``,
-    the whitened rows ``y_k = (x - mu_k) P_k`` of every component come from one
-    (n, D) x (D, K*D) product; they are left in ``cache["y"]`` (n, K, D) for
-    :func:`suff_stats` when a dict is given.
+    All components are evaluated together, with one or two GEMMs on the shifted
+    rows (see :func:`_shifted_rows`). For ``full``, one GEMM gives the whitened
+    rows ``y_k = (x - mu_k) P_k`` of every component, (K, D, n), the shift by each
+    mean riding along as a column of ones; they are left in ``cache["y"]`` for
+    :func:`suff_stats`.
 
     Parameters
     ----------
@@ -79,47 +123,48 @@ def log_prob(X, params, covariance_type, cache=None):
         ``means`` and ``precisions_cholesky`` (see the module docstring).
     covariance_type : {"full", "tied", "diag", "spherical"}
     cache : dict, optional
+        Lives for one row block and one mixture (see :class:`Family`): values
+        derived from ``params`` are kept there, and the work arrays of the current
+        rows. ``cache["rows"]``, when present, is shared by all mixtures of a pass.
 
     Returns
     -------
     log_prob : ndarray of shape (n, K), in the dtype of ``X``
+        The transpose of a C-contiguous (K, n) array.
     """
     means = params["means"]
     prec_chol = params["precisions_cholesky"]
     n, D = X.shape
     K = means.shape[0]
     dt = X.dtype
-    Xr, mr = _shifted(X, means)
-    if cache is not None:
-        cache["xr"] = Xr
+    rows = _shifted_rows(X, covariance_type, cache)
+    mr = means - rows["ref"]
+    const = _log_det_cholesky(prec_chol, covariance_type, D) - 0.5 * D * LOG_2PI
     if covariance_type == "full":
-        # one GEMM for all components: rows of PT are the P_k^T stacked, (K*D, D)
-        PT = np.ascontiguousarray(np.swapaxes(prec_chol, 1, 2).reshape(K * D, D), dtype=dt)
-        Y = PT @ Xr.T
-        Y -= np.einsum("kd,kde->ke", mr, prec_chol).reshape(-1, 1).astype(dt)
-        Y = Y.reshape(K, D, n)  # y_k = (x - mu_k) P_k, one contiguous (D, n) per component
-        sq = np.einsum("kdn,kdn->kn", Y, Y).T
+        # rows of the (K*D, D + 1) factor: P_k^T, then the shift -P_k^T (mu_k - ref)
+        PT = _derived(cache, "pt", lambda: np.swapaxes(prec_chol, 1, 2).reshape(K * D, D))
+        F = np.empty((K * D, D + 1), dtype=dt)
+        F[:, :D] = PT
+        F[:, D] = -np.einsum("kd,kde->ke", mr, prec_chol).reshape(-1)
+        Y = (F @ rows["xa"].T).reshape(K, D, n)  # one contiguous (D, n) per component
         if cache is not None:
             cache["y"] = Y
+        out = np.einsum("kdn,kdn->kn", Y, Y)
+        out *= -0.5
     elif covariance_type == "tied":
-        Y = Xr @ prec_chol.astype(dt)
+        Y = rows["xr"] @ prec_chol.astype(dt)
         B = mr @ prec_chol
-        sq = np.einsum("nd,nd->n", Y, Y)[:, None] - 2.0 * (Y @ B.T.astype(dt))
-        sq += np.einsum("kd,kd->k", B, B)
-    elif covariance_type == "diag":
-        p2 = prec_chol**2
-        Xr2 = Xr * Xr
-        if cache is not None:
-            cache["xr2"] = Xr2
-        sq = Xr2 @ p2.T.astype(dt) - 2.0 * (Xr @ (mr * p2).T.astype(dt))
-        sq += np.sum(mr * mr * p2, axis=1)
+        out = (Y @ (B.T).astype(dt)).T  # (K, n)
+        out -= 0.5 * np.einsum("nd,nd->n", Y, Y)
+        const = const - 0.5 * np.einsum("kd,kd->k", B, B)
     else:
-        p2 = prec_chol**2
-        sq = np.einsum("nd,nd->n", Xr, Xr)[:, None] - 2.0 * (Xr @ mr.T.astype(dt))
-        sq += np.einsum("kd,kd->k", mr, mr)
-        sq *= p2
-    log_det = np.asarray(_log_det_cholesky(prec_chol, covariance_type, D), dtype=dt)
-    return -0.5 * (D * LOG_2PI + sq.astype(dt, copy=False)) + log_det
+        # -0.5 sum_d p2_kd (xr_d - mr_kd)^2, expanded in xr: two GEMMs for all components
+        p2 = prec_chol**2 if covariance_type == "diag" else np.outer(prec_chol**2, np.ones(D))
+        out = (-0.5 * p2).astype(dt) @ rows["xr2"].T
+        out += (p2 * mr).astype(dt) @ rows["xr"].T
+        const = const - 0.5 * np.sum(p2 * mr * mr, axis=1)
+    out += np.asarray(const, dtype=dt).reshape(-1, 1)
+    return out.T
 
 
 # --------------------------------------------------------------------------- statistics
@@ -131,7 +176,7 @@ def _inverse_upper(P):
 def suff_stats(X, resp, params, covariance_type, cache=None):
     """First and second moments of ``X`` weighted by ``resp``, about the current means.
 
-    Sums are formed with GEMMs on ``X - ref`` (``ref`` the mean of the means) and
+    Sums are formed with GEMMs on the shifted rows (see :func:`_shifted_rows`) and
     moved exactly to each ``c_k``, so the data's offset from the origin never enters.
     For ``full`` with whitened rows in ``cache`` (from :func:`log_prob`),
     ``s2[k] = P_k^-T (sum_i r_ik y_ik y_ik^T) P_k^-1``.
@@ -145,6 +190,7 @@ def suff_stats(X, resp, params, covariance_type, cache=None):
         holds whitened rows.
     covariance_type : {"full", "tied", "diag", "spherical"}
     cache : dict, optional
+        As given to :func:`log_prob` for the same rows.
 
     Returns
     -------
@@ -153,39 +199,41 @@ def suff_stats(X, resp, params, covariance_type, cache=None):
         (K,) spherical.
     """
     centers = params["means"]
+    K, D = centers.shape
     dt = X.dtype
-    cache = {} if cache is None else cache
-    if "xr" in cache:  # log_prob shifted the same rows by the same means
-        Xr, cr = cache["xr"], centers - centers.mean(axis=0)
+    if cache is not None and "shifted" in cache:  # log_prob shifted the same rows
+        rows = cache["shifted"]
     else:
-        Xr, cr = _shifted(X, centers)
-    R = resp.astype(dt, copy=False)
-    nk = resp.sum(axis=0)
-    T = (R.T @ Xr).astype(np.float64)  # sum_i r_ik (x_i - ref)
+        rows = _shifted_rows(X, covariance_type, None)
+    cr = centers - rows["ref"]
+    RT = resp.T.astype(dt, copy=False)  # (K, n); C-contiguous from the engine
+    nk = resp.sum(axis=0, dtype=np.float64)
+    T = (RT @ rows["xr"]).astype(np.float64)  # sum_i r_ik (x_i - ref)
     s1 = T - nk[:, None] * cr
     if covariance_type == "full":
         if cache is not None and "y" in cache:
             Y = cache["y"]
-            W = np.empty((centers.shape[0],) + (X.shape[1],) * 2)
-            sqrt_RT = np.sqrt(R.T)
-            for k in range(W.shape[0]):
-                Z = Y[k] * sqrt_RT[k]
+            W = np.empty((K, D, D))
+            Z = np.empty(Y.shape[1:], dtype=dt)
+            sqrt_RT = np.sqrt(RT)
+            for k in range(K):
+                np.multiply(Y[k], sqrt_RT[k], out=Z)
                 W[k] = Z @ Z.T  # numpy hands A @ A.T to BLAS syrk: half the flops of a GEMM
-            Pinv = _inverse_upper(params["precisions_cholesky"])
+            Pinv = _derived(cache, "pinv", lambda: _inverse_upper(params["precisions_cholesky"]))
             s2 = np.swapaxes(Pinv, 1, 2) @ W @ Pinv
         else:
-            s2 = np.empty((centers.shape[0],) + (X.shape[1],) * 2)
-            for k in range(s2.shape[0]):
+            s2 = np.empty((K, D, D))
+            for k in range(K):
                 Xc = X - centers[k].astype(dt)
-                s2[k] = (Xc.T * R[:, k]) @ Xc
+                s2[k] = (Xc.T * RT[k]) @ Xc
     elif covariance_type == "tied":
-        w = R.sum(axis=1)
+        Xr = rows["xr"]
+        w = RT.sum(axis=0)
         G = ((Xr.T * w) @ Xr).astype(np.float64)
         cross = cr.T @ T
         s2 = G - cross - cross.T + (cr.T * nk) @ cr
     else:
-        Xr2 = cache["xr2"] if "xr2" in cache else Xr * Xr
-        Q = (R.T @ Xr2).astype(np.float64) - 2.0 * cr * T + nk[:, None] * cr**2
+        Q = (RT @ rows["xr2"]).astype(np.float64) - 2.0 * cr * T + nk[:, None] * cr**2
         s2 = Q if covariance_type == "diag" else Q.sum(axis=1)
     return {"s1": s1, "s2": s2}
 
