@@ -24,12 +24,13 @@ Statistics are *shifted* by the current means ``c_k`` (DESIGN.md, "Numerics")::
 and the M-step corrects exactly: ``mu = c + s1/N``, ``Sigma = s2/N - (s1/N)(s1/N)^T``.
 
 For speed the sums are formed with a few GEMMs over all components at once, on
-``X - ref`` with ``ref`` the mean of the current means, and then moved exactly to each
-``c_k``. The data's offset from the origin never enters (data at +1e8 fit as well as
-centred data); what remains is rounding of relative size ``eps * (|c_k - ref| /
-sigma_k)^2``, bounded by the spread of the components, not by their distance from the
-origin. Full covariances use the whitened rows of the E-step and are centred on each
-``c_k`` exactly. float32 data are processed in float32 and summed in float64.
+``X - ref`` with ``ref`` a central point of the rows (the mean of a few hundred of
+them, the same for every mixture of a pass), and then moved exactly to each ``c_k``.
+The data's offset from the origin never enters (data at +1e8 fit as well as centred
+data); what remains is rounding of relative size ``eps * (|x - ref| / sigma_k)^2``,
+bounded by the spread of the data, not by their distance from the origin. Full
+covariances use the whitened rows of the E-step and are centred on each ``c_k``
+exactly. float32 data are processed in float32 and summed in float64.
 """
 
 from functools import partial
@@ -61,8 +62,8 @@ def _shifted_rows(X, covariance_type, cache):
     """The rows shifted by a reference point, ready for the GEMMs below.
 
     ``ref`` is the mean of a few hundred evenly spaced rows, rounded to the data's
-    dtype, so that the very same value shifts the rows and (in float64) the means. Returns a dict with
-    ``ref`` (D,) float64 and, in the data's dtype:
+    dtype, so that the very same value shifts the rows and (in float64) the means.
+    Returns a dict with ``ref`` (D,) float64 and, in the data's dtype:
 
     - ``xa`` (n, D + 1), ``[X - ref, 1]`` for full covariance: with the column of
       ones, one GEMM also subtracts each component's shifted mean;
