@@ -153,7 +153,9 @@ def _fit_group(group, Xd, weights):
         if j not in best or res.lower_bound > best[j].lower_bound:
             best[j] = res
     states = [best[j].state for j in range(len(group))]
-    final = run_pass(Xd, estep_block, (family, states), name=f"score-{family.name}", extra=weights)
+    final = run_pass(
+        Xd, estep_block, (family, states), name=f"score-{family.name}", extra=weights, row_wise=True
+    )
     rows = []
     for j, est in enumerate(group):
         res = best[j]

@@ -114,14 +114,17 @@ def _diag_state(D=4):
     return MixtureState(np.array([0.4, 0.6]), {"means": means, "precisions_cholesky": np.ones((2, D))})
 
 
+@pytest.mark.parametrize("row_wise", [False, True])
 @pytest.mark.parametrize("per_task", [2, 3, 40])
-def test_grouped_blocks_give_the_same_statistics(per_task):
+def test_grouped_blocks_give_the_same_statistics(per_task, row_wise):
     X = da.from_array(make_blobs(), chunks=(90, -1))
     w = da.from_array(np.random.default_rng(0).uniform(0.5, 2.0, X.shape[0]), chunks=77)
     fam = get_family("gaussian-diag")
     payload = (fam, [_diag_state()])
     one = tree_pass(X, estep_block, payload, name="estep-gaussian-diag", extra=w).compute()
-    grouped = tree_pass(X, estep_block, payload, name="estep-gaussian-diag", extra=w, blocks_per_task=per_task)
+    grouped = tree_pass(
+        X, estep_block, payload, name="estep-gaussian-diag", extra=w, blocks_per_task=per_task, row_wise=row_wise
+    )
     n_tasks = sum(key_split(k) == "estep-gaussian-diag" for k in grouped.dask.keys())
     assert n_tasks == -(-X.numblocks[0] // per_task)
     got = grouped.compute()

@@ -116,6 +116,7 @@ def run_em(
             name=f"estep-{family.name}",
             extra=sample_weight,
             split_every=split_every,
+            row_wise=True,
         )
         if check is not None:
             check(stats_list[0])

@@ -40,7 +40,9 @@ def add_stats(parts):
     return {key: sum(p[key] for p in parts[1:]) + first[key] for key in first}
 
 
-def tree_pass(X, kernel, payload, *, name, combine=add_stats, extra=None, split_every=None, blocks_per_task=1):
+def tree_pass(
+    X, kernel, payload, *, name, combine=add_stats, extra=None, split_every=None, blocks_per_task=1, row_wise=False
+):
     """Lazily map ``kernel`` over the row blocks of ``X`` and tree-combine the results.
 
     Parameters
@@ -67,6 +69,11 @@ def tree_pass(X, kernel, payload, *, name, combine=add_stats, extra=None, split_
         and combines the results. Fewer, larger tasks cut the scheduler's fixed
         cost per task on a local scheduler (see :func:`blocks_per_task`); keep 1
         on a cluster, where a task should run where its block lives.
+    row_wise : bool, optional
+        ``kernel``'s result depends on the rows alone, not on where blocks start
+        (an E-step, not a sampler seeded by ``block_index``): grouped blocks are
+        then joined into one array and the kernel runs once per task, which saves
+        its fixed cost per call on many small blocks.
 
     Returns
     -------
@@ -74,7 +81,7 @@ def tree_pass(X, kernel, payload, *, name, combine=add_stats, extra=None, split_
         The combined result of the whole pass; compute it once.
     """
     split_every = split_every or split_every_default()
-    token = tokenize(X, extra, kernel, payload, combine, split_every, blocks_per_task)
+    token = tokenize(X, extra, kernel, payload, combine, split_every, blocks_per_task, row_wise)
     payload_d = delayed(payload, name=f"{name}-params-{token}", traverse=False)
     dependencies = [X, payload_d]
     blocks = [(X.name, i, 0) for i in range(X.numblocks[0])]
@@ -95,7 +102,8 @@ def tree_pass(X, kernel, payload, *, name, combine=add_stats, extra=None, split_
         for i in range(0, len(blocks), blocks_per_task):
             part = slice(i, i + blocks_per_task)
             key = (f"{name}-{token}", i)
-            layer[key] = (_kernel_on_blocks, kernel, combine, blocks[part], extras[part], payload_d.key, i)
+            group = _kernel_on_joined_blocks if row_wise else _kernel_on_blocks
+            layer[key] = (group, kernel, combine, blocks[part], extras[part], payload_d.key, i)
             level.append(key)
     depth = 0
     while len(level) > 1 or depth == 0:  # a single block still goes through combine once
@@ -113,6 +121,13 @@ def tree_pass(X, kernel, payload, *, name, combine=add_stats, extra=None, split_
 def _kernel_on_blocks(kernel, combine, blocks, extras, payload, first):
     """Run ``kernel`` on consecutive row blocks and combine their results (one task)."""
     return combine([kernel(b, e, payload, first + j) for j, (b, e) in enumerate(zip(blocks, extras))])
+
+
+def _kernel_on_joined_blocks(kernel, combine, blocks, extras, payload, first):
+    """Run a row-wise ``kernel`` once on consecutive row blocks joined together (one task)."""
+    joined = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+    extra = None if extras[0] is None else np.concatenate(extras)
+    return kernel(joined, extra, payload, first)
 
 
 #: Data a task should cover on a local scheduler before blocks are grouped: at

@@ -208,7 +208,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return self
 
     def _pass(self, Xd, weights, family, states):
-        stats = run_pass(Xd, estep_block, (family, states), name="lloyd-kmeans", extra=weights)
+        stats = run_pass(Xd, estep_block, (family, states), name="lloyd-kmeans", extra=weights, row_wise=True)
         self._pass_check(stats[0])
         return stats
 

@@ -10,6 +10,7 @@ mode), so no probability is exactly 0 or 1::
 
 import numpy as np
 
+from dask_em._math import dot
 from dask_em.families._checks import raise_if_invalid
 from dask_em.families._family import Family
 
@@ -47,7 +48,7 @@ def log_prob(X, params):
 def suff_stats(X, resp, params):
     """``s1`` (K, D): responsibility-weighted counts of ones. ``params`` is unused."""
     check_data(X)
-    return {"s1": resp.T @ X}
+    return {"s1": dot(resp.T, X)}
 
 
 def m_step(stats, params, alpha=1e-3):

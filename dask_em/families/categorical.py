@@ -16,6 +16,7 @@ from functools import partial
 
 import numpy as np
 
+from dask_em._math import dot
 from dask_em.families._checks import non_integer, raise_if_invalid
 from dask_em.families._family import Family
 
@@ -90,7 +91,7 @@ def suff_stats(X, resp, params, n_categories=None):
     rows = np.arange(n)
     for d in range(D):
         onehot[rows, codes[:, d]] = 1.0
-        counts[:, d, :] = resp.T @ onehot
+        counts[:, d, :] = dot(resp.T, onehot)
         onehot[rows, codes[:, d]] = 0.0
     return {"counts": counts}
 

@@ -37,7 +37,7 @@ from functools import partial
 
 import numpy as np
 
-from dask_em._math import LOG_2PI
+from dask_em._math import LOG_2PI, dot
 from dask_em.families._family import Family
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -209,30 +209,30 @@ def suff_stats(X, resp, params, covariance_type, cache=None):
     cr = centers - rows["ref"]
     RT = resp.T.astype(dt, copy=False)  # (K, n); C-contiguous from the engine
     nk = resp.sum(axis=0, dtype=np.float64)
-    T = (RT @ rows["xr"]).astype(np.float64)  # sum_i r_ik (x_i - ref)
+    T = dot(RT, rows["xr"]).astype(np.float64)  # sum_i r_ik (x_i - ref)
     s1 = T - nk[:, None] * cr
     if covariance_type == "full":
         if cache is not None and "y" in cache:
             Z = cache.pop("y")  # scaled in place: the whitened rows are not needed again
             Z *= np.sqrt(RT)[:, None, :]
-            # one batched GEMM for all components: numpy's syrk route (A @ A.T) has half
-            # the flops but, for small D, does not run in parallel on dask's threads
-            W = (Z @ Z.transpose(0, 2, 1)).astype(np.float64)
+            W = np.empty((K, D, D))
+            for k in range(K):
+                W[k] = dot(Z[k], Z[k].T)  # BLAS syrk: half the flops of a GEMM
             Pinv = _derived(cache, "pinv", lambda: _inverse_upper(params["precisions_cholesky"]))
             s2 = np.swapaxes(Pinv, 1, 2) @ W @ Pinv
         else:
             s2 = np.empty((K, D, D))
             for k in range(K):
                 Xc = X - centers[k].astype(dt)
-                s2[k] = (Xc.T * RT[k]) @ Xc
+                s2[k] = dot(Xc.T * RT[k], Xc)
     elif covariance_type == "tied":
         Xr = rows["xr"]
         w = RT.sum(axis=0)
-        G = ((Xr.T * w) @ Xr).astype(np.float64)
+        G = dot(Xr.T * w, Xr).astype(np.float64)
         cross = cr.T @ T
         s2 = G - cross - cross.T + (cr.T * nk) @ cr
     else:
-        Q = (RT @ rows["xr2"]).astype(np.float64) - 2.0 * cr * T + nk[:, None] * cr**2
+        Q = dot(RT, rows["xr2"]).astype(np.float64) - 2.0 * cr * T + nk[:, None] * cr**2
         s2 = Q if covariance_type == "diag" else Q.sum(axis=1)
     return {"s1": s1, "s2": s2}
 

@@ -19,6 +19,7 @@ An empty cluster is re-seeded in the M-step at the farthest row of the pass
 
 import numpy as np
 
+from dask_em._math import dot
 from dask_em.families._family import Family
 
 
@@ -97,8 +98,8 @@ def suff_stats(X, resp, params):
     s2 = np.empty((K, D))
     for k, c in enumerate(centers):
         Xc = X - c
-        s1[k] = resp[:, k] @ Xc
-        s2[k] = resp[:, k] @ (Xc * Xc)
+        s1[k] = dot(resp[:, k], Xc)
+        s2[k] = dot(resp[:, k], Xc * Xc)
     labels = np.argmax(resp, axis=1) if resp.size else np.zeros(0, dtype=np.intp)
     weights = resp[np.arange(X.shape[0]), labels] if resp.size else np.zeros(0)
     diff = X - centers[labels]
@@ -106,7 +107,7 @@ def suff_stats(X, resp, params):
     return {
         "s1": s1,
         "s2": s2,
-        "sig": resp.T @ (X @ _signature_vector(D)),
+        "sig": dot(resp.T, X @ _signature_vector(D)),
         "far": FarRows(X, d2, labels, weights, K),
     }
 

@@ -12,6 +12,7 @@ rate 1), so no rate is exactly 0 and an empty component gets rate 1, never NaN::
 import numpy as np
 from scipy.special import gammaln
 
+from dask_em._math import dot
 from dask_em.families._checks import non_integer, raise_if_invalid
 from dask_em.families._family import Family
 
@@ -49,7 +50,7 @@ def log_prob(X, params):
 def suff_stats(X, resp, params):
     """``s1`` (K, D): responsibility-weighted count sums. ``params`` is unused."""
     check_data(X)
-    return {"s1": resp.T @ X}
+    return {"s1": dot(resp.T, X)}
 
 
 def m_step(stats, params, alpha=1e-3):
