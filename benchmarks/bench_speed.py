@@ -77,9 +77,9 @@ def blas_floor(N, D, K, threads=2):
 
     def work(n_slabs):
         for _ in range(n_slabs):
-            Y = (F @ A.T).reshape(K, D, rows)
+            Y = np.dot(F, A.T).reshape(K, D, rows)
             for k in range(K):
-                Y[k] @ Y[k].T
+                np.dot(Y[k], Y[k].T)  # np.dot: matmul would hold the GIL here (see README)
 
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as ex:
         start = time.perf_counter()

@@ -171,6 +171,15 @@ def test_threaded_pass_over_many_small_blocks_runs_few_tasks():
     np.testing.assert_allclose(gm.covariances_, ref.covariances_, rtol=1e-10)
 
 
+def test_slab_rows_bound_the_work_arrays():
+    from dask_em.engine.estep import SLAB_ROWS, slab_rows
+
+    assert slab_rows(8, 16) == SLAB_ROWS
+    assert slab_rows(8, 16, itemsize=4) == 2 * SLAB_ROWS  # float32: the same bytes
+    assert slab_rows(16, 64) == 2048  # (rows, K, D) float64 work arrays of 16 MiB
+    assert slab_rows(1000, 1000) == 1024  # never fewer rows than that
+
+
 def test_estep_statistics_add_over_blocks():
     X = make_blobs(seed=8)
     fam = get_family("gaussian-full")

@@ -16,16 +16,17 @@ def log_tiny(dtype):
     """Log of the smallest normal number of ``dtype`` (about -708 for float64, -87 for float32)."""
     return float(np.log(np.finfo(dtype).tiny))
 
-#: Most rows processed at once inside a block (see :func:`slab_rows`).
+#: Most rows of float64 data processed at once inside a block (see :func:`slab_rows`).
 SLAB_ROWS = 8192
 
 
-def slab_rows(n_components, n_features):
-    """Rows processed at once: the (rows, K, D) work arrays stay near 16 MiB (in
-    float64), large enough for efficient GEMMs, small enough for the caches;
-    a power of two between 1,024 and :data:`SLAB_ROWS`."""
-    rows = 2**21 // max(n_components * n_features, 1)
-    return int(min(SLAB_ROWS, max(1024, 1 << max(rows.bit_length() - 1, 0))))
+def slab_rows(n_components, n_features, itemsize=8):
+    """Rows processed at once: the (rows, K, D) work arrays stay near 16 MiB, large
+    enough for efficient GEMMs, small enough for the caches; a power of two between
+    1,024 and :data:`SLAB_ROWS` (twice that for float32 data)."""
+    scale = max(8 // itemsize, 1)
+    rows = scale * 2**21 // max(n_components * n_features, 1)
+    return int(min(scale * SLAB_ROWS, max(1024, 1 << max(rows.bit_length() - 1, 0))))
 
 
 @dataclass
@@ -156,7 +157,7 @@ def estep_block(X, w, payload, index):
     n = X.shape[0]
     caches = [{} if family.caches else None for _ in states]
     totals = [None] * len(states)
-    step = slab_rows(max(len(s.weights) for s in states), X.shape[1])
+    step = slab_rows(max(len(s.weights) for s in states), X.shape[1], X.dtype.itemsize)
     for i in range(0, max(n, 1), step):
         rows = {}
         for j, state in enumerate(states):
