@@ -99,6 +99,16 @@ def tree_pass(
             layer[key] = (kernel, block, ext, payload_d.key, i)
             level.append(key)
     else:
+        # blocks already in memory go into the tasks themselves: the graph then holds
+        # a few tasks instead of one key per block, which dask handles at ~30 us each
+        data = _in_memory_blocks(X, blocks)
+        if data is not None:
+            blocks = data
+            dependencies = [d for d in dependencies if d is not X]
+        data = None if extra is None else _in_memory_blocks(extra, extras)
+        if data is not None:
+            extras = data
+            dependencies = [d for d in dependencies if d is not extra]
         for i in range(0, len(blocks), blocks_per_task):
             part = slice(i, i + blocks_per_task)
             key = (f"{name}-{token}", i)
@@ -116,6 +126,14 @@ def tree_pass(
         depth += 1
     graph = HighLevelGraph.from_collections(f"{name}-{token}", layer, dependencies=dependencies)
     return Delayed(level[0], graph, layer=f"{name}-{token}")
+
+
+def _in_memory_blocks(collection, keys):
+    """The blocks of ``collection`` when its graph holds them as NumPy arrays (persisted,
+    or NumPy data wrapped by ``da.from_array``), else ``None``."""
+    graph = collection.__dask_graph__()
+    blocks = [graph.get(key) for key in keys]
+    return blocks if all(isinstance(b, np.ndarray) for b in blocks) else None
 
 
 def _kernel_on_blocks(kernel, combine, blocks, extras, payload, first):
