@@ -185,6 +185,44 @@ def test_slab_rows_bound_the_work_arrays():
     assert slab_rows(1000, 1000) == 1024  # never fewer rows than that
 
 
+@pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
+def test_several_starts_in_one_call_match_each_start_alone(cov_type):
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    X = make_blobs(n=3000, seed=11)
+    w = np.random.default_rng(3).uniform(0.2, 3.0, X.shape[0])
+    fam = get_family(f"gaussian-{cov_type}")
+    assert fam.stacks == (cov_type != "tied")
+    states = []
+    for seed in range(3):  # three different starts, as n_init makes them
+        sk = SkGaussianMixture(3, covariance_type=cov_type, max_iter=1, init_params="random", random_state=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sk.fit(X)
+        params = {"means": sk.means_, "precisions_cholesky": sk.precisions_cholesky_}
+        states.append(MixtureState(sk.weights_, params))
+    together = estep_block(X, w, (fam, states), 0)
+    for state, got in zip(states, together):
+        (alone,) = estep_block(X, w, (fam, [state]), 0)
+        assert got.keys() == alone.keys()
+        for key in alone:
+            np.testing.assert_allclose(got[key], alone[key], rtol=1e-12, atol=1e-9)
+
+
+def test_grouped_responsibilities_normalise_each_mixture():
+    from scipy.special import softmax
+
+    from dask_em.engine.estep import responsibilities
+
+    wlp = np.random.default_rng(0).normal(scale=30.0, size=(500, 6))
+    resp, row_ll = responsibilities(wlp.copy(), False, groups=2)
+    assert row_ll.shape == (2, 500)
+    for g in range(2):
+        part = wlp[:, 3 * g : 3 * g + 3]
+        np.testing.assert_allclose(resp[:, 3 * g : 3 * g + 3], softmax(part, axis=1), rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(row_ll[g], np.log(np.exp(part).sum(axis=1)), rtol=1e-12)
+
+
 def test_estep_statistics_add_over_blocks():
     X = make_blobs(seed=8)
     fam = get_family("gaussian-full")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dask_em._math import as_float64
+from dask_em._math import Workspace, as_float64, work_array
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
@@ -72,7 +72,7 @@ def weighted_log_prob(X, family, state, **kwargs):
     return lp
 
 
-def responsibilities(wlp, hard, floor=-700.0, overwrite=False):
+def responsibilities(wlp, hard, floor=-700.0, overwrite=False, groups=1, work=None):
     """Responsibilities (n, K) and per-row log-likelihood (n,) from weighted log-probs.
 
     For hard families the responsibilities are one-hot at the best component and
@@ -80,6 +80,11 @@ def responsibilities(wlp, hard, floor=-700.0, overwrite=False):
     for K-means). Soft responsibilities below ``exp(floor)`` are set to exactly 0.
     With ``overwrite``, ``wlp`` may be reused as work space. Soft responsibilities
     are returned as the transpose of a C-contiguous (K, n) array.
+
+    With ``groups=S`` (soft only), the K columns of ``wlp`` are S mixtures of K/S
+    components side by side: each is normalised on its own, and the log-likelihood
+    has shape (S, n). ``work``, a :class:`~dask_em._math.Workspace`, lends the
+    temporaries.
     """
     if hard:
         labels = np.argmax(wlp, axis=1)
@@ -90,16 +95,20 @@ def responsibilities(wlp, hard, floor=-700.0, overwrite=False):
     # work on the (K, n) transpose: reductions over the K components then run along
     # contiguous rows, about 4x faster than over the short last axis of (n, K)
     at = wlp.T if overwrite and wlp.T.flags.c_contiguous else np.array(wlp.T, order="C")
-    top = at.max(axis=0)
+    n_all, n = at.shape
+    at3 = at.reshape(groups, n_all // groups, n)
+    top = at3.max(axis=1)
     top[~np.isfinite(top)] = 0.0
-    at -= top
+    at3 -= top[:, None, :]
     # below exp(floor) a responsibility is a subnormal number in the compute dtype:
     # flush it to zero, as arithmetic on subnormals is ~100x slower and changes no sum
-    np.putmask(at, at < floor + np.log(at.shape[0]), -np.inf)
+    tiny = np.less(at, floor + np.log(at3.shape[1]), out=work_array(work, "flush", at.shape, bool))
+    np.putmask(at, tiny, -np.inf)
     np.exp(at, out=at)
-    total = at.sum(axis=0)
-    at *= 1.0 / total
-    return at.T, np.log(total) + top
+    total = at3.sum(axis=1)
+    at3 *= (1.0 / total)[:, None, :]
+    row_ll = np.log(total) + top
+    return at.T, (row_ll[0] if groups == 1 else row_ll)
 
 
 def _as_compute_dtype(X, family):
@@ -108,19 +117,33 @@ def _as_compute_dtype(X, family):
     return as_float64(X)
 
 
-def _estep_slab(X, w, family, state, cache):
-    """Statistics of one slab of valid rows under one mixture (see :func:`estep_block`)."""
+def _stacked(states):
+    """One mixture holding the components of several mixtures of K components each."""
+    params = {key: np.concatenate([s.params[key] for s in states]) for key in states[0].params}
+    return MixtureState(weights=np.concatenate([s.weights for s in states]), params=params)
+
+
+def _estep_slab(X, w, family, state, cache, groups=1):
+    """Statistics of one slab of valid rows (see :func:`estep_block`): a list of one
+    dict per mixture, ``groups`` mixtures being stacked in ``state``."""
     kw = {} if cache is None else {"cache": cache}
     floor = log_tiny(X.dtype) + 1.0
     wlp = weighted_log_prob(X, family, state, **kw)
-    resp, row_ll = responsibilities(wlp, family.hard, floor, overwrite=True)
+    work = None if cache is None else cache.get("work")
+    resp, row_ll = responsibilities(wlp, family.hard, floor, overwrite=True, groups=groups, work=work)
     if w is not None:
         resp *= w[:, None]
         row_ll = row_ll * w
     stats = family.suff_stats(X, resp, state.params, **kw)
     stats["nk"] = resp.sum(axis=0, dtype=np.float64)
-    stats["loglik"] = float(row_ll.sum(dtype=np.float64))
-    return stats
+    if groups == 1:
+        stats["loglik"] = float(row_ll.sum(dtype=np.float64))
+        return [stats]
+    K = len(state.weights) // groups
+    split = [{key: value[g * K : (g + 1) * K] for key, value in stats.items()} for g in range(groups)]
+    for g, part in enumerate(split):
+        part["loglik"] = float(row_ll[g].sum(dtype=np.float64))
+    return split
 
 
 def estep_block(X, w, payload, index):
@@ -155,18 +178,22 @@ def estep_block(X, w, payload, index):
     X = _as_compute_dtype(X, family)
     w = None if w is None else as_float64(w)
     n = X.shape[0]
-    caches = [{} if family.caches else None for _ in states]
-    totals = [None] * len(states)
-    step = slab_rows(max(len(s.weights) for s in states), X.shape[1], X.dtype.itemsize)
+    if family.stacks and not family.hard and len(states) > 1 and len({len(s.weights) for s in states}) == 1:
+        mixtures = [(_stacked(states), len(states))]  # one set of GEMMs for all starts
+    else:
+        mixtures = [(state, 1) for state in states]
+    work = Workspace()  # the slabs' temporaries, reused (see Workspace)
+    caches = [{"work": work} if family.caches else None for _ in mixtures]
+    totals = None
+    step = slab_rows(max(len(m.weights) for m, _ in mixtures), X.shape[1], X.dtype.itemsize)
     for i in range(0, max(n, 1), step):
         rows = {}
-        for j, state in enumerate(states):
-            if caches[j] is not None:
-                caches[j]["rows"] = rows
-            stats = _estep_slab(
-                X[i : i + step], None if w is None else w[i : i + step], family, state, caches[j]
-            )
-            totals[j] = stats if totals[j] is None else {k: totals[j][k] + v for k, v in stats.items()}
+        slab = []
+        for (mixture, groups), cache in zip(mixtures, caches):
+            if cache is not None:
+                cache["rows"] = rows
+            slab += _estep_slab(X[i : i + step], None if w is None else w[i : i + step], family, mixture, cache, groups)
+        totals = slab if totals is None else [{k: t[k] + v for k, v in s.items()} for t, s in zip(totals, slab)]
     for stats in totals:
         stats["weight"] = float(n if w is None else w.sum())
         stats["n_rows"] = int(n)

@@ -44,6 +44,11 @@ class Family:
         rows (e.g. whitened rows) are reused by ``suff_stats``. ``cache["rows"]``
         is a dict shared by all the mixtures of a pass and renewed for every slab,
         for work that depends on the rows alone.
+    stacks : bool
+        Every parameter and every statistic is an array with the K components
+        along axis 0, so the parameters of several mixtures concatenate into one
+        mixture of all their components. The engine then evaluates several
+        mixtures (``n_init`` starts) of the same K with one call per slab.
     keeps_float32 : bool
         The functions accept float32 ``X`` (computing in float32, returning float64
         statistics); otherwise the engine hands them float64.
@@ -69,5 +74,6 @@ class Family:
     sample: Callable
     hard: bool = False
     caches: bool = False
+    stacks: bool = False
     keeps_float32: bool = False
     check_data: Callable = None

@@ -24,8 +24,8 @@ Statistics are *shifted* by the current means ``c_k`` (DESIGN.md, "Numerics")::
 and the M-step corrects exactly: ``mu = c + s1/N``, ``Sigma = s2/N - (s1/N)(s1/N)^T``.
 
 For speed the sums are formed with a few GEMMs over all components at once, on
-``X - ref`` with ``ref`` a central point of the rows (the mean of a few hundred of
-them, the same for every mixture of a pass), and then moved exactly to each ``c_k``.
+``X - ref`` with ``ref`` a point among the rows (the mean of the first few hundred,
+the same for every mixture of a pass), and then moved exactly to each ``c_k``.
 The data's offset from the origin never enters (data at +1e8 fit as well as centred
 data); what remains is rounding of relative size ``eps * (|x - ref| / sigma_k)^2``,
 bounded by the spread of the data, not by their distance from the origin. Full
@@ -37,7 +37,7 @@ from functools import partial
 
 import numpy as np
 
-from dask_em._math import LOG_2PI, dot
+from dask_em._math import LOG_2PI, dot, work_array
 from dask_em.families._family import Family
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -61,8 +61,8 @@ def _log_det_cholesky(prec_chol, covariance_type, n_features):
 def _shifted_rows(X, covariance_type, cache):
     """The rows shifted by a reference point, ready for the GEMMs below.
 
-    ``ref`` is the mean of a few hundred evenly spaced rows, rounded to the data's
-    dtype, so that the very same value shifts the rows and (in float64) the means.
+    ``ref`` is the mean of the first few hundred rows, rounded to the data's dtype,
+    so that the very same value shifts the rows and (in float64) the means.
     Returns a dict with ``ref`` (D,) float64 and, in the data's dtype:
 
     - ``xa`` (n, D + 1), ``[X - ref, 1]`` for full covariance: with the column of
@@ -79,19 +79,20 @@ def _shifted_rows(X, covariance_type, cache):
     else:
         n, D = X.shape
         dt = X.dtype
-        # any central point will do: the mean of at most ~512 evenly spaced rows
-        ref = X[:: max(n // 512, 1)].mean(axis=0, dtype=np.float64) if n else np.zeros(D)
+        # any point among the rows will do: the mean of the first (at most) 256
+        ref = X[:256].mean(axis=0, dtype=np.float64) if n else np.zeros(D)
         ref = ref.astype(dt) if np.all(np.isfinite(ref)) else np.zeros(D, dtype=dt)
         rows = {"ref": ref.astype(np.float64)}
+        work = None if cache is None else cache.get("work")
         if covariance_type == "full":
-            xa = np.empty((n, D + 1), dtype=dt)
+            xa = work_array(work, "rows-xa", (n, D + 1), dt)
             rows["xr"] = np.subtract(X, ref, out=xa[:, :D])
             xa[:, D] = 1.0
             rows["xa"] = xa
         else:
-            rows["xr"] = X - ref
+            rows["xr"] = np.subtract(X, ref, out=work_array(work, "rows-xr", (n, D), dt))
         if covariance_type in ("diag", "spherical"):
-            rows["xr2"] = np.square(rows["xr"])
+            rows["xr2"] = np.square(rows["xr"], out=work_array(work, "rows-xr2", (n, D), dt))
         if shared is not None:
             shared.update(rows)
     if cache is not None:
@@ -139,6 +140,7 @@ def log_prob(X, params, covariance_type, cache=None):
     K = means.shape[0]
     dt = X.dtype
     rows = _shifted_rows(X, covariance_type, cache)
+    work = None if cache is None else cache.get("work")
     mr = means - rows["ref"]
     const = _log_det_cholesky(prec_chol, covariance_type, D) - 0.5 * D * LOG_2PI
     if covariance_type == "full":
@@ -147,10 +149,11 @@ def log_prob(X, params, covariance_type, cache=None):
         F = np.empty((K * D, D + 1), dtype=dt)
         F[:, :D] = PT
         F[:, D] = -np.einsum("kd,kde->ke", mr, prec_chol).reshape(-1)
-        Y = (F @ rows["xa"].T).reshape(K, D, n)  # one contiguous (D, n) per component
+        Y = np.matmul(F, rows["xa"].T, out=work_array(work, "y", (K * D, n), dt))
+        Y = Y.reshape(K, D, n)  # one contiguous (D, n) per component
         if cache is not None:
             cache["y"] = Y
-        out = np.einsum("kdn,kdn->kn", Y, Y)
+        out = np.einsum("kdn,kdn->kn", Y, Y, out=work_array(work, "log-prob", (K, n), dt))
         out *= -0.5
     elif covariance_type == "tied":
         Y = rows["xr"] @ prec_chol.astype(dt)
@@ -161,8 +164,8 @@ def log_prob(X, params, covariance_type, cache=None):
     else:
         # -0.5 sum_d p2_kd (xr_d - mr_kd)^2, expanded in xr: two GEMMs for all components
         p2 = prec_chol**2 if covariance_type == "diag" else np.outer(prec_chol**2, np.ones(D))
-        out = (-0.5 * p2).astype(dt) @ rows["xr2"].T
-        out += (p2 * mr).astype(dt) @ rows["xr"].T
+        out = np.matmul((-0.5 * p2).astype(dt), rows["xr2"].T, out=work_array(work, "log-prob", (K, n), dt))
+        out += np.matmul((p2 * mr).astype(dt), rows["xr"].T, out=work_array(work, "log-prob-2", (K, n), dt))
         const = const - 0.5 * np.sum(p2 * mr * mr, axis=1)
     out += np.asarray(const, dtype=dt).reshape(-1, 1)
     return out.T
@@ -214,7 +217,8 @@ def suff_stats(X, resp, params, covariance_type, cache=None):
     if covariance_type == "full":
         if cache is not None and "y" in cache:
             Z = cache.pop("y")  # scaled in place: the whitened rows are not needed again
-            Z *= np.sqrt(RT)[:, None, :]
+            work = cache.get("work")
+            Z *= np.sqrt(RT, out=work_array(work, "sqrt-resp", RT.shape, dt))[:, None, :]
             W = np.empty((K, D, D))
             for k in range(K):
                 W[k] = dot(Z[k], Z[k].T)  # BLAS syrk: half the flops of a GEMM
@@ -396,6 +400,7 @@ def _make(covariance_type):
         log_prob=bind(log_prob, covariance_type=covariance_type),
         caches=True,
         keeps_float32=True,
+        stacks=covariance_type != "tied",  # the tied covariance is shared by all components
         suff_stats=bind(suff_stats, covariance_type=covariance_type),
         m_step=bind(m_step, covariance_type=covariance_type),
         n_parameters=bind(n_parameters, covariance_type=covariance_type),
