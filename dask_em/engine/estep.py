@@ -192,7 +192,8 @@ def estep_block(X, w, payload, index):
         for (mixture, groups), cache in zip(mixtures, caches):
             if cache is not None:
                 cache["rows"] = rows
-            slab += _estep_slab(X[i : i + step], None if w is None else w[i : i + step], family, mixture, cache, groups)
+            rows_w = None if w is None else w[i : i + step]
+            slab += _estep_slab(X[i : i + step], rows_w, family, mixture, cache, groups)
         totals = slab if totals is None else [{k: t[k] + v for k, v in s.items()} for t, s in zip(totals, slab)]
     for stats in totals:
         stats["weight"] = float(n if w is None else w.sum())
