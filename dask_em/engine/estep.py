@@ -194,7 +194,10 @@ def estep_block(X, w, payload, index):
                 cache["rows"] = rows
             rows_w = None if w is None else w[i : i + step]
             slab += _estep_slab(X[i : i + step], rows_w, family, mixture, cache, groups)
-        totals = slab if totals is None else [{k: t[k] + v for k, v in s.items()} for t, s in zip(totals, slab)]
+        if totals is None:
+            totals = slab
+        else:
+            totals = [{key: t[key] + value for key, value in s.items()} for t, s in zip(totals, slab)]
     for stats in totals:
         stats["weight"] = float(n if w is None else w.sum())
         stats["n_rows"] = int(n)

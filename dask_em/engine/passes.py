@@ -41,7 +41,16 @@ def add_stats(parts):
 
 
 def tree_pass(
-    X, kernel, payload, *, name, combine=add_stats, extra=None, split_every=None, blocks_per_task=1, row_wise=False
+    X,
+    kernel,
+    payload,
+    *,
+    name,
+    combine=add_stats,
+    extra=None,
+    split_every=None,
+    blocks_per_task=1,
+    row_wise=False,
 ):
     """Lazily map ``kernel`` over the row blocks of ``X`` and tree-combine the results.
 

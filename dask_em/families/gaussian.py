@@ -164,9 +164,9 @@ def log_prob(X, params, covariance_type, cache=None):
     else:
         # -0.5 sum_d p2_kd (xr_d - mr_kd)^2, expanded in xr: two GEMMs for all components
         p2 = prec_chol**2 if covariance_type == "diag" else np.outer(prec_chol**2, np.ones(D))
-        out = np.matmul((-0.5 * p2).astype(dt), rows["xr2"].T, out=work_array(work, "log-prob", (K, n), dt))
-        linear = np.matmul((p2 * mr).astype(dt), rows["xr"].T, out=work_array(work, "log-prob-2", (K, n), dt))
-        out += linear
+        out = work_array(work, "log-prob", (K, n), dt)
+        np.matmul((-0.5 * p2).astype(dt), rows["xr2"].T, out=out)
+        out += np.matmul((p2 * mr).astype(dt), rows["xr"].T, out=work_array(work, "log-prob-2", (K, n), dt))
         const = const - 0.5 * np.sum(p2 * mr * mr, axis=1)
     out += np.asarray(const, dtype=dt).reshape(-1, 1)
     return out.T
