@@ -58,6 +58,13 @@ class Source:
     is_numpy: bool = False
     layout: object = None
 
+    def row_weights(self, sample_weight):
+        """``sample_weight`` in the row order of ``X``: for xarray input, a DataArray over
+        the sample dimensions (or an array of their shape) is flattened like the data."""
+        if sample_weight is None or self.layout is None:
+            return sample_weight
+        return self.layout.flatten(sample_weight, "sample_weight")
+
     def wrap(self, result, what):
         """Give a per-row result (N,) or (N, K) the shape of the input (xarray)."""
         return result if self.layout is None else self.layout.wrap(result, what)

@@ -122,6 +122,34 @@ def test_xarray_nan_raise_and_array_omit(data):
     assert (labels[::100] == -1).all() and (labels[1::100] >= 0).all()
 
 
+def test_xarray_sample_weight_follows_the_rows_with_nan_rows_omitted(data):
+    """Weights over (time, y, x) meet their own pixels, whatever the chunking of the cube."""
+    cube = _cube(data).chunk({"time": 2, "y": 5, "x": 7})  # blocks are not C-ordered rows
+    weights = np.random.default_rng(4).integers(0, 4, size=cube.shape[:3])
+    w = xr.DataArray(weights, dims=("time", "y", "x")).transpose("x", "time", "y")  # any order
+    flat = cube.values.reshape(-1, D)
+    ok = np.isfinite(flat).all(axis=1)
+    rows = np.repeat(flat[ok], weights.reshape(-1)[ok], axis=0)  # integer weight = copies
+    init, sk = _ref(rows)
+    gm = GaussianMixture(K, tol=0, max_iter=10, **init)
+    gm.fit(cube, sample_weight=w, feature_dim="band", nan_policy="omit")
+    np.testing.assert_allclose(gm.means_, sk.means_, rtol=1e-10)
+    np.testing.assert_allclose(gm.covariances_, sk.covariances_, rtol=1e-9)
+    # the same weights as an array of the sample shape
+    gm2 = GaussianMixture(K, tol=0, max_iter=10, **init)
+    gm2.fit(cube, sample_weight=weights, feature_dim="band", nan_policy="omit")
+    np.testing.assert_allclose(gm2.means_, sk.means_, rtol=1e-10)
+    # a flat array would meet the wrong pixels here: refused, with the fix
+    with pytest.raises(ValueError, match="DataArray over the sample dimensions"):
+        GaussianMixture(K, max_iter=2).fit(cube, sample_weight=weights.reshape(-1), feature_dim="band", nan_policy="omit")
+    # chunked along the first sample dimension only, C order is the row order: accepted
+    gm3 = GaussianMixture(K, tol=0, max_iter=10, **init)
+    gm3.fit(_cube(data), sample_weight=weights.reshape(-1), feature_dim="band", nan_policy="omit")
+    np.testing.assert_allclose(gm3.means_, sk.means_, rtol=1e-10)
+    with pytest.raises(ValueError, match="sample dimensions"):
+        GaussianMixture(K, max_iter=2).fit(cube, sample_weight=w.rename(x="lon"), feature_dim="band")
+
+
 def test_dataset_variables_are_features(data):
     cube = _cube(data)
     ds = cube.to_dataset(dim="band")[["b", "r", "g"]]  # order of variables is remembered

@@ -208,6 +208,9 @@ class BaseMixture(DensityMixin, BaseEstimator):
             Weight of each row (initialisation included): an integer weight counts
             as that many copies of the row, a weight of 0 drops it. Negative or
             non-finite weights are an error (found inside the passes for dask input).
+            For xarray input, give a DataArray over the sample dimensions (or an
+            array of their shape): it is flattened like the data. A flat array is
+            accepted only where its C order is the data's row order.
         array : str, optional
             The array inside a Zarr group, e.g. ``fit("cube.zarr", array="reflectance")``.
         feature_dim : str, optional
@@ -243,7 +246,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
             raise ValueError(
                 f"Expected n_samples >= n_components but got n_components = {K}, n_samples = {n}."
             )
-        weights = as_row_weights(sample_weight, Xd)
+        weights = as_row_weights(source.row_weights(sample_weight), Xd)
         family = self._family()
         options = self._m_step_options()
         check = self._pass_check(policy)

@@ -50,6 +50,50 @@ class XarrayLayout:
     feature_dim: str
     feature_names: list = None
 
+    def flatten(self, values, what="sample_weight"):
+        """Per-sample values as (N,), in the row order of the 2-D view of the data.
+
+        Parameters
+        ----------
+        values : xarray.DataArray, array-like or dask array
+            A DataArray over the sample dimensions (any order), or an array of the
+            sample shape. A 1-D array of N values is taken as the rows in C order of
+            the sample dimensions, which is the row order of the data only when the
+            sample blocks split the first sample dimension alone; otherwise it is
+            refused (the values would be matched to the wrong samples).
+        what : str
+            Name used in error messages.
+
+        Returns
+        -------
+        array of shape (N,)
+            NumPy for 1-D in-memory input, else a dask array chunked like the rows.
+        """
+        import xarray as xr
+
+        n_rows = math.prod(self.sample_shape)
+        if isinstance(values, xr.DataArray):
+            if sorted(values.dims) != sorted(self.sample_dims):
+                raise ValueError(
+                    f"{what} has dimensions {values.dims}; it needs exactly the sample "
+                    f"dimensions {self.sample_dims} of X (one value per sample)."
+                )
+            values = values.transpose(*self.sample_dims).data
+        arr = values if isinstance(values, da.Array) else np.asarray(values)
+        if arr.ndim == 1 and arr.shape[0] == n_rows and len(self.sample_dims) > 1:
+            if all(len(c) == 1 for c in self.sample_chunks[1:]):
+                return arr  # blocks split the first sample dimension only: C order is row order
+            raise ValueError(
+                f"{what} is a flat array, but the rows of X are its blocks flattened one "
+                f"by one (X is chunked along {self.sample_dims[1:]} too), so a flat order "
+                f"is ambiguous. Pass {what} as an xarray.DataArray over the sample "
+                f"dimensions {self.sample_dims}, or as an array of shape {self.sample_shape}."
+            )
+        if arr.shape != self.sample_shape:
+            return arr  # a shape error follows, naming the expected shape
+        arr = arr.rechunk(self.sample_chunks) if isinstance(arr, da.Array) else da.from_array(arr, chunks=self.sample_chunks)
+        return arr if arr.ndim == 1 else da.reshape_blockwise(arr, (n_rows,))
+
     def wrap(self, result, what):
         """Lazy ``xarray.DataArray`` from a per-row dask result of shape (N,) or (N, K).
 
