@@ -209,6 +209,33 @@ def test_several_starts_in_one_call_match_each_start_alone(cov_type):
             np.testing.assert_allclose(got[key], alone[key], rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.parametrize("kind", ["bernoulli", "poisson", "categorical"])
+def test_discrete_starts_in_one_call_match_each_start_alone(kind):
+    from dask_em.families.categorical import make_family
+
+    rng = np.random.default_rng(5)
+    n, D, K = 2000, 5, 3
+    if kind == "categorical":
+        C = (2, 3, 4, 3, 2)
+        fam = make_family(C)
+        X = np.stack([rng.integers(0, c, n) for c in C], axis=1).astype(float)
+        raw = rng.uniform(0.1, 1.0, size=(3, K, D, max(C)))
+        raw *= np.arange(max(C))[None, None, None, :] < np.array(C)[None, None, :, None]
+        params = [{"probs": r / r.sum(axis=-1, keepdims=True)} for r in raw]
+    else:
+        fam = get_family(kind)
+        X = (rng.random((n, D)) < 0.4).astype(float) if kind == "bernoulli" else rng.poisson(3.0, (n, D)).astype(float)
+        params = [{"means": rng.uniform(0.2, 0.8, (K, D)) * (1 if kind == "bernoulli" else 6)} for _ in range(3)]
+    assert fam.stacks
+    states = [MixtureState(np.array([0.2, 0.3, 0.5]), p) for p in params]
+    w = rng.uniform(0.5, 2.0, n)
+    together = estep_block(X, w, (fam, states), 0)
+    for state, got in zip(states, together):
+        (alone,) = estep_block(X, w, (fam, [state]), 0)
+        for key in alone:
+            np.testing.assert_allclose(got[key], alone[key], rtol=1e-12, atol=1e-9)
+
+
 def test_grouped_responsibilities_normalise_each_mixture():
     from scipy.special import softmax
 

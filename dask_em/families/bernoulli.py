@@ -81,6 +81,7 @@ def sample(params, counts, rng):
 
 FAMILY = Family(
     name="bernoulli",
+    stacks=True,  # parameters and statistics are K-first arrays
     log_prob=log_prob,
     suff_stats=suff_stats,
     m_step=m_step,

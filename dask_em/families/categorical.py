@@ -133,6 +133,7 @@ def make_family(n_categories):
     bind = partial
     return Family(
         name="categorical",
+        stacks=True,  # parameters and statistics are K-first arrays
         log_prob=bind(log_prob, n_categories=C),
         suff_stats=bind(suff_stats, n_categories=C),
         m_step=bind(m_step, n_categories=C),
@@ -144,6 +145,7 @@ def make_family(n_categories):
 
 FAMILY = Family(
     name="categorical",
+    stacks=True,  # parameters and statistics are K-first arrays
     log_prob=log_prob,
     suff_stats=suff_stats,
     m_step=m_step,

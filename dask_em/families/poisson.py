@@ -82,6 +82,7 @@ def sample(params, counts, rng):
 
 FAMILY = Family(
     name="poisson",
+    stacks=True,  # parameters and statistics are K-first arrays
     log_prob=log_prob,
     suff_stats=suff_stats,
     m_step=m_step,
