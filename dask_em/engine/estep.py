@@ -97,7 +97,7 @@ def responsibilities(wlp, hard, floor=-700.0, overwrite=False, groups=1, work=No
     at = wlp.T if overwrite and wlp.T.flags.c_contiguous else np.array(wlp.T, order="C")
     n_all, n = at.shape
     at3 = at.reshape(groups, n_all // groups, n)
-    top = at3.max(axis=1)
+    top = np.max(at3, axis=1, out=work_array(work, "top", (groups, n), at.dtype))
     top[~np.isfinite(top)] = 0.0
     at3 -= top[:, None, :]
     # below exp(floor) a responsibility is a subnormal number in the compute dtype:
@@ -105,9 +105,10 @@ def responsibilities(wlp, hard, floor=-700.0, overwrite=False, groups=1, work=No
     tiny = np.less(at, floor + np.log(at3.shape[1]), out=work_array(work, "flush", at.shape, bool))
     np.putmask(at, tiny, -np.inf)
     np.exp(at, out=at)
-    total = at3.sum(axis=1)
-    at3 *= (1.0 / total)[:, None, :]
-    row_ll = np.log(total) + top
+    total = np.sum(at3, axis=1, out=work_array(work, "total", (groups, n), at.dtype))
+    at3 *= np.reciprocal(total, out=work_array(work, "scale", (groups, n), at.dtype))[:, None, :]
+    row_ll = np.log(total)  # a new array: it outlives the work arrays
+    row_ll += top
     return at.T, (row_ll[0] if groups == 1 else row_ll)
 
 
