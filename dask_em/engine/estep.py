@@ -136,7 +136,8 @@ def _estep_slab(X, w, family, state, cache, groups=1):
         resp *= w[:, None]
         row_ll = row_ll * w
     stats = family.suff_stats(X, resp, state.params, **kw)
-    stats["nk"] = resp.sum(axis=0, dtype=np.float64)
+    if "nk" not in stats:  # a family that needed the summed responsibilities returns them
+        stats["nk"] = resp.sum(axis=0, dtype=np.float64)
     if groups == 1:
         stats["loglik"] = float(row_ll.sum(dtype=np.float64))
         return [stats]
@@ -199,8 +200,9 @@ def estep_block(X, w, payload, index):
             totals = slab
         else:
             totals = [{key: t[key] + value for key, value in s.items()} for t, s in zip(totals, slab)]
+    weight = float(n if w is None else w.sum())
     for stats in totals:
-        stats["weight"] = float(n if w is None else w.sum())
+        stats["weight"] = weight
         stats["n_rows"] = int(n)
         stats["n_nonfinite"] = n_nonfinite
         stats["n_bad_weight"] = n_bad_weight

@@ -24,6 +24,8 @@ class Family:
         weighted by ``resp`` (shape (n, K)). Sizes depend on K and D, never on n,
         and statistics of two row blocks add key-wise. ``params`` are the current
         parameters (they may serve as a shift reference, e.g. Gaussian means).
+        It may include ``nk``, ``resp.sum(axis=0)`` in float64; the engine adds it
+        otherwise.
     m_step : callable
         ``m_step(stats, params, **options) -> dict``: new component parameters
         from summed statistics; ``stats["nk"]`` holds the summed responsibilities.

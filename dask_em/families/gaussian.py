@@ -200,8 +200,8 @@ def suff_stats(X, resp, params, covariance_type, cache=None):
     Returns
     -------
     stats : dict of float64 arrays
-        ``s1`` (K, D) and ``s2``: (K, D, D) full, (D, D) tied, (K, D) diag,
-        (K,) spherical.
+        ``nk`` (K,), the summed responsibilities; ``s1`` (K, D) and ``s2``:
+        (K, D, D) full, (D, D) tied, (K, D) diag, (K,) spherical.
     """
     centers = params["means"]
     K, D = centers.shape
@@ -239,7 +239,7 @@ def suff_stats(X, resp, params, covariance_type, cache=None):
     else:
         Q = dot(RT, rows["xr2"]).astype(np.float64) - 2.0 * cr * T + nk[:, None] * cr**2
         s2 = Q if covariance_type == "diag" else Q.sum(axis=1)
-    return {"s1": s1, "s2": s2}
+    return {"s1": s1, "s2": s2, "nk": nk}
 
 
 # --------------------------------------------------------------------------- M-step
