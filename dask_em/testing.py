@@ -59,7 +59,8 @@ def check_family(
     1. ``sample`` draws ``counts[k]`` rows from component ``k`` (skipped when the
        family refuses to sample; then give ``X`` and ``labels``).
     2. ``log_prob`` has shape (n, K) and agrees with ``reference`` (an independent
-       implementation, e.g. scipy.stats) to 1e-10.
+       implementation, e.g. scipy.stats) to 1e-10. For a family that
+       ``takes_offset``, ``log_prob(X, params, offset=o)`` is ``log_prob(X, params) + o``.
     3. Additivity: statistics of ``X[:m]`` plus those of ``X[m:]`` equal those of
        ``X`` (random responsibilities).
     4. Shift invariance: the M-step of statistics taken around the true parameters
@@ -117,6 +118,11 @@ def check_family(
     if reference is not None:
         _assert_close("log_prob against the reference", lp, reference(X, params), rtol=1e-10, atol=1e-10)
         ran.append("log_prob-reference")
+    if family.takes_offset:
+        offset = np.log(rng.dirichlet(np.ones(K)))
+        _assert_close("log_prob with an offset", family.log_prob(X, params, offset=offset), lp + offset,
+                      rtol=1e-10, atol=1e-10)
+        ran.append("log_prob-offset")
 
     resp = rng.dirichlet(np.ones(K), size=X.shape[0])
     whole = _stats(family, X, resp, params)

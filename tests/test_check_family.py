@@ -49,20 +49,20 @@ def test_gaussian_families(cov_type):
         compare=["means", "covariances"],
         weights=[0.3, 0.7],
     )
-    assert ran == ["sample", "log_prob-reference", "additivity", "shift-invariance", "m-step-recovers",
+    assert ran == ["sample", "log_prob-reference", "log_prob-offset", "additivity", "shift-invariance", "m-step-recovers",
                    "sample-then-fit"]
 
 
 def test_bernoulli_family():
     p = np.array([[0.9, 0.8, 0.1, 0.2, 0.6], [0.1, 0.3, 0.9, 0.7, 0.4]])
     ref = lambda X, prm: np.stack([stats.bernoulli.logpmf(X, q).sum(1) for q in prm["means"]], 1)  # noqa: E731
-    assert len(check_family(get_family("bernoulli"), {"means": p}, reference=ref)) == 6
+    assert len(check_family(get_family("bernoulli"), {"means": p}, reference=ref)) == 7
 
 
 def test_poisson_family():
     lam = np.array([[1.0, 5.0, 0.2], [9.0, 0.5, 3.0]])
     ref = lambda X, prm: np.stack([stats.poisson.logpmf(X, q).sum(1) for q in prm["means"]], 1)  # noqa: E731
-    assert len(check_family(get_family("poisson"), {"means": lam}, reference=ref)) == 6
+    assert len(check_family(get_family("poisson"), {"means": lam}, reference=ref)) == 7
 
 
 def test_categorical_family():
@@ -77,7 +77,7 @@ def test_categorical_family():
             [sum(stats.multinomial(1, p[d, :c]).logpmf(np.eye(c)[X[:, d].astype(int)]) for d, c in enumerate(n_cat))
              for p in prm["probs"]], axis=1)
 
-    assert len(check_family(make_family(n_cat), {"probs": probs}, reference=ref, n_samples=5000)) == 6
+    assert len(check_family(make_family(n_cat), {"probs": probs}, reference=ref, n_samples=5000)) == 7
 
 
 def test_kmeans_family_on_given_data():
@@ -87,6 +87,13 @@ def test_kmeans_family_on_given_data():
     ref = lambda X, prm: -((X[:, None, :] - prm["means"][None]) ** 2).sum(-1)  # noqa: E731
     ran = check_family(get_family("kmeans"), {"means": MEANS}, reference=ref, X=X, labels=labels)
     assert "sample" not in ran and len(ran) == 5
+
+
+def test_a_family_that_ignores_its_offset_fails():
+    fam = get_family("poisson")
+    broken = type(fam)(**{**fam.__dict__, "log_prob": lambda X, params, offset=None: fam.log_prob(X, params)})
+    with pytest.raises(AssertionError, match="log_prob with an offset"):
+        check_family(broken, {"means": np.array([[1.0, 5.0], [9.0, 0.5]])})
 
 
 def test_a_broken_family_fails():

@@ -250,6 +250,47 @@ def test_grouped_responsibilities_normalise_each_mixture():
         np.testing.assert_allclose(row_ll[g], np.log(np.exp(part).sum(axis=1)), rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_responsibilities_below_the_floor_are_exactly_zero(dtype):
+    from scipy.special import softmax
+
+    from dask_em.engine.estep import log_tiny, responsibilities
+
+    rng = np.random.default_rng(1)
+    # log-ratios from 0 down to far below the smallest normal number's log
+    wlp = rng.uniform(-1.5, 0.0, size=(1000, 4)) * np.array([1.0, 100.0, 600.0, 2000.0])
+    wlp = wlp.astype(dtype)
+    floor = 0.5 * log_tiny(dtype)
+    resp, row_ll = responsibilities(wlp.copy(), False, floor=floor)
+    exact = wlp.astype(np.float64)  # the reference, from the very same inputs
+    expected = softmax(exact, axis=1)
+    low = exact - exact.max(axis=1, keepdims=True) <= floor
+    assert low.sum() > 500 and (~low).sum() > 500  # both sides of the floor are exercised
+    assert np.all(resp[low] == 0.0) and np.all(resp >= 0.0)
+    assert np.all(resp[~low] >= np.finfo(dtype).tiny)  # normal numbers only: no subnormal arithmetic later
+    # exact but for at most exp(floor) (absolute) taken off each responsibility, and
+    # for the rounding of log-ratios of up to 3,000 in the dtype
+    eps = 4 * np.finfo(dtype).eps * 3000
+    np.testing.assert_allclose(resp, expected, rtol=eps, atol=1.01 * np.exp(floor))
+    far = exact - exact.max(axis=1, keepdims=True) > floor + 40.0
+    np.testing.assert_allclose(resp[far], expected[far], rtol=eps)
+    np.testing.assert_allclose(row_ll, np.log(np.exp(exact).sum(axis=1)), rtol=eps, atol=eps)
+
+
+def test_floored_exp_matches_its_masked_fallback():
+    from dask_em.engine.estep import _exp_floored, _exp_floored_masked, _exp_in_arrays
+
+    a = np.random.default_rng(2).uniform(-800.0, 5.0, size=(7, 1001))
+    assert _exp_in_arrays(-354.0, a.dtype.str) is not None  # the branch-free path runs here
+    fast, masked = a.copy(), a.copy()
+    _exp_floored(fast, -354.0)
+    _exp_floored_masked(masked, -354.0)
+    np.testing.assert_array_equal(fast == 0.0, a <= -354.0)
+    np.testing.assert_array_equal(masked == 0.0, a <= -354.0)
+    np.testing.assert_allclose(fast, masked, rtol=1e-15, atol=1.01 * np.exp(-354.0))
+    np.testing.assert_allclose(masked[a > -354.0], np.exp(a[a > -354.0]), rtol=1e-15)
+
+
 def test_estep_statistics_add_over_blocks():
     X = make_blobs(seed=8)
     fam = get_family("gaussian-full")

@@ -3,6 +3,7 @@
 Everything here is NumPy on one row block and works for any :class:`Family`.
 """
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,20 +67,26 @@ def valid_rows(X, w=None):
 
 def weighted_log_prob(X, family, state, **kwargs):
     """``log pi_k + log p(x | theta_k)`` (n, K); hard families ignore the weights."""
+    if family.hard:
+        return family.log_prob(X, state.params, **kwargs)
+    log_weights = np.log(state.weights)
+    if family.takes_offset:
+        return family.log_prob(X, state.params, offset=log_weights, **kwargs)
     lp = family.log_prob(X, state.params, **kwargs)
-    if not family.hard:
-        lp += np.log(state.weights)
+    lp += log_weights
     return lp
 
 
-def responsibilities(wlp, hard, floor=-700.0, overwrite=False, groups=1, work=None):
+def responsibilities(wlp, hard, floor=None, overwrite=False, groups=1, work=None):
     """Responsibilities (n, K) and per-row log-likelihood (n,) from weighted log-probs.
 
     For hard families the responsibilities are one-hot at the best component and
     the "log-likelihood" is the best weighted log-prob (minus the squared distance
-    for K-means). Soft responsibilities below ``exp(floor)`` are set to exactly 0.
-    With ``overwrite``, ``wlp`` may be reused as work space. Soft responsibilities
-    are returned as the transpose of a C-contiguous (K, n) array.
+    for K-means). Soft responsibilities below ``exp(floor)`` are set to exactly 0,
+    and ``exp(floor)`` is taken off the others (see :func:`_exp_floored`): each is
+    exact to within ``exp(floor)``. By default ``floor`` is the lowest that keeps
+    every responsibility a normal number of the dtype. With ``overwrite``, ``wlp`` may be reused as work space.
+    Soft responsibilities are returned as the transpose of a C-contiguous (K, n) array.
 
     With ``groups=S`` (soft only), the K columns of ``wlp`` are S mixtures of K/S
     components side by side: each is normalised on its own, and the log-likelihood
@@ -97,19 +104,52 @@ def responsibilities(wlp, hard, floor=-700.0, overwrite=False, groups=1, work=No
     at = wlp.T if overwrite and wlp.T.flags.c_contiguous else np.array(wlp.T, order="C")
     n_all, n = at.shape
     at3 = at.reshape(groups, n_all // groups, n)
+    if floor is None:
+        floor = log_tiny(at.dtype) + np.log(at3.shape[1]) + 1.0
     top = np.max(at3, axis=1, out=work_array(work, "top", (groups, n), at.dtype))
     top[~np.isfinite(top)] = 0.0
     at3 -= top[:, None, :]
-    # below exp(floor) a responsibility is a subnormal number in the compute dtype:
-    # flush it to zero, as arithmetic on subnormals is ~100x slower and changes no sum
-    tiny = np.less(at, floor + np.log(at3.shape[1]), out=work_array(work, "flush", at.shape, bool))
-    np.putmask(at, tiny, -np.inf)
-    np.exp(at, out=at)
+    _exp_floored(at, floor, work)
     total = np.sum(at3, axis=1, out=work_array(work, "total", (groups, n), at.dtype))
     at3 *= np.reciprocal(total, out=work_array(work, "scale", (groups, n), at.dtype))[:, None, :]
     row_ll = np.log(total)  # a new array: it outlives the work arrays
     row_ll += top
     return at.T, (row_ll[0] if groups == 1 else row_ll)
+
+
+def _exp_floored(a, floor, work=None):
+    """``a = exp(a) - exp(floor)`` in place where ``a > floor``, exactly 0 elsewhere.
+
+    Clamped to ``floor``, exponentiated, then ``exp(floor)`` subtracted: three
+    branch-free passes, each result within ``exp(floor)`` of ``exp(a)``. numpy's exp runs 10 to 70 times slower on inputs whose
+    result is subnormal or zero (float64, numpy 2.4), and masked writes several
+    times slower than a plain pass on mixed data.
+    """
+    c = _exp_in_arrays(float(floor), a.dtype.str)
+    if c is None:  # this numpy's exp differs between positions of an array
+        return _exp_floored_masked(a, floor, work)
+    np.maximum(a, floor, out=a)
+    np.exp(a, out=a)
+    a -= c
+
+
+def _exp_floored_masked(a, floor, work=None):
+    """:func:`_exp_floored` with a mask, for a numpy whose exp of one value differs
+    between positions of an array (none known): exp(a) where ``a > floor``, else 0."""
+    low = np.less_equal(a, a.dtype.type(floor), out=work_array(work, "flush", a.shape, bool))
+    np.maximum(a, floor, out=a)
+    np.exp(a, out=a)
+    np.putmask(a, low, 0.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _exp_in_arrays(value, dtype):
+    """``np.exp(value)`` as computed at every position of an array of ``dtype``,
+    aligned or not, or None when positions differ (then no one value can be
+    subtracted to get exact zeros)."""
+    probe = np.exp(np.full(131, value, dtype=dtype)[1:])  # both SIMD body and tail
+    probe2 = np.exp(np.full(130, value, dtype=dtype))
+    return probe[0] if np.all(probe == probe[0]) and np.all(probe2 == probe[0]) else None
 
 
 def _as_compute_dtype(X, family):
@@ -128,7 +168,9 @@ def _estep_slab(X, w, family, state, cache, groups=1):
     """Statistics of one slab of valid rows (see :func:`estep_block`): a list of one
     dict per mixture, ``groups`` mixtures being stacked in ``state``."""
     kw = {} if cache is None else {"cache": cache}
-    floor = log_tiny(X.dtype) + 1.0
+    # responsibilities below sqrt(tiny) become 0: their products with the data in
+    # the statistics' GEMMs would be subnormal numbers, on which BLAS runs ~50x slower
+    floor = 0.5 * log_tiny(X.dtype)
     wlp = weighted_log_prob(X, family, state, **kw)
     work = None if cache is None else cache.get("work")
     resp, row_ll = responsibilities(wlp, family.hard, floor, overwrite=True, groups=groups, work=work)
@@ -173,40 +215,48 @@ def estep_block(X, w, payload, index):
         ``n_rows``, ``n_nonfinite``, ``n_bad_weight``.
     """
     family, states = payload
-    mask, n_nonfinite, n_bad_weight = valid_rows(X, w)
-    if not mask.all():
-        X = X[mask]
-        w = None if w is None else w[mask]
-    X = _as_compute_dtype(X, family)
-    w = None if w is None else as_float64(w)
-    n = X.shape[0]
     if family.stacks and not family.hard and len(states) > 1 and len({len(s.weights) for s in states}) == 1:
         mixtures = [(_stacked(states), len(states))]  # one set of GEMMs for all starts
     else:
         mixtures = [(state, 1) for state in states]
     work = Workspace()  # the slabs' temporaries, reused (see Workspace)
     caches = [{"work": work} if family.caches else None for _ in mixtures]
+    itemsize = 4 if family.keeps_float32 and X.dtype == np.float32 else 8
+    step = slab_rows(max(len(m.weights) for m, _ in mixtures), X.shape[1], itemsize)
     totals = None
-    step = slab_rows(max(len(m.weights) for m, _ in mixtures), X.shape[1], X.dtype.itemsize)
-    for i in range(0, max(n, 1), step):
+    counts = {"weight": 0.0, "n_rows": 0, "n_nonfinite": 0, "n_bad_weight": 0}
+    for i in range(0, max(X.shape[0], 1), step):
+        # rows are checked slab by slab: the check leaves the slab in the CPU's
+        # caches for the kernels, instead of reading the whole block twice
+        Xs, ws, slab_counts = _valid_slab(X[i : i + step], None if w is None else w[i : i + step], family)
+        for key, value in slab_counts.items():
+            counts[key] += value
         rows = {}
         slab = []
         for (mixture, groups), cache in zip(mixtures, caches):
             if cache is not None:
                 cache["rows"] = rows
-            rows_w = None if w is None else w[i : i + step]
-            slab += _estep_slab(X[i : i + step], rows_w, family, mixture, cache, groups)
+            slab += _estep_slab(Xs, ws, family, mixture, cache, groups)
         if totals is None:
             totals = slab
         else:
             totals = [{key: t[key] + value for key, value in s.items()} for t, s in zip(totals, slab)]
-    weight = float(n if w is None else w.sum())
     for stats in totals:
-        stats["weight"] = weight
-        stats["n_rows"] = int(n)
-        stats["n_nonfinite"] = n_nonfinite
-        stats["n_bad_weight"] = n_bad_weight
+        stats.update(counts)
     return totals
+
+
+def _valid_slab(X, w, family):
+    """The valid rows of a slab (see :func:`valid_rows`) in the family's compute
+    dtype, their weights in float64, and the counts :func:`estep_block` reports."""
+    mask, n_nonfinite, n_bad_weight = valid_rows(X, w)
+    if not mask.all():
+        X = X[mask]
+        w = None if w is None else w[mask]
+    X = _as_compute_dtype(X, family)
+    w = None if w is None else as_float64(w)
+    weight = float(X.shape[0] if w is None else w.sum())
+    return X, w, {"weight": weight, "n_rows": X.shape[0], "n_nonfinite": n_nonfinite, "n_bad_weight": n_bad_weight}
 
 
 def m_step(family, stats, state, options):

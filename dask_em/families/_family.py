@@ -51,6 +51,11 @@ class Family:
         along axis 0, so the parameters of several mixtures concatenate into one
         mixture of all their components. The engine then evaluates several
         mixtures (``n_init`` starts) of the same K with one call per slab.
+    takes_offset : bool
+        ``log_prob`` takes ``offset``, an array (K,) to add to every row's
+        log-densities; the engine passes the log mixing weights, which the family
+        can add at no cost (to a constant it adds anyway, or inside a GEMM) instead
+        of in a pass of its own over the (n, K) result.
     keeps_float32 : bool
         The functions accept float32 ``X`` (computing in float32, returning float64
         statistics); otherwise the engine hands them float64.
@@ -77,5 +82,6 @@ class Family:
     hard: bool = False
     caches: bool = False
     stacks: bool = False
+    takes_offset: bool = False
     keeps_float32: bool = False
     check_data: Callable = None

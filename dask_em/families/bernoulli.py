@@ -27,13 +27,15 @@ def check_data(X):
     )
 
 
-def log_prob(X, params):
+def log_prob(X, params, offset=None):
     """``sum_d x_d log p_kd + (1 - x_d) log(1 - p_kd)`` with one GEMM.
 
     Parameters
     ----------
     X : ndarray of shape (n, D), float64, entries 0 or 1
     params : dict with ``means`` (K, D), entries in (0, 1)
+    offset : ndarray of shape (K,), optional
+        Added to every row (see :class:`~dask_em.families.Family`).
 
     Returns
     -------
@@ -42,7 +44,8 @@ def log_prob(X, params):
     check_data(X)
     p = params["means"]
     log1m = np.log1p(-p)
-    return X @ (np.log(p) - log1m).T + log1m.sum(axis=1)
+    const = log1m.sum(axis=1) if offset is None else log1m.sum(axis=1) + offset
+    return X @ (np.log(p) - log1m).T + const
 
 
 def suff_stats(X, resp, params):
@@ -82,6 +85,7 @@ def sample(params, counts, rng):
 FAMILY = Family(
     name="bernoulli",
     stacks=True,  # parameters and statistics are K-first arrays
+    takes_offset=True,
     log_prob=log_prob,
     suff_stats=suff_stats,
     m_step=m_step,

@@ -53,7 +53,7 @@ def _codes(X, C):
     return X.astype(np.intp)
 
 
-def log_prob(X, params, n_categories=None):
+def log_prob(X, params, n_categories=None, offset=None):
     """``sum_d log p[k, d, x_d]``.
 
     Parameters
@@ -61,6 +61,8 @@ def log_prob(X, params, n_categories=None):
     X : ndarray of shape (n, D), float64 integer codes
     params : dict with ``probs`` (K, D, C_max)
     n_categories : sequence of int of length D, optional
+    offset : ndarray of shape (K,), optional
+        Added to every row (see :class:`~dask_em.families.Family`).
 
     Returns
     -------
@@ -70,7 +72,8 @@ def log_prob(X, params, n_categories=None):
     codes = _codes(X, C)
     with np.errstate(divide="ignore"):
         logp = np.log(params["probs"])
-    out = np.zeros((X.shape[0], logp.shape[0]))
+    out = np.empty((X.shape[0], logp.shape[0]))
+    out[:] = 0.0 if offset is None else offset
     for d in range(X.shape[1]):
         out += logp[:, d, codes[:, d]].T
     return out
@@ -134,6 +137,7 @@ def make_family(n_categories):
     return Family(
         name="categorical",
         stacks=True,  # parameters and statistics are K-first arrays
+        takes_offset=True,
         log_prob=bind(log_prob, n_categories=C),
         suff_stats=bind(suff_stats, n_categories=C),
         m_step=bind(m_step, n_categories=C),
@@ -146,6 +150,7 @@ def make_family(n_categories):
 FAMILY = Family(
     name="categorical",
     stacks=True,  # parameters and statistics are K-first arrays
+    takes_offset=True,
     log_prob=log_prob,
     suff_stats=suff_stats,
     m_step=m_step,

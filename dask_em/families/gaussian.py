@@ -59,16 +59,18 @@ def _log_det_cholesky(prec_chol, covariance_type, n_features):
 
 
 def _shifted_rows(X, covariance_type, cache):
-    """The rows shifted by a reference point, ready for the GEMMs below.
+    """The rows shifted by a reference point, transposed, ready for the GEMMs below.
 
-    ``ref`` is the mean of the first few hundred rows, rounded to the data's dtype,
-    so that the very same value shifts the rows and (in float64) the means.
-    Returns a dict with ``ref`` (D,) float64 and, in the data's dtype:
+    ``ref`` is the mean of the first few hundred rows of the block's first slab,
+    rounded to the data's dtype, so that the very same value shifts the rows and
+    (in float64) the means; ``cache["ref"]`` keeps it for the later slabs. Returns a dict with ``ref`` (D,) float64 and, in the data's dtype:
 
-    - ``xa`` (n, D + 1), ``[X - ref, 1]`` for full covariance: with the column of
-      ones, one GEMM also subtracts each component's shifted mean;
-    - ``xr`` (n, D), ``X - ref`` (a view into ``xa`` for full);
-    - ``xr2`` (n, D), ``(X - ref)**2`` for diag and spherical.
+    - ``xt`` (m, n), C-contiguous: the rows of ``(X - ref)**2`` (diag and spherical
+      only), then those of ``X - ref``, then a row of ones. One GEMM with ``xt``
+      gives every component's log-density, constant included; one GEMM with its
+      transpose gives the weighted sums of squares and of rows, and the summed
+      weights (the row of ones);
+    - ``xr`` (n, D), ``X - ref``, a (Fortran-ordered) view into ``xt``.
 
     They depend on the rows only, so they are kept in ``cache["rows"]`` (shared by
     the mixtures of a pass) and in ``cache`` itself for :func:`suff_stats`.
@@ -79,20 +81,25 @@ def _shifted_rows(X, covariance_type, cache):
     else:
         n, D = X.shape
         dt = X.dtype
-        # any point among the rows will do: the mean of the first (at most) 256
-        ref = X[:256].mean(axis=0, dtype=np.float64) if n else np.zeros(D)
-        ref = ref.astype(dt) if np.all(np.isfinite(ref)) else np.zeros(D, dtype=dt)
-        rows = {"ref": ref.astype(np.float64)}
+        ref = None if cache is None else cache.get("ref")
+        if ref is None:
+            # any point among the rows will do: the mean of the first (at most) 256,
+            # kept for the block's later slabs
+            ref = X[:256].mean(axis=0, dtype=np.float64) if n else np.zeros(D)
+            ref = ref.astype(dt) if np.all(np.isfinite(ref)) else np.zeros(D, dtype=dt)
+            if cache is not None and n:
+                cache["ref"] = ref
         work = None if cache is None else cache.get("work")
-        if covariance_type == "full":
-            xa = work_array(work, "rows-xa", (n, D + 1), dt)
-            rows["xr"] = np.subtract(X, ref, out=xa[:, :D])
-            xa[:, D] = 1.0
-            rows["xa"] = xa
-        else:
-            rows["xr"] = np.subtract(X, ref, out=work_array(work, "rows-xr", (n, D), dt))
-        if covariance_type in ("diag", "spherical"):
-            rows["xr2"] = np.square(rows["xr"], out=work_array(work, "rows-xr2", (n, D), dt))
+        squares = covariance_type in ("diag", "spherical")
+        m = (2 * D if squares else D) + 1
+        # transposed: a contiguous subtraction, and the square and the ones fill
+        # whole rows (writing columns of an (n, m) array costs about 2x)
+        xt = work_array(work, "rows-xt", (m, n), dt)
+        xr_t = np.subtract(X.T, ref[:, None], out=xt[m - 1 - D : m - 1])
+        if squares:
+            np.square(xr_t, out=xt[:D])
+        xt[m - 1] = 1.0
+        rows = {"ref": ref.astype(np.float64), "xt": xt, "xr": xr_t.T}
         if shared is not None:
             shared.update(rows)
     if cache is not None:
@@ -109,14 +116,15 @@ def _derived(cache, key, make):
     return cache[key]
 
 
-def log_prob(X, params, covariance_type, cache=None):
+def log_prob(X, params, covariance_type, cache=None, offset=None):
     """Log-density of each row under each Gaussian component.
 
-    All components are evaluated together, with one or two GEMMs on the shifted
-    rows (see :func:`_shifted_rows`). For ``full``, one GEMM gives the whitened
-    rows ``y_k = (x - mu_k) P_k`` of every component, (K, D, n), the shift by each
-    mean riding along as a column of ones; they are left in ``cache["y"]`` for
-    :func:`suff_stats`.
+    All components are evaluated together, with one GEMM on the shifted rows (see
+    :func:`_shifted_rows`). For ``full``, it gives the whitened rows
+    ``y_k = (x - mu_k) P_k`` of every component, (K, D, n), the shift by each mean
+    riding along on the row of ones; they are left in ``cache["y"]`` for
+    :func:`suff_stats`. For ``diag`` and ``spherical``, it gives the log-densities
+    themselves, the constants (and ``offset``) riding on the row of ones.
 
     Parameters
     ----------
@@ -128,6 +136,8 @@ def log_prob(X, params, covariance_type, cache=None):
         Lives for one row block and one mixture (see :class:`Family`): values
         derived from ``params`` are kept there, and the work arrays of the current
         rows. ``cache["rows"]``, when present, is shared by all mixtures of a pass.
+    offset : ndarray of shape (K,), optional
+        Added to every row's log-densities (the engine's log mixing weights).
 
     Returns
     -------
@@ -143,32 +153,36 @@ def log_prob(X, params, covariance_type, cache=None):
     work = None if cache is None else cache.get("work")
     mr = means - rows["ref"]
     const = _log_det_cholesky(prec_chol, covariance_type, D) - 0.5 * D * LOG_2PI
+    if offset is not None:
+        const = const + offset
     if covariance_type == "full":
         # rows of the (K*D, D + 1) factor: P_k^T, then the shift -P_k^T (mu_k - ref)
         PT = _derived(cache, "pt", lambda: np.swapaxes(prec_chol, 1, 2).reshape(K * D, D))
         F = np.empty((K * D, D + 1), dtype=dt)
         F[:, :D] = PT
         F[:, D] = -np.einsum("kd,kde->ke", mr, prec_chol).reshape(-1)
-        Y = np.matmul(F, rows["xa"].T, out=work_array(work, "y", (K * D, n), dt))
+        Y = np.matmul(F, rows["xt"], out=work_array(work, "y", (K * D, n), dt))
         Y = Y.reshape(K, D, n)  # one contiguous (D, n) per component
         if cache is not None:
             cache["y"] = Y
         out = np.einsum("kdn,kdn->kn", Y, Y, out=work_array(work, "log-prob", (K, n), dt))
         out *= -0.5
+        out += np.asarray(const, dtype=dt).reshape(-1, 1)
     elif covariance_type == "tied":
         Y = rows["xr"] @ prec_chol.astype(dt)
         B = mr @ prec_chol
         out = (Y @ (B.T).astype(dt)).T  # (K, n)
         out -= 0.5 * np.einsum("nd,nd->n", Y, Y)
-        const = const - 0.5 * np.einsum("kd,kd->k", B, B)
+        out += np.asarray(const - 0.5 * np.einsum("kd,kd->k", B, B), dtype=dt).reshape(-1, 1)
     else:
-        # -0.5 sum_d p2_kd (xr_d - mr_kd)^2, expanded in xr: two GEMMs for all components
+        # -0.5 sum_d p2_kd (xr_d - mr_kd)^2 + const, expanded in xr: one GEMM with
+        # the factor [-p2 / 2, p2 mr, const - sum_d p2 mr^2 / 2] for all components
         p2 = prec_chol**2 if covariance_type == "diag" else np.outer(prec_chol**2, np.ones(D))
-        out = work_array(work, "log-prob", (K, n), dt)
-        np.matmul((-0.5 * p2).astype(dt), rows["xr2"].T, out=out)
-        out += np.matmul((p2 * mr).astype(dt), rows["xr"].T, out=work_array(work, "log-prob-2", (K, n), dt))
-        const = const - 0.5 * np.sum(p2 * mr * mr, axis=1)
-    out += np.asarray(const, dtype=dt).reshape(-1, 1)
+        F = np.empty((K, 2 * D + 1))
+        F[:, :D] = -0.5 * p2
+        F[:, D : 2 * D] = p2 * mr
+        F[:, 2 * D] = const - 0.5 * np.sum(p2 * mr * mr, axis=1)
+        out = np.matmul(F.astype(dt, copy=False), rows["xt"], out=work_array(work, "log-prob", (K, n), dt))
     return out.T
 
 
@@ -212,8 +226,10 @@ def suff_stats(X, resp, params, covariance_type, cache=None):
         rows = _shifted_rows(X, covariance_type, None)
     cr = centers - rows["ref"]
     RT = resp.T.astype(dt, copy=False)  # (K, n); C-contiguous from the engine
-    nk = resp.sum(axis=0, dtype=np.float64)
-    T = dot(RT, rows["xr"]).astype(np.float64)  # sum_i r_ik (x_i - ref)
+    # one GEMM: [sum_i r_ik (x_i - ref)^2 (diag, spherical), sum_i r_ik (x_i - ref), nk]
+    G = dot(rows["xt"], RT.T).T.astype(np.float64)  # (K, m); in this order ~15% faster
+    nk = G[:, -1]
+    T = G[:, -1 - D : -1]
     s1 = T - nk[:, None] * cr
     if covariance_type == "full":
         if cache is not None and "y" in cache:
@@ -237,7 +253,7 @@ def suff_stats(X, resp, params, covariance_type, cache=None):
         cross = cr.T @ T
         s2 = G - cross - cross.T + (cr.T * nk) @ cr
     else:
-        Q = dot(RT, rows["xr2"]).astype(np.float64) - 2.0 * cr * T + nk[:, None] * cr**2
+        Q = G[:, :D] - 2.0 * cr * T + nk[:, None] * cr**2
         s2 = Q if covariance_type == "diag" else Q.sum(axis=1)
     return {"s1": s1, "s2": s2, "nk": nk}
 
@@ -402,6 +418,7 @@ def _make(covariance_type):
         caches=True,
         keeps_float32=True,
         stacks=covariance_type != "tied",  # the tied covariance is shared by all components
+        takes_offset=True,
         suff_stats=bind(suff_stats, covariance_type=covariance_type),
         m_step=bind(m_step, covariance_type=covariance_type),
         n_parameters=bind(n_parameters, covariance_type=covariance_type),

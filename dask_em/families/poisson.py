@@ -30,13 +30,15 @@ def check_data(X):
     )
 
 
-def log_prob(X, params):
+def log_prob(X, params, offset=None):
     """``sum_d x_d log lambda_kd - lambda_kd - log(x_d!)`` with one GEMM.
 
     Parameters
     ----------
     X : ndarray of shape (n, D), float64 counts
     params : dict with ``means`` (K, D), rates > 0
+    offset : ndarray of shape (K,), optional
+        Added to every row (see :class:`~dask_em.families.Family`).
 
     Returns
     -------
@@ -44,7 +46,8 @@ def log_prob(X, params):
     """
     check_data(X)
     lam = params["means"]
-    return X @ np.log(lam).T - lam.sum(axis=1) - gammaln(X + 1.0).sum(axis=1)[:, None]
+    const = -lam.sum(axis=1) if offset is None else offset - lam.sum(axis=1)
+    return X @ np.log(lam).T + const - gammaln(X + 1.0).sum(axis=1)[:, None]
 
 
 def suff_stats(X, resp, params):
@@ -83,6 +86,7 @@ def sample(params, counts, rng):
 FAMILY = Family(
     name="poisson",
     stacks=True,  # parameters and statistics are K-first arrays
+    takes_offset=True,
     log_prob=log_prob,
     suff_stats=suff_stats,
     m_step=m_step,
