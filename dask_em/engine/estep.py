@@ -85,8 +85,9 @@ def responsibilities(wlp, hard, floor=None, overwrite=False, groups=1, work=None
     for K-means). Soft responsibilities below ``exp(floor)`` are set to exactly 0,
     and ``exp(floor)`` is taken off the others (see :func:`_exp_floored`): each is
     exact to within ``exp(floor)``. By default ``floor`` is the lowest that keeps
-    every responsibility a normal number of the dtype. With ``overwrite``, ``wlp`` may be reused as work space.
-    Soft responsibilities are returned as the transpose of a C-contiguous (K, n) array.
+    every responsibility a normal number of the dtype. With ``overwrite``, ``wlp``
+    may be reused as work space. Soft responsibilities are returned as the
+    transpose of a C-contiguous (K, n) array.
 
     With ``groups=S`` (soft only), the K columns of ``wlp`` are S mixtures of K/S
     components side by side: each is normalised on its own, and the log-likelihood
@@ -121,9 +122,10 @@ def _exp_floored(a, floor, work=None):
     """``a = exp(a) - exp(floor)`` in place where ``a > floor``, exactly 0 elsewhere.
 
     Clamped to ``floor``, exponentiated, then ``exp(floor)`` subtracted: three
-    branch-free passes, each result within ``exp(floor)`` of ``exp(a)``. numpy's exp runs 10 to 70 times slower on inputs whose
-    result is subnormal or zero (float64, numpy 2.4), and masked writes several
-    times slower than a plain pass on mixed data.
+    branch-free passes, each result within ``exp(floor)`` of ``exp(a)``. numpy's
+    exp runs 10 to 70 times slower on inputs whose result is subnormal or zero
+    (float64, numpy 2.4), and masked writes several times slower than a plain pass
+    on mixed data.
     """
     c = _exp_in_arrays(float(floor), a.dtype.str)
     if c is None:  # this numpy's exp differs between positions of an array

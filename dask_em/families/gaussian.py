@@ -63,7 +63,8 @@ def _shifted_rows(X, covariance_type, cache):
 
     ``ref`` is the mean of the first few hundred rows of the block's first slab,
     rounded to the data's dtype, so that the very same value shifts the rows and
-    (in float64) the means; ``cache["ref"]`` keeps it for the later slabs. Returns a dict with ``ref`` (D,) float64 and, in the data's dtype:
+    (in float64) the means; ``cache["ref"]`` keeps it for the later slabs.
+    Returns a dict with ``ref`` (D,) float64 and, in the data's dtype:
 
     - ``xt`` (m, n), C-contiguous: the rows of ``(X - ref)**2`` (diag and spherical
       only), then those of ``X - ref``, then a row of ones. One GEMM with ``xt``
@@ -249,9 +250,9 @@ def suff_stats(X, resp, params, covariance_type, cache=None):
     elif covariance_type == "tied":
         Xr = rows["xr"]
         w = RT.sum(axis=0)
-        G = dot(Xr.T * w, Xr).astype(np.float64)
+        gram = dot(Xr.T * w, Xr).astype(np.float64)
         cross = cr.T @ T
-        s2 = G - cross - cross.T + (cr.T * nk) @ cr
+        s2 = gram - cross - cross.T + (cr.T * nk) @ cr
     else:
         Q = G[:, :D] - 2.0 * cr * T + nk[:, None] * cr**2
         s2 = Q if covariance_type == "diag" else Q.sum(axis=1)
