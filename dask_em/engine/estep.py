@@ -154,10 +154,13 @@ def _exp_in_arrays(value, dtype):
     return probe[0] if np.all(probe == probe[0]) and np.all(probe2 == probe[0]) else None
 
 
+def _compute_dtype(dtype, family):
+    """float32 for float32 data when the family computes in it, else float64."""
+    return np.dtype(np.float32) if family.keeps_float32 and dtype == np.float32 else np.dtype(np.float64)
+
+
 def _as_compute_dtype(X, family):
-    if family.keeps_float32 and X.dtype == np.float32:
-        return np.ascontiguousarray(X)
-    return as_float64(X)
+    return np.ascontiguousarray(X, dtype=_compute_dtype(X.dtype, family))
 
 
 def _stacked(states):
@@ -223,7 +226,7 @@ def estep_block(X, w, payload, index):
         mixtures = [(state, 1) for state in states]
     work = Workspace()  # the slabs' temporaries, reused (see Workspace)
     caches = [{"work": work} if family.caches else None for _ in mixtures]
-    itemsize = 4 if family.keeps_float32 and X.dtype == np.float32 else 8
+    itemsize = _compute_dtype(X.dtype, family).itemsize
     step = slab_rows(max(len(m.weights) for m, _ in mixtures), X.shape[1], itemsize)
     totals = None
     counts = {"weight": 0.0, "n_rows": 0, "n_nonfinite": 0, "n_bad_weight": 0}
