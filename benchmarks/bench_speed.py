@@ -145,11 +145,11 @@ def streaming(n, iters, workdir):
 def _em_only(Z, params, n_init):
     """Seconds per EM iteration on data streamed from ``Z``, after a warm-up fit.
 
-    ``persist=False``: ``"auto"`` would keep a store of this size in the workers'
+    ``persist=False`` (a constructor parameter): ``"auto"`` would keep a store of this size in the workers'
     memory, and the EM passes would not read it at all.
     """
-    GaussianMixture(**{**params, "n_init": n_init, "max_iter": 1}).fit(Z, persist=False)
-    gm = GaussianMixture(**{**params, "n_init": n_init}).fit(Z, persist=False)
+    GaussianMixture(**{**params, "n_init": n_init, "max_iter": 1, "persist": False}).fit(Z)
+    gm = GaussianMixture(**{**params, "n_init": n_init, "persist": False}).fit(Z)
     return sum(h["seconds"] for h in gm.history_) / gm.n_iter_
 
 

@@ -2,7 +2,8 @@
 
 ::
 
-    dask-em fit STORE [--array NAME] [--feature-dim DIM] -k K --covariance-type T \\
+    dask-em fit STORE [--array NAME] [--feature-dim DIM] -k K \\
+        [--model gaussian|kmeans|bernoulli|poisson|categorical] [--covariance-type T] \\
         [--scheduler ADDRESS] --output MODEL.npz
     dask-em predict MODEL.npz STORE --output LABELS.zarr [--what labels|proba|score]
     dask-em score MODEL.npz STORE
@@ -28,6 +29,20 @@ logger = logging.getLogger("dask_em.cli")
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 WHAT_NAMES = {"labels": "labels", "proba": "probabilities", "score": "log_likelihood"}
+#: ``--model`` names and their estimator classes (in :mod:`dask_em`).
+MODELS = {
+    "gaussian": "GaussianMixture",
+    "kmeans": "KMeans",
+    "bernoulli": "BernoulliMixture",
+    "poisson": "PoissonMixture",
+    "categorical": "CategoricalMixture",
+}
+#: Options of ``dask-em fit`` that only some models take, and the parameter they set.
+MODEL_OPTIONS = {
+    "covariance_type": ("covariance_type", ("gaussian",)),
+    "alpha": ("alpha", ("bernoulli", "poisson", "categorical")),
+    "n_categories": ("n_categories", ("categorical",)),
+}
 
 
 def _out(message):
@@ -59,49 +74,81 @@ def dask_client(scheduler, *, n_workers=None, memory_limit="auto", quiet=False):
 
 # ------------------------------------------------------------------ sub-commands
 def _source_kwargs(args):
-    return {"array": args.array, "feature_dim": args.feature_dim, "nan_policy": args.nan_policy}
+    return {"array": args.array, "feature_dim": args.feature_dim}
+
+
+def build_model(args):
+    """The estimator that ``dask-em fit`` asked for, with the options given.
+
+    Options left out keep the estimator's defaults; an option the chosen model does
+    not take is an error naming the models that do.
+    """
+    import dask_em
+
+    cls = getattr(dask_em, MODELS[args.model])
+    params = {"n_clusters" if args.model == "kmeans" else "n_components": args.n_components}
+    params.update(random_state=args.random_state, persist=args.persist, max_iter=args.max_iter, tol=args.tol)
+    params.update(n_init=args.n_init, nan_policy=args.nan_policy)
+    if args.init is not None:
+        params["init" if args.model == "kmeans" else "init_params"] = args.init
+    for option, (param, models) in MODEL_OPTIONS.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if args.model not in models:
+            flag = "--" + option.replace("_", "-")
+            raise ValueError(f"{flag} applies to --model {' or '.join(models)}, not to --model {args.model}.")
+        params[param] = value
+    model = cls(**{k: v for k, v in params.items() if v is not None})
+    model._validate_params()  # before a cluster starts
+    return model
 
 
 def cmd_fit(args):
-    from dask_em import GaussianMixture
-
-    model = GaussianMixture(
-        args.n_components,
-        covariance_type=args.covariance_type,
-        tol=args.tol,
-        max_iter=args.max_iter,
-        n_init=args.n_init,
-        init_params=args.init_params,
-        random_state=args.random_state,
-    )
-    bar = args.bar = ProgressBar(args.max_iter, enabled=None if args.level <= logging.INFO else False)
+    model = build_model(args)
+    max_iter = model.max_iter
+    bar = args.bar = ProgressBar(max_iter, enabled=None if args.level <= logging.INFO else False)
     args.handler.bar = bar
     with dask_client(args.scheduler, quiet=args.quiet):
         start = time.perf_counter()
         try:
-            model.fit(
-                args.store, persist=args.persist, checkpoint=args.checkpoint, callback=bar, **_source_kwargs(args)
-            )
+            model.fit(args.store, checkpoint=args.checkpoint, callback=bar, **_source_kwargs(args))
         finally:
             bar.close()
         seconds = time.perf_counter() - start
     model.save(args.output)
     state = "converged" if model.converged_ else "did not converge"
-    _out(
-        f"{state} after {model.n_iter_} iterations in {seconds:.1f} s; "
-        f"mean log-likelihood {model.lower_bound_:.6g}"
-    )
+    if args.model == "kmeans":
+        quality = f"inertia {model.inertia_:.6g}"
+    else:
+        quality = f"mean log-likelihood {model.lower_bound_:.6g}"
+    _out(f"{state} after {model.n_iter_} iterations in {seconds:.1f} s; {quality}")
     _out(f"model written to {args.output}")
     return 0
 
 
-def cmd_predict(args):
+def _load(args):
+    """The saved model, with the command's ``--nan-policy`` when given."""
     import dask_em
-    from dask_em.io import write_zarr
 
     model = dask_em.load(args.model)
+    if args.nan_policy is not None:
+        model.set_params(nan_policy=args.nan_policy)
+    return model
+
+
+def cmd_predict(args):
+    from dask_em.io import write_zarr
+
+    model = _load(args)
+    methods = {"labels": "predict", "proba": "predict_proba", "score": "score_samples"}
+    if not hasattr(model, methods[args.what]):
+        raise ValueError(
+            f"--what {args.what} needs a model with {methods[args.what]}; {type(model).__name__} has "
+            f"none (use --what labels)."
+        )
     with dask_client(args.scheduler, quiet=args.quiet):
-        method = {"labels": model.predict, "proba": model.predict_proba, "score": model.score_samples}[args.what]
+        method = getattr(model, methods[args.what])
         result = method(args.store, **_source_kwargs(args))
         fill = -1 if args.what == "labels" else None
         write_zarr(result, args.output, name=WHAT_NAMES[args.what], fill_value=fill)
@@ -110,12 +157,13 @@ def cmd_predict(args):
 
 
 def cmd_score(args):
-    import dask_em
-
-    model = dask_em.load(args.model)
+    model = _load(args)
     with dask_client(args.scheduler, quiet=args.quiet):
         value = model.score(args.store, **_source_kwargs(args))
-    _out(f"mean log-likelihood {value:.10g}")
+    if type(model).__name__ == "KMeans":
+        _out(f"inertia {-value:.10g}")
+    else:
+        _out(f"mean log-likelihood {value:.10g}")
     return 0
 
 
@@ -153,15 +201,33 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="dask-em", description="Mixture models by EM on larger-than-memory data.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fit = sub.add_parser("fit", parents=[common, data], help="fit a GaussianMixture and save it")
-    fit.add_argument("-k", "--n-components", type=_positive_int, required=True)
-    fit.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full")
-    fit.add_argument("--max-iter", type=_positive_int, default=100)
-    fit.add_argument("--tol", type=float, default=1e-3)
-    fit.add_argument("--n-init", type=_positive_int, default=1)
-    fit.add_argument("--init-params", default="kmeans", choices=("kmeans", "k-means++", "random", "random_from_data"))
+    fit = sub.add_parser(
+        "fit", parents=[common, data], help="fit a model (Gaussian mixture, K-means, Bernoulli, Poisson or "
+        "categorical mixture) and save it",
+    )
+    fit.add_argument(
+        "--model", choices=tuple(MODELS), default="gaussian",
+        help="gaussian: GaussianMixture (default); kmeans: KMeans; bernoulli, poisson, categorical: "
+        "mixtures of binary, count or categorical features",
+    )
+    fit.add_argument("-k", "--n-components", type=_positive_int, required=True,
+                     help="number of components (clusters for kmeans)")
+    fit.add_argument("--covariance-type", choices=COVARIANCE_TYPES, help="gaussian only (default full)")
+    fit.add_argument("--alpha", type=float, help="smoothing pseudo-count of the discrete models (default 1e-3)")
+    fit.add_argument("--n-categories", type=_positive_int, help="categorical only: codes per feature "
+                     "(default: inferred, one extra pass)")
+    fit.add_argument("--max-iter", type=_positive_int, help="default: the model's (100; 300 for kmeans)")
+    fit.add_argument("--tol", type=float, help="default: the model's (1e-3; 1e-4 for kmeans)")
+    fit.add_argument("--n-init", type=_positive_int, help="starts (all share every pass; default 1)")
+    fit.add_argument(
+        "--init", "--init-params", dest="init",
+        choices=("kmeans", "k-means++", "random", "random_from_data", "k-means||"),
+        help="initialisation: init_params of the mixtures (default kmeans), init of kmeans "
+        "(k-means||, k-means++ or random; default k-means||)",
+    )
     fit.add_argument("--random-state", type=int, default=0)
-    fit.add_argument("--persist", type=_persist, default="auto", choices=("auto", True, False), metavar="{auto,yes,no}")
+    fit.add_argument("--persist", type=_persist, default="auto", choices=("auto", True, False), metavar="{auto,yes,no}",
+                     help="keep the data in cluster memory between passes (default auto: when they fit)")
     fit.add_argument("--checkpoint", help="checkpoint file; re-running with it resumes an interrupted fit")
     fit.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
     fit.set_defaults(func=cmd_fit)

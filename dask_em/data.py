@@ -14,6 +14,7 @@ import dask.array as da
 import numpy as np
 
 from dask_em.io import from_xarray, is_xarray, is_zarr, open_zarr_array
+from dask_em.weights import as_row_weights
 
 logger = logging.getLogger(__name__)
 
@@ -22,11 +23,45 @@ NUMPY_BLOCK_BYTES = 16 * 2**20
 
 
 def _check_dtype(dtype, what):
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(
+            f"Complex data not supported: {what} has dtype {dtype}. Use the real part, the "
+            f"modulus, or real and imaginary parts as separate features."
+        )
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer) or dtype == bool):
         raise ValueError(
             f"{what} must hold real numbers, got dtype {dtype}; convert it, e.g. "
             f"{what}.astype('float64')."
         )
+
+
+def _as_numeric_array(X, what):
+    """An in-memory input as a NumPy array of numbers: sparse matrices are refused,
+    object arrays of numbers converted (scikit-learn's rules)."""
+    if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError(
+            f"Sparse data was passed for {what}, but dense data is required. Use "
+            f"'.toarray()' to convert to a dense numpy array (or a dask array of its row blocks)."
+        )
+    arr = np.asarray(X)
+    if arr.dtype == object:
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{what} holds objects that are not numbers ({exc}); convert it to a numeric "
+                f"array first, e.g. np.asarray({what}, dtype='float64')."
+            ) from None
+    return arr
+
+
+def dataframe_feature_names(X):
+    """Column names of a DataFrame when they are all strings (scikit-learn's rule), else None."""
+    columns = getattr(X, "columns", None)
+    if columns is None or not hasattr(X, "iloc"):
+        return None
+    names = np.asarray(columns, dtype=object)
+    return names if len(names) and all(isinstance(n, str) for n in names) else None
 
 
 def numpy_block_rows(n_rows, n_features, itemsize=8):
@@ -52,11 +87,25 @@ class Source:
         Whether the input was in memory (NumPy or array-like).
     layout : XarrayLayout or None
         For xarray input: the sample dimensions and coordinates of the results.
+    feature_names : ndarray of str or None
+        Column names of a DataFrame input.
+    data : ndarray or None
+        The in-memory input as a NumPy array (``is_numpy``), for checks done at once.
     """
 
     X: da.Array
     is_numpy: bool = False
     layout: object = None
+    feature_names: object = None
+    data: object = None
+
+    @property
+    def feature_labels(self):
+        """Labels of the features: DataFrame columns, Dataset variables or the values of
+        a DataArray's feature coordinate; None when the input has none."""
+        if self.layout is not None:
+            return self.layout.feature_names
+        return self.feature_names
 
     def row_weights(self, sample_weight):
         """``sample_weight`` in the row order of ``X``: for xarray input, a DataArray over
@@ -146,9 +195,22 @@ def as_source(X, *, array=None, feature_dim=None, feature_names=None, what="X"):
     if is_xarray(X):
         Xd, layout = from_xarray(X, feature_dim, feature_names, what)
         _check_dtype(Xd.dtype, what)
+        _check_features(Xd, what)
         return Source(Xd, False, layout)
+    names = dataframe_feature_names(X)
+    if not isinstance(X, da.Array):
+        X = _as_numeric_array(X, what)
     Xd, is_numpy = as_row_chunked(X, what=what)
-    return Source(Xd, is_numpy)
+    _check_features(Xd, what)
+    return Source(Xd, is_numpy, feature_names=names, data=X if is_numpy else None)
+
+
+def _check_features(Xd, what):
+    if Xd.shape[1] == 0:
+        raise ValueError(
+            f"0 feature(s) (shape={Xd.shape}) while a minimum of 1 is required: {what} needs at "
+            f"least one feature column."
+        )
 
 
 def as_row_chunked(X, *, what="X"):
@@ -178,7 +240,7 @@ def as_row_chunked(X, *, what="X"):
     if isinstance(X, (str, os.PathLike)) or is_zarr(X) or is_xarray(X):
         return as_source(X, what=what).X, False
     if not isinstance(X, da.Array):
-        X = np.asarray(X)
+        X = _as_numeric_array(X, what)
         is_numpy = True
     if X.ndim != 2:
         hint = (
@@ -208,3 +270,186 @@ def as_row_chunked(X, *, what="X"):
 def count_nonfinite_rows(X):
     """Number of rows of an in-memory array with any NaN or infinite value."""
     return int(X.shape[0] - np.count_nonzero(np.isfinite(X).all(axis=1)))
+
+
+# ----------------------------------------------------------------- the fit's data edge
+NAN_POLICIES = ("raise", "omit")
+#: ``persist="auto"`` keeps the data in memory when they take at most this share of it.
+PERSIST_FRACTION = 0.5
+
+
+def resolve_nan_policy(nan_policy, source):
+    """``"omit"`` or ``"raise"``; ``None`` means omit for xarray input, raise otherwise."""
+    if nan_policy is None:
+        return "omit" if source.layout is not None else "raise"
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES} or None. Got {nan_policy!r} instead.")
+    return nan_policy
+
+
+def _gib(n):
+    return f"{n / 2**30:.3g} GiB"
+
+
+def available_memory():
+    """Memory the data could be kept in, and where.
+
+    With a distributed client: the sum over workers of their memory limit minus the
+    memory their processes already use (libraries, buffers). Without one: free RAM.
+
+    Returns
+    -------
+    bytes : int
+    where : str
+        ``"cluster"`` (a distributed client is active) or ``"local"``.
+    """
+    import psutil
+
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        client = None
+    if client is not None:
+        total = 0
+        for w in client.scheduler_info(n_workers=-1)["workers"].values():
+            limit = w.get("memory_limit") or psutil.virtual_memory().total
+            total += max(0, limit - w.get("metrics", {}).get("memory", 0))
+        return int(total), "cluster"
+    return int(psutil.virtual_memory().available), "local"
+
+
+def decide_persist(X, persist):
+    """Whether to keep ``X`` in (cluster) memory between passes; logs the choice.
+
+    Parameters
+    ----------
+    X : dask.array.Array
+    persist : {"auto", True, False}
+        ``"auto"`` persists when ``X.nbytes`` is at most :data:`PERSIST_FRACTION` of
+        :func:`available_memory` (the workers' memory limits less what their
+        processes already use, or the free RAM without a cluster).
+    """
+    memory, where = available_memory()
+    if isinstance(persist, str):  # "auto"
+        persist = X.nbytes <= PERSIST_FRACTION * memory
+        reason = f"{_gib(X.nbytes)} of data, {_gib(memory)} of {where} memory free"
+    else:
+        reason = f"persist={persist}"
+    if persist:
+        logger.info("keeping the data in %s memory between iterations (%s)", where, reason)
+    else:
+        logger.info("streaming the data from its source every iteration (%s)", reason)
+    return bool(persist)
+
+
+def nonfinite_rows_error(n_bad, n_total, fix):
+    """The error for rows holding NaN or infinity under ``nan_policy="raise"``."""
+    return ValueError(
+        f"Input X contains {n_bad} rows with NaN or infinite values (of {n_total} rows); "
+        f"{fix}, or pass nan_policy='omit' to leave them out."
+    )
+
+
+@dataclass
+class Prepared:
+    """A fit's data, decided once at the edge for every model that uses it.
+
+    Attributes
+    ----------
+    source : Source
+        The input as rows x features, and how to give results back in its shape.
+    X : dask.array.Array of shape (N, D)
+        Row-chunked data; in memory between passes after :meth:`load` when decided.
+    weights : dask.array.Array of shape (N,) or None
+        Sample weights chunked like the rows.
+    nan_policy : {"raise", "omit"}
+        Resolved policy for rows with NaN or infinity.
+    persist : {"auto", True, False}
+        The requested persist policy; :meth:`load` decides and applies it.
+    """
+
+    source: Source
+    X: da.Array
+    weights: object
+    nan_policy: str
+    persist: object = "auto"
+    loaded: bool = False
+
+    @property
+    def n_features(self):
+        return self.X.shape[1]
+
+    @property
+    def dtype(self):
+        """dtype of the fitted attributes: float32 for float32 data, else float64."""
+        return np.dtype(np.float32) if self.X.dtype == np.float32 else np.dtype(np.float64)
+
+    def load(self):
+        """Keep the data in (cluster) memory when the persist policy says so (once).
+
+        In-memory input stays where it is (its blocks are only wrapped); otherwise
+        :func:`decide_persist` decides. Call it inside the fit, after every check
+        that needs no pass, since persisting reads the data.
+        """
+        if self.loaded:
+            return self
+        if self.source.is_numpy or decide_persist(self.X, self.persist):
+            self.X = self.X.persist()
+            self.weights = None if self.weights is None else self.weights.persist()
+        self.loaded = True
+        return self
+
+
+def prepare(
+    X,
+    sample_weight=None,
+    *,
+    array=None,
+    feature_dim=None,
+    feature_labels=None,
+    nan_policy=None,
+    persist="auto",
+    check_data=None,
+):
+    """Any supported input and its weights, ready for a fit: the data edge's policies.
+
+    Nothing is read here beyond in-memory input: the NaN policy is resolved, the
+    weights are put in row order and chunked like the rows, in-memory data are
+    checked at once (NaN rows under ``"raise"``, the family's support on the rows
+    that enter the fit), and the persist decision is left to :meth:`Prepared.load`.
+
+    Parameters
+    ----------
+    X : array-like, dask array, Zarr store or xarray object
+        See :func:`as_source`.
+    sample_weight : array-like, dask array or xarray.DataArray, optional
+        One weight per row (for xarray input: over the sample dimensions).
+    array, feature_dim : str, optional
+        See :func:`as_source`.
+    feature_labels : list, optional
+        Labels of the features of a fitted model (xarray input is matched to them).
+    nan_policy : {"raise", "omit"} or None
+        None: ``"omit"`` for xarray input, ``"raise"`` otherwise.
+    persist : {"auto", True, False}
+    check_data : callable, optional
+        ``check_data(rows)`` raises for values outside a family's support; run here
+        on the finite rows of in-memory input (dask input is checked in the passes).
+
+    Returns
+    -------
+    Prepared
+    """
+    source = as_source(X, array=array, feature_dim=feature_dim, feature_names=feature_labels)
+    policy = resolve_nan_policy(nan_policy, source)
+    if source.is_numpy:
+        data = source.data
+        finite = np.isfinite(data).all(axis=1) if data.dtype.kind == "f" else np.ones(data.shape[0], bool)
+        n_bad = int(finite.size - np.count_nonzero(finite))
+        if n_bad and policy == "raise":
+            raise nonfinite_rows_error(n_bad, data.shape[0], "remove or impute them first")
+        if check_data is not None:
+            check_data(np.asarray(data[finite] if n_bad else data, dtype=np.float64))
+    weights = as_row_weights(source.row_weights(sample_weight), source.X)
+    return Prepared(source, source.X, weights, policy, persist)

@@ -1,16 +1,28 @@
-"""Warnings and exceptions raised by dask-em."""
+"""Warnings and exceptions raised by dask-em.
+
+``NotFittedError`` and ``ConvergenceWarning`` are subclasses of scikit-learn's, so
+code written for scikit-learn (``except sklearn.exceptions.NotFittedError``,
+``warnings.filterwarnings("ignore", category=sklearn.exceptions.ConvergenceWarning)``)
+handles dask-em's too.
+"""
+
+from sklearn.exceptions import ConvergenceWarning as _SkConvergenceWarning
+from sklearn.exceptions import NotFittedError as _SkNotFittedError
 
 
-class NotFittedError(ValueError, AttributeError):
+class NotFittedError(_SkNotFittedError):
     """Raised when a method that needs a fitted model is called before ``fit``.
 
-    Inherits from both ``ValueError`` and ``AttributeError``, as scikit-learn's
-    ``NotFittedError`` does, so existing ``except`` clauses keep working.
+    A subclass of :class:`sklearn.exceptions.NotFittedError` (itself a
+    ``ValueError`` and an ``AttributeError``).
     """
 
 
-class ConvergenceWarning(UserWarning):
-    """Raised when EM stops at ``max_iter`` before the change fell below ``tol``."""
+class ConvergenceWarning(_SkConvergenceWarning):
+    """Raised when EM stops at ``max_iter`` before the change fell below ``tol``.
+
+    A subclass of :class:`sklearn.exceptions.ConvergenceWarning`.
+    """
 
 
 class ModelFileError(ValueError):

@@ -2,7 +2,9 @@
 
 All candidates of one family (one covariance type) run EM in lock-step and share
 every pass over the data, so the EM cost is that of the slowest candidate, not the
-sum; see :func:`select_n_components` for the exact count.
+sum; see :func:`select_n_components` for the exact count. Every estimator can be
+the template, K-means included (scored by the BIC of the Gaussian model its hard
+assignment implies).
 """
 
 import logging
@@ -12,10 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.base import clone
 
-from dask_em._validation import seed_from
-from dask_em.engine import estep_block, run_em, run_pass
-from dask_em.estimators._base import BaseMixture, verbosity
-from dask_em.weights import as_row_weights
+from dask_em.estimators import KMeans
+from dask_em.estimators._facade import EMEstimator
+from dask_em.fitting import fit_models
 
 logger = logging.getLogger(__name__)
 
@@ -31,36 +32,41 @@ class Selection:
         ``log_likelihood`` (total, of the final parameters), ``n_parameters``,
         ``bic``, ``aic``, ``converged``, ``n_iter``. ``pandas.DataFrame(table)``
         makes it a data frame.
-    best_estimator : BaseMixture
+    best_estimator : estimator
         The fitted candidate with the lowest criterion.
-    estimators : list of BaseMixture
+    estimators : list of estimators
         Every fitted candidate, in the order of ``table``.
     criterion : str
     """
 
     table: list
-    best_estimator: BaseMixture
+    best_estimator: EMEstimator
     estimators: list = field(repr=False)
     criterion: str = "bic"
 
 
 def select_n_components(
-    estimator, X, n_components, *, covariance_types=None, criterion="bic", sample_weight=None
+    estimator, X, n_components, *, covariance_types=None, criterion="bic", sample_weight=None, array=None,
+    feature_dim=None,
 ):
     """Fit ``estimator`` for each number of components (and covariance type); rank by BIC/AIC.
 
     Parameters
     ----------
-    estimator : GaussianMixture, BernoulliMixture, PoissonMixture or CategoricalMixture
+    estimator : GaussianMixture, KMeans, BernoulliMixture, PoissonMixture or CategoricalMixture
         Template (not modified): its other parameters (``n_init``, ``tol``,
-        ``init_params``, ``random_state``, ...) apply to every candidate.
-    X : array-like, dask array, zarr.Array or path of shape (n_samples, n_features)
+        ``init_params``, ``random_state``, ``nan_policy``, ``persist``, ...) apply
+        to every candidate.
+    X : array-like, dask array, Zarr store or xarray object
+        As for the estimator's ``fit``.
     n_components : iterable of int
-        Candidate numbers of components.
+        Candidate numbers of components (``n_clusters`` for KMeans).
     covariance_types : iterable of str, optional
         GaussianMixture only: candidate covariance types (default: the estimator's).
     criterion : {"bic", "aic"}, default="bic"
-    sample_weight : array-like or dask array of shape (n_samples,), optional
+    sample_weight : array-like, dask array or xarray.DataArray of shape (n_samples,), optional
+    array, feature_dim : str, optional
+        As for the estimator's ``fit``.
 
     Returns
     -------
@@ -76,6 +82,15 @@ def select_n_components(
     per candidate would instead cost the *sum* of the EM iterations plus one
     ``score`` pass each.
 
+    K-means has no likelihood of its own. It is scored as the model its hard
+    assignment implies (X-means, Pelleg & Moore 2000): each row drawn from the
+    spherical Gaussian of its cluster, all clusters sharing one variance, with
+    mixing weights the cluster shares. With ``R`` (weighted) rows, ``M``
+    features, cluster sizes ``R_k`` and the maximum-likelihood variance
+    ``s2 = inertia / (R M)``, the log-likelihood is
+    ``sum_k R_k log(R_k / R) - R M / 2 (log(2 pi s2) + 1)`` and the free
+    parameters are ``K M`` centre coordinates, ``K - 1`` weights and one variance.
+
     Examples
     --------
     >>> import numpy as np
@@ -86,10 +101,10 @@ def select_n_components(
     >>> sel.best_estimator.n_components
     3
     """
-    if not isinstance(estimator, BaseMixture):
+    if not isinstance(estimator, EMEstimator):
         raise TypeError(
-            f"select_n_components needs a mixture estimator with a likelihood (GaussianMixture, "
-            f"BernoulliMixture, PoissonMixture, CategoricalMixture); got {type(estimator).__name__}."
+            f"select_n_components needs a dask-em estimator (GaussianMixture, KMeans, BernoulliMixture, "
+            f"PoissonMixture, CategoricalMixture); got {type(estimator).__name__}."
         )
     if criterion not in ("bic", "aic"):
         raise ValueError(f"criterion must be 'bic' or 'aic', got {criterion!r}.")
@@ -98,86 +113,61 @@ def select_n_components(
         raise ValueError(f"n_components must list at least one int >= 1, got {ks!r}.")
     if covariance_types is not None and not hasattr(estimator, "covariance_type"):
         raise ValueError(f"covariance_types applies to GaussianMixture only, not {type(estimator).__name__}.")
+    k_param = "n_clusters" if isinstance(estimator, KMeans) else "n_components"
     cov_types = [None] if covariance_types is None else list(covariance_types)
     candidates = []
     for cov in cov_types:
-        group = []
         for k in ks:
-            params = {"n_components": k} if cov is None else {"n_components": k, "covariance_type": cov}
-            group.append(clone(estimator).set_params(**params))
-        candidates.append(group)
-    first = candidates[0][0]
-    Xd, is_numpy = first._validate_X(X, reset=True)  # may learn n_categories_ (once)
-    learned = {k: v for k, v in vars(first).items() if k.endswith("_")}
-    for group in candidates:
-        for est in group:
-            est.__dict__.update(learned)
-    weights = as_row_weights(sample_weight, Xd)
-    if is_numpy:
-        Xd = Xd.persist()
-        weights = None if weights is None else weights.persist()
-    rows, fitted = [], []
-    with verbosity(estimator.verbose):
-        for group in candidates:
-            for est, row in zip(group, _fit_group(group, Xd, weights)):
-                rows.append(row)
-                fitted.append(est)
-    best = min(range(len(rows)), key=lambda i: rows[i][criterion])
-    logger.info("best by %s: %s", criterion, rows[best])
-    return Selection(rows, fitted[best], fitted, criterion)
-
-
-def _fit_group(group, Xd, weights):
-    """Lock-step EM for candidates of one family; sets their fitted attributes."""
-    D = Xd.shape[1]
-    for est in group:
-        est._check_params(D)
-        if Xd.shape[0] < est.n_components:
-            raise ValueError(f"n_samples={Xd.shape[0]} should be >= n_components={est.n_components}.")
-    family = group[0]._family()
-    options = group[0]._m_step_options()
-    check = max(group, key=lambda e: e.n_components)._pass_check()
-    inits, owner = [], []
-    for j, est in enumerate(group):
-        seed = seed_from(est.random_state)
-        seeds = [int(np.random.SeedSequence([seed, i]).generate_state(1)[0]) for i in range(est.n_init)]
-        states = est._initial_states(Xd, family, seeds, options, check, sample_weight=weights)
-        inits += states
-        owner += [j] * len(states)
-    ref = group[0]
-    results = run_em(
-        Xd, family, inits, tol=ref.tol, max_iter=ref.max_iter, options=options, sample_weight=weights, check=check
-    )
-    best = {}
-    for j, res in zip(owner, results):
-        if j not in best or res.lower_bound > best[j].lower_bound:
-            best[j] = res
-    states = [best[j].state for j in range(len(group))]
-    final = run_pass(
-        Xd, estep_block, (family, states), name=f"score-{family.name}", extra=weights, row_wise=True
-    )
+            params = {k_param: k} if cov is None else {k_param: k, "covariance_type": cov}
+            candidates.append(clone(estimator).set_params(**params))
+    for est in candidates:
+        est._validate_params()
+    first = candidates[0]
+    prepared = first._prepare(X, sample_weight, reset=True, array=array, feature_dim=feature_dim)
+    learned = {k: v for k, v in vars(first).items() if k.endswith("_")}  # n_features_in_, n_categories_
+    specs = []
+    for est in candidates:
+        est.__dict__.update(learned)
+        spec = est._model_spec(prepared)
+        spec.score_final = True
+        specs.append(spec)
+    results = fit_models(prepared, specs)
     rows = []
-    for j, est in enumerate(group):
-        res = best[j]
-        est._set_state(res.state)
-        est.converged_, est.n_iter_, est.lower_bound_ = res.converged, res.n_iter, res.lower_bound
-        est.lower_bounds_ = [h["mean_loglik"] for h in res.history]
-        est.history_ = res.history
-        ll, n = final[j]["loglik"], final[j]["weight"]
-        p = est._n_parameters()
+    for est, res in zip(candidates, results):
+        est._set_fitted(res, prepared)
+        ll, n, p = _criterion_terms(est, res.final_stats)
         rows.append(
             {
-                "n_components": est.n_components,
+                "n_components": getattr(est, k_param),
                 "covariance_type": getattr(est, "covariance_type", None),
                 "log_likelihood": ll,
                 "n_parameters": p,
                 "bic": -2.0 * ll + p * math.log(n),
                 "aic": -2.0 * ll + 2.0 * p,
-                "converged": res.converged,
-                "n_iter": res.n_iter,
+                "converged": res.best.converged,
+                "n_iter": res.best.n_iter,
             }
         )
-    return rows
+    best = min(range(len(rows)), key=lambda i: rows[i][criterion])
+    logger.info("best by %s: %s", criterion, rows[best])
+    return Selection(rows, candidates[best], candidates, criterion)
+
+
+def _criterion_terms(estimator, stats):
+    """Total log-likelihood, (weighted) number of rows and free parameters of a fitted candidate.
+
+    For K-means: the spherical, shared-variance Gaussian model of its hard
+    assignment (see :func:`select_n_components`).
+    """
+    n = float(stats["weight"])
+    if not isinstance(estimator, KMeans):
+        return float(stats["loglik"]), n, estimator._n_parameters()
+    K, M = estimator.cluster_centers_.shape
+    nk = np.asarray(stats["nk"], dtype=np.float64)
+    variance = max(-float(stats["loglik"]) / (n * M), np.finfo(np.float64).tiny)
+    shares = nk[nk > 0]
+    ll = float(np.sum(shares * np.log(shares / n))) - n * M / 2.0 * (math.log(2.0 * math.pi * variance) + 1.0)
+    return ll, n, K * M + (K - 1) + 1
 
 
 __all__ = ["Selection", "select_n_components"]

@@ -17,7 +17,7 @@ from scipy.stats import multivariate_normal
 
 import dask_em
 from dask_em import GaussianMixture
-from dask_em.estimators._outofcore import decide_persist
+from dask_em.data import decide_persist
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,14 +63,14 @@ def test_persist_policy_on_cluster(cluster, store, caplog):
         gm = GaussianMixture(2, random_state=0).fit(path, array="refl")
         assert "keeping the data in cluster memory" in caplog.text and "GiB of cluster memory free" in caplog.text
         caplog.clear()
-        GaussianMixture(2, random_state=0).fit(path, array="refl", persist=False)
+        GaussianMixture(2, random_state=0, persist=False).fit(path, array="refl")
         assert "streaming the data from its source every iteration (persist=False)" in caplog.text
         caplog.clear()
         big = da.zeros((2**27, 8), chunks=(2**20, 8))  # 8 GiB, never computed
         assert decide_persist(big, "auto") is False
         assert "streaming the data from its source every iteration (8 GiB of data" in caplog.text
-        with pytest.raises(ValueError, match="persist must be 'auto', True or False"):
-            decide_persist(big, "yes")
+        with pytest.raises(ValueError, match="The 'persist' parameter of GaussianMixture must be a str among"):
+            GaussianMixture(2, persist="yes").fit(path, array="refl")
         workers = cluster.scheduler_info["workers"].values()
     assert len(workers) == 2  # no worker was lost
     np.testing.assert_array_equal(gm.predict(X), np.argmax(_reference_log_prob(gm, X), axis=1))

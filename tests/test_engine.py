@@ -43,11 +43,11 @@ def test_one_compute_per_iteration():
     init = _given_init(Xn)
     with CountComputes() as counter, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        GaussianMixture(3, tol=0, max_iter=7, **init).fit(X, persist=False)
+        GaussianMixture(3, tol=0, max_iter=7, persist=False, **init).fit(X)
     assert counter.count == 7
     with CountComputes() as counter, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        GaussianMixture(3, tol=0, max_iter=7, **init).fit(X, persist=True)
+        GaussianMixture(3, tol=0, max_iter=7, persist=True, **init).fit(X)
     assert counter.count == 8  # one pass to load the data into memory, then one per iteration
 
 
@@ -59,9 +59,9 @@ def test_initialisation_costs_documented_passes(init_params, passes):
     X = da.from_array(make_blobs(), chunks=(500, -1))
     with CountComputes() as counter, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        GaussianMixture(3, tol=0, max_iter=4, n_init=3, init_params=init_params, random_state=0).fit(
-            X, persist=False
-        )
+        GaussianMixture(
+            3, tol=0, max_iter=4, n_init=3, init_params=init_params, random_state=0, persist=False
+        ).fit(X)
     assert counter.count == passes + 4  # n_init=3 shares every pass
 
 
@@ -69,7 +69,7 @@ def test_kmeans_init_pass_budget():
     X = da.from_array(make_blobs(), chunks=(500, -1))
     with CountComputes() as counter, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        GaussianMixture(3, tol=0, max_iter=1, n_init=2, random_state=0).fit(X, persist=False)
+        GaussianMixture(3, tol=0, max_iter=1, n_init=2, random_state=0, persist=False).fit(X)
     # seed + rounds + candidate weights + <= Lloyd passes + assignment, then one EM pass
     assert KMEANS_PARALLEL_ROUNDS + 4 <= counter.count <= KMEANS_PARALLEL_ROUNDS + LLOYD_MAX_ITER + 4
 

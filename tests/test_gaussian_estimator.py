@@ -208,7 +208,7 @@ def test_fewer_rows_than_components():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(covariance_type="ful"), "'covariance_type' parameter of GaussianMixture must be one of"),
+        (dict(covariance_type="ful"), "'covariance_type' parameter of GaussianMixture must be a str among"),
         (dict(init_params="kmeans++"), "'init_params'"),
         (dict(n_components=0), r"'n_components' parameter of GaussianMixture must be an int in the range \[1, inf\). Got 0"),
         (dict(tol=-1.0), "'tol'"),

@@ -96,7 +96,8 @@ def test_scores_equal_sklearn(cov_type):
 
 
 def test_float32_input_within_1e4_of_float64():
-    """float32 data are processed in float32 and summed in float64."""
+    """float32 data are processed in float32 and summed in float64; the fitted
+    attributes and per-row outputs are float32, as scikit-learn's."""
     X = make_blobs(seed=4).astype(np.float32)
     init = _start(X.astype(np.float64), "full")
     kw = dict(covariance_type="full", tol=0, max_iter=10, **init)
@@ -104,7 +105,13 @@ def test_float32_input_within_1e4_of_float64():
         warnings.simplefilter("ignore")
         g32 = GaussianMixture(3, **kw).fit(da.from_array(X, chunks=(400, -1)))
         g64 = GaussianMixture(3, **kw).fit(X.astype(np.float64))
-    assert g32.means_.dtype == np.float64 and g32.covariances_.dtype == np.float64
+    for attr in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
+        assert getattr(g32, attr).dtype == np.float32, attr
+        assert getattr(g64, attr).dtype == np.float64, attr
+    for method in (g32.predict_proba, g32.score_samples):
+        assert method(X).dtype == np.float32
+        assert method(da.from_array(X, chunks=(400, -1))).compute().dtype == np.float32
+    assert g64.predict_proba(X.astype(np.float64)).dtype == np.float64
     np.testing.assert_allclose(g32.means_, g64.means_, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(g32.covariances_, g64.covariances_, rtol=1e-4, atol=1e-6)
     assert g32.lower_bound_ == pytest.approx(g64.lower_bound_, rel=1e-6)

@@ -112,13 +112,13 @@ def test_xarray_nan_rows_left_out_counted_and_labels_lazy(data, caplog):
 def test_xarray_nan_raise_and_array_omit(data):
     cube = _cube(data)
     with pytest.raises(ValueError, match="NaN"):
-        GaussianMixture(K, max_iter=2).fit(cube, feature_dim="band", nan_policy="raise")
+        GaussianMixture(K, max_iter=2, nan_policy="raise").fit(cube, feature_dim="band")
     X = data.copy()
     X[::100, 0] = np.nan
     with pytest.raises(ValueError, match="nan_policy='omit'"):
         GaussianMixture(K, max_iter=2).fit(X)
-    gm = GaussianMixture(K, max_iter=5, random_state=0).fit(X, nan_policy="omit")
-    labels = gm.predict(da.from_array(X, chunks=(300, D)), nan_policy="omit").compute()
+    gm = GaussianMixture(K, max_iter=5, random_state=0, nan_policy="omit").fit(X)
+    labels = gm.predict(da.from_array(X, chunks=(300, D))).compute()
     assert (labels[::100] == -1).all() and (labels[1::100] >= 0).all()
 
 
@@ -131,20 +131,20 @@ def test_xarray_sample_weight_follows_the_rows_with_nan_rows_omitted(data):
     ok = np.isfinite(flat).all(axis=1)
     rows = np.repeat(flat[ok], weights.reshape(-1)[ok], axis=0)  # integer weight = copies
     init, sk = _ref(rows)
-    gm = GaussianMixture(K, tol=0, max_iter=10, **init)
-    gm.fit(cube, sample_weight=w, feature_dim="band", nan_policy="omit")
+    gm = GaussianMixture(K, tol=0, max_iter=10, nan_policy="omit", **init)
+    gm.fit(cube, sample_weight=w, feature_dim="band")
     np.testing.assert_allclose(gm.means_, sk.means_, rtol=1e-10)
     np.testing.assert_allclose(gm.covariances_, sk.covariances_, rtol=1e-9)
     # the same weights as an array of the sample shape
-    gm2 = GaussianMixture(K, tol=0, max_iter=10, **init)
-    gm2.fit(cube, sample_weight=weights, feature_dim="band", nan_policy="omit")
+    gm2 = GaussianMixture(K, tol=0, max_iter=10, nan_policy="omit", **init)
+    gm2.fit(cube, sample_weight=weights, feature_dim="band")
     np.testing.assert_allclose(gm2.means_, sk.means_, rtol=1e-10)
     # a flat array would meet the wrong pixels here: refused, with the fix
     with pytest.raises(ValueError, match="DataArray over the sample dimensions"):
-        GaussianMixture(K, max_iter=2).fit(cube, sample_weight=weights.reshape(-1), feature_dim="band", nan_policy="omit")
+        GaussianMixture(K, max_iter=2, nan_policy="omit").fit(cube, sample_weight=weights.reshape(-1), feature_dim="band")
     # chunked along the first sample dimension only, C order is the row order: accepted
-    gm3 = GaussianMixture(K, tol=0, max_iter=10, **init)
-    gm3.fit(_cube(data), sample_weight=weights.reshape(-1), feature_dim="band", nan_policy="omit")
+    gm3 = GaussianMixture(K, tol=0, max_iter=10, nan_policy="omit", **init)
+    gm3.fit(_cube(data), sample_weight=weights.reshape(-1), feature_dim="band")
     np.testing.assert_allclose(gm3.means_, sk.means_, rtol=1e-10)
     with pytest.raises(ValueError, match="sample dimensions"):
         GaussianMixture(K, max_iter=2).fit(cube, sample_weight=w.rename(x="lon"), feature_dim="band")
@@ -157,7 +157,7 @@ def test_dataset_variables_are_features(data):
     ok = np.isfinite(flat).all(axis=1)
     init, sk = _ref(flat[ok])
     gm = GaussianMixture(K, tol=0, max_iter=10, **init).fit(ds)
-    assert gm.feature_names_in_ == ["b", "r", "g"]
+    assert list(gm.feature_names_in_) == ["b", "r", "g"]
     np.testing.assert_allclose(gm.means_, sk.means_, rtol=1e-10)
     got = gm.predict(ds[["g", "b", "r"]]).values.reshape(-1)  # reordered by name
     np.testing.assert_array_equal(got[ok], sk.predict(flat[ok]))

@@ -44,13 +44,35 @@ class EMResult:
     last_stats: dict = None
 
 
+class LikelihoodChange:
+    """EM's stopping rule: the mean log-likelihood per row changed by less than ``tol``.
+
+    A stopping rule is called after every M-step as ``rule(result, stats, old_state,
+    change)``, where ``stats`` are the summed statistics of the pass (taken with
+    ``old_state``) and ``change`` the change of the mean log-likelihood; it returns
+    whether ``result`` has converged. ``exact_last_pass(result)`` says whether the
+    last pass's statistics are those of the final parameters (then no pass is
+    needed to score them).
+    """
+
+    def __init__(self, tol):
+        self.tol = tol
+
+    def __call__(self, result, stats, old_state, change):
+        return abs(change) < self.tol
+
+    def exact_last_pass(self, result):
+        return False
+
+
 def run_em(
     X,
     family,
     inits,
     *,
-    tol,
+    tol=None,
     max_iter,
+    stopping=None,
     options=None,
     sample_weight=None,
     split_every=None,
@@ -69,10 +91,13 @@ def run_em(
     family : Family
     inits : list of MixtureState
         Starting points; all advance together, one pass per iteration.
-    tol : float
-        Convergence threshold on the change of the mean log-likelihood per row.
+    tol : float, optional
+        Convergence threshold on the change of the mean log-likelihood per row
+        (``LikelihoodChange(tol)``), when ``stopping`` is not given.
     max_iter : int
         Maximum number of iterations (passes).
+    stopping : callable or list of callable, optional
+        Stopping rule (see :class:`LikelihoodChange`), or one per starting state.
     options : dict, optional
         Keyword arguments for ``family.m_step`` (e.g. ``reg_covar``).
     sample_weight : dask.array.Array of shape (N,), optional
@@ -100,6 +125,9 @@ def run_em(
     """
     options = options or {}
     results = list(resume) if resume is not None else [EMResult(state=s) for s in inits]
+    if stopping is None:
+        stopping = LikelihoodChange(tol)
+    rules = stopping if isinstance(stopping, (list, tuple)) else [stopping] * len(results)
     active = [i for i, res in enumerate(results) if not res.converged]
     done = max((results[i].n_iter for i in active), default=max_iter)
 
@@ -126,7 +154,8 @@ def run_em(
             res = results[i]
             mean_ll = stats["loglik"] / stats["weight"]
             change = mean_ll - res.lower_bound
-            res.state = m_step(family, stats, res.state, options)
+            old_state = res.state
+            res.state = m_step(family, stats, old_state, options)
             res.lower_bound = mean_ll
             res.n_iter = iteration
             res.last_stats = stats
@@ -142,7 +171,7 @@ def run_em(
                 change,
                 seconds,
             )
-            if abs(change) < tol:
+            if rules[i](res, stats, old_state, change):
                 res.converged = True
                 logger.log(log_level, "%sconverged after %d iterations", prefix(i), iteration)
             else:

@@ -4,11 +4,19 @@ starting points, and the support check of in-memory data."""
 import numpy as np
 
 from dask_em._math import as_float64
-from dask_em._validation import check_number, check_option
+from dask_em._validation import Interval, Options
 from dask_em.engine import MixtureState
-from dask_em.estimators._base import BaseMixture
+from dask_em.estimators._base import MIXTURE_CONSTRAINTS, BaseMixture
 from dask_em.estimators._init_checks import check_weights_init
 from dask_em.initialization import INIT_METHODS, initialize
+
+
+#: Constraints of the parameters the discrete mixtures share.
+DISCRETE_CONSTRAINTS = {
+    **MIXTURE_CONSTRAINTS,
+    "alpha": [Interval("float", 0, None, "neither")],
+    "init_params": [Options(INIT_METHODS)],
+}
 
 
 class DiscreteMixture(BaseMixture):
@@ -22,32 +30,16 @@ class DiscreteMixture(BaseMixture):
     _param = "means"
 
     # -- validation -------------------------------------------------------------
-    def _check_params(self, n_features):
-        super()._check_params(n_features)
-        owner = type(self).__name__
-        check_option(owner, "init_params", self.init_params, INIT_METHODS)
-        check_number(owner, "alpha", self.alpha, "float", 0, low_open=True)
+    def _support_check(self):
+        return self._family().check_data
+
+    def _check_init_params(self, n_features):
         K = self.n_components
         if self.weights_init is not None:
             check_weights_init(self.weights_init, K)
         given = getattr(self, f"{self._param}_init")
         if given is not None:
             self._check_param_init(given, K, n_features)
-
-    def _validate_source(self, X, reset, *args, **kwargs):
-        """As the base class, then the family's support check on in-memory data.
-
-        Dask input is checked inside the passes (the family's kernels raise).
-        """
-        source, policy = super()._validate_source(X, reset, *args, **kwargs)
-        if reset:
-            self._learn_data_shape(X, source.X, source.is_numpy)
-        if source.is_numpy:
-            self._family().check_data(as_float64(np.asarray(X)))
-        return source, policy
-
-    def _learn_data_shape(self, X, Xd, is_numpy):
-        """Hook for what ``fit`` infers from the data (categories per feature)."""
 
     # -- engine plumbing ----------------------------------------------------------
     def _m_step_options(self):

@@ -6,7 +6,9 @@ import dask
 import dask.array as da
 import numpy as np
 
-from dask_em.estimators._discrete import DiscreteMixture
+from dask_em._validation import Interval
+from dask_em.estimators._discrete import DISCRETE_CONSTRAINTS, DiscreteMixture
+from dask_em.estimators._facade import _EDGE_DOC
 from dask_em.families.categorical import check_data, make_family
 
 
@@ -45,6 +47,7 @@ class CategoricalMixture(DiscreteMixture):
     random_state : int, RandomState, Generator or None, default=None
     warm_start : bool, default=False
     verbose : int, default=0
+    {edge}
 
     Attributes
     ----------
@@ -68,6 +71,11 @@ class CategoricalMixture(DiscreteMixture):
     """
 
     _param = "probs"
+    _parameter_constraints = {
+        **DISCRETE_CONSTRAINTS,
+        "n_categories": [Interval("int", 1, None, "left"), "array-like", None],
+        "probs_init": ["array-like", None],
+    }
 
     def __init__(
         self,
@@ -84,6 +92,8 @@ class CategoricalMixture(DiscreteMixture):
         random_state=None,
         warm_start=False,
         verbose=0,
+        nan_policy=None,
+        persist="auto",
     ):
         self.n_components = n_components
         self.n_categories = n_categories
@@ -97,16 +107,24 @@ class CategoricalMixture(DiscreteMixture):
         self.random_state = random_state
         self.warm_start = warm_start
         self.verbose = verbose
+        self.nan_policy = nan_policy
+        self.persist = persist
 
     def _family(self):
         return make_family(self.n_categories_)
 
-    def _learn_data_shape(self, X, Xd, is_numpy):
+    def _support_check(self):
+        return self._family().check_data if hasattr(self, "n_categories_") else check_data
+
+    def _learn_data_shape(self, prepared):
+        source = prepared.source
+        Xd = source.X
         D = Xd.shape[1]
         given = self.n_categories
         if given is None:
-            if is_numpy:
-                Xn = np.asarray(X, dtype=np.float64)
+            if source.is_numpy:
+                Xn = np.asarray(source.data, dtype=np.float64)
+                Xn = Xn[np.isfinite(Xn).all(axis=1)]
                 check_data(Xn)  # negative or non-integer codes, before max + 1
                 lo, hi = Xn.min(axis=0, initial=0), Xn.max(axis=0, initial=0)
             else:  # one extra pass; give n_categories to save it
@@ -139,3 +157,6 @@ class CategoricalMixture(DiscreteMixture):
             )
         if not np.allclose(p.sum(axis=2), 1.0, rtol=0, atol=1e-6):
             raise ValueError("Each probs_init[k, d, :] must sum to 1.")
+
+
+CategoricalMixture.__doc__ = CategoricalMixture.__doc__.replace("{edge}", _EDGE_DOC)

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from dask_em.estimators._discrete import DiscreteMixture, check_means_in
+from dask_em.estimators._discrete import DISCRETE_CONSTRAINTS, DiscreteMixture, check_means_in
+from dask_em.estimators._facade import _EDGE_DOC
 from dask_em.families import get_family
 
 _COMMON_PARAMS = """n_components : int, default=1
@@ -30,7 +31,8 @@ _COMMON_PARAMS = """n_components : int, default=1
     warm_start : bool, default=False
         Start ``fit`` from the current parameters when fitted.
     verbose : int, default=0
-        1: one log line per iteration on stderr; 2: also initialisation details."""
+        1: one log line per iteration on stderr; 2: also initialisation details.
+    """ + _EDGE_DOC.replace("{", "{{").replace("}", "}}")
 
 _COMMON_ATTRS = """weights_ : ndarray of shape (n_components,)
     means_ : ndarray of shape (n_components, n_features)
@@ -47,6 +49,7 @@ _COMMON_ATTRS = """weights_ : ndarray of shape (n_components,)
 class _IndependentMixture(DiscreteMixture):
     _family_name = None
     _open_range = (0.0, np.inf)
+    _parameter_constraints = {**DISCRETE_CONSTRAINTS, "means_init": ["array-like", None]}
 
     def __init__(
         self,
@@ -62,6 +65,8 @@ class _IndependentMixture(DiscreteMixture):
         random_state=None,
         warm_start=False,
         verbose=0,
+        nan_policy=None,
+        persist="auto",
     ):
         self.n_components = n_components
         self.tol = tol
@@ -74,6 +79,8 @@ class _IndependentMixture(DiscreteMixture):
         self.random_state = random_state
         self.warm_start = warm_start
         self.verbose = verbose
+        self.nan_policy = nan_policy
+        self.persist = persist
 
     def _family(self):
         return get_family(self._family_name)

@@ -2,9 +2,10 @@
 
 import numpy as np
 
-from dask_em._validation import check_number, check_option
+from dask_em._validation import Interval, Options
 from dask_em.engine import MixtureState
-from dask_em.estimators._base import BaseMixture
+from dask_em.estimators._base import MIXTURE_CONSTRAINTS, BaseMixture
+from dask_em.estimators._facade import _EDGE_DOC
 from dask_em.estimators._init_checks import check_array_init, check_weights_init
 from dask_em.families import get_family
 from dask_em.families.gaussian import (
@@ -94,6 +95,7 @@ class GaussianMixture(BaseMixture):
     verbose : int, default=0
         0: silent unless logging is configured; 1: one log line per iteration on
         stderr; 2: also initialisation details.
+    {edge}
 
     Attributes
     ----------
@@ -114,6 +116,11 @@ class GaussianMixture(BaseMixture):
     history_ : list of dict
         Per iteration: ``iteration``, ``mean_loglik``, ``change``, ``seconds``.
     n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Feature labels seen in ``fit`` (DataFrame columns, Dataset variables, a
+        DataArray's feature coordinate), when they are strings.
+    feature_dim_ : str
+        The feature dimension of xarray input.
 
     Examples
     --------
@@ -124,6 +131,15 @@ class GaussianMixture(BaseMixture):
     >>> gm.predict(X)  # doctest: +ELLIPSIS
     dask.array<predict-gaussian-full-..., shape=(10000,), dtype=int64, ...>
     """
+
+    _parameter_constraints = {
+        **MIXTURE_CONSTRAINTS,
+        "covariance_type": [Options(COVARIANCE_TYPES)],
+        "reg_covar": [Interval("float", 0, None, "left")],
+        "init_params": [Options(INIT_METHODS)],
+        "means_init": ["array-like", None],
+        "precisions_init": ["array-like", None],
+    }
 
     def __init__(
         self,
@@ -141,6 +157,8 @@ class GaussianMixture(BaseMixture):
         random_state=None,
         warm_start=False,
         verbose=0,
+        nan_policy=None,
+        persist="auto",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -155,14 +173,11 @@ class GaussianMixture(BaseMixture):
         self.random_state = random_state
         self.warm_start = warm_start
         self.verbose = verbose
+        self.nan_policy = nan_policy
+        self.persist = persist
 
     # -- validation -------------------------------------------------------------
-    def _check_params(self, n_features):
-        super()._check_params(n_features)
-        owner = type(self).__name__
-        check_option(owner, "covariance_type", self.covariance_type, COVARIANCE_TYPES)
-        check_option(owner, "init_params", self.init_params, INIT_METHODS)
-        check_number(owner, "reg_covar", self.reg_covar, "float", 0)
+    def _check_init_params(self, n_features):
         K, D = self.n_components, n_features
         if self.weights_init is not None:
             check_weights_init(self.weights_init, K)
@@ -223,3 +238,6 @@ class GaussianMixture(BaseMixture):
         self.covariances_ = state.params["covariances"]
         self.precisions_cholesky_ = state.params["precisions_cholesky"]
         self.precisions_ = precisions_from_cholesky(self.precisions_cholesky_, self.covariance_type)
+
+
+GaussianMixture.__doc__ = GaussianMixture.__doc__.replace("{edge}", _EDGE_DOC)

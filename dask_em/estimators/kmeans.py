@@ -7,25 +7,22 @@ is at most ``tol`` times the mean per-feature variance of the data.
 """
 
 import logging
-import time
 import warnings
 
 import dask.array as da
 import numpy as np
-from dask.base import tokenize
-from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 
 from dask_em._math import as_float64
-from dask_em._validation import check_is_fitted, check_number, check_random_state_param, seed_from
-from dask_em.data import as_row_chunked, count_nonfinite_rows
-from dask_em.engine import MixtureState, estep_block, m_step, map_rows, run_pass, score_block
-from dask_em.estimators._base import verbosity
+from dask_em._validation import Interval, Options, check_is_fitted, seeds_from
+from dask_em.engine import MixtureState, score_block
+from dask_em.engine.omit import score_block_omit
+from dask_em.estimators._facade import _EDGE_DOC, EDGE_CONSTRAINTS, EMEstimator
 from dask_em.estimators._init_checks import check_array_init
-from dask_em.exceptions import ConvergenceWarning
 from dask_em.families import get_family
 from dask_em.families.kmeans import data_variance
+from dask_em.fitting import ModelSpec, as_float64_state, cast_state
 from dask_em.initialization import initial_centers
-from dask_em.weights import as_row_weights, bad_weight_error
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +35,45 @@ def _distance_block(X, payload):
     return np.sqrt(np.maximum(-family.log_prob(as_float64(X), state.params), 0.0))
 
 
-class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
+def _distance_block_omit(X, payload):
+    """:func:`_distance_block` with NaN for rows holding NaN or infinity."""
+    mask = np.isfinite(X).all(axis=1)
+    if mask.all():
+        return _distance_block(X, payload)
+    out = np.full((X.shape[0], payload[1].params["means"].shape[0]), np.nan)
+    out[mask] = _distance_block(X[mask], payload)
+    return out
+
+
+class CentreShift:
+    """Lloyd's stopping rule, as scikit-learn's: the partition stopped changing (strict
+    convergence), or the summed squared shift of the centres is at most ``tol`` times
+    the mean per-feature variance of the data (taken from the first pass)."""
+
+    def __init__(self, tol):
+        self.tol = tol
+        self.tol_abs = None
+        self.previous = {}
+        self.strict = {}
+
+    def __call__(self, result, stats, old_state, change):
+        if self.tol_abs is None:
+            self.tol_abs = self.tol * float(np.mean(data_variance(stats, old_state.params)))
+        shift = float(((result.state.params["means"] - old_state.params["means"]) ** 2).sum())
+        signature = (stats["nk"], stats["sig"])
+        before = self.previous.get(id(result))
+        strict = before is not None and all(map(np.array_equal, signature, before))
+        self.previous[id(result)] = signature
+        self.strict[id(result)] = strict
+        logger.info("centre shift %.3g%s", shift, " (partition unchanged)" if strict else "")
+        return strict or shift <= self.tol_abs
+
+    def exact_last_pass(self, result):
+        """After strict convergence the last pass scored the final centres already."""
+        return self.strict.get(id(result), False)
+
+
+class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator):
     """K-means clustering (Lloyd) on chunked, larger-than-memory data.
 
     scikit-learn's :class:`sklearn.cluster.KMeans` API; from the same ``init`` array
@@ -67,6 +102,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     verbose : int, default=0
         1: one log line per iteration on stderr.
     random_state : int, RandomState, Generator or None, default=None
+    {edge}
 
     Attributes
     ----------
@@ -77,11 +113,16 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     n_iter_ : int
     converged_ : bool
     n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Feature labels seen in ``fit``, when they are strings.
 
     Notes
     -----
     Passes: the initialisation's (above), one per iteration, and one more that
     computes ``inertia_`` for the final centres unless the partition stopped changing.
+    K-means is hard-assignment EM on the engine: the ``kmeans`` family (nearest
+    centre, centroids) with Lloyd's stopping rule (:class:`CentreShift`); it shares
+    the fit pipeline, inputs and options of the mixtures.
 
     Examples
     --------
@@ -93,9 +134,34 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     (3, 2)
     """
 
+    _parameter_constraints = {
+        "n_clusters": [Interval("int", 1, None, "left")],
+        "init": [Options(tuple(INITS)), "array-like"],
+        "n_init": [Options(("auto",)), Interval("int", 1, None, "left")],
+        "max_iter": [Interval("int", 1, None, "left")],
+        "tol": [Interval("float", 0, None, "left")],
+        "verbose": [Interval("int", 0, None, "left")],
+        "random_state": ["random_state"],
+        **EDGE_CONSTRAINTS,
+    }
+    _fitted_attribute = "cluster_centers_"
+    _saved_attributes = (
+        "inertia_", "n_iter_", "converged_", "n_features_in_", "feature_dim_", "feature_names_in_",
+        "feature_coords_",
+    )
+
     def __init__(
-        self, n_clusters=8, *, init="k-means||", n_init="auto", max_iter=300, tol=1e-4, verbose=0,
+        self,
+        n_clusters=8,
+        *,
+        init="k-means||",
+        n_init="auto",
+        max_iter=300,
+        tol=1e-4,
+        verbose=0,
         random_state=None,
+        nan_policy=None,
+        persist="auto",
     ):
         self.n_clusters = n_clusters
         self.init = init
@@ -104,181 +170,131 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.tol = tol
         self.verbose = verbose
         self.random_state = random_state
+        self.nan_policy = nan_policy
+        self.persist = persist
 
-    # -- validation -------------------------------------------------------------
-    def _check_params(self, n_features):
-        owner = "KMeans"
-        check_number(owner, "n_clusters", self.n_clusters, "int", 1)
-        check_number(owner, "max_iter", self.max_iter, "int", 1)
-        check_number(owner, "tol", self.tol, "float", 0)
-        check_number(owner, "verbose", self.verbose, "int", 0)
-        check_random_state_param(owner, self.random_state)
-        if isinstance(self.init, str):
-            if self.init not in INITS:
-                raise ValueError(
-                    f"The 'init' parameter of KMeans must be one of 'k-means||', 'k-means++', "
-                    f"'random' or an array of shape (n_clusters, n_features). Got {self.init!r} instead."
-                )
-        else:
-            check_array_init("init", self.init, (self.n_clusters, n_features))
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = self.nan_policy == "omit"
+        return tags
+
+    @property
+    def _n_features_out(self):
+        return self.n_clusters
+
+    # -- the model spec -------------------------------------------------------------
+    def _n_starts(self):
         if self.n_init == "auto":
             return 10 if isinstance(self.init, str) and self.init == "random" else 1
-        check_number(owner, "n_init", self.n_init, "int", 1)
         if not isinstance(self.init, str) and self.n_init != 1:
             warnings.warn(
                 f"Explicit initial center position passed: performing only one init in "
                 f"KMeans instead of n_init={self.n_init}.",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             return 1
         return self.n_init
 
-    def _validate_X(self, X, reset):
-        Xd, is_numpy = as_row_chunked(X)
-        if is_numpy and count_nonfinite_rows(np.asarray(X)):
-            raise ValueError("Input X contains NaN or infinite values; remove or impute them first.")
-        if reset:
-            self.n_features_in_ = Xd.shape[1]
-        elif Xd.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {Xd.shape[1]} features, but KMeans is expecting {self.n_features_in_} features as input."
-            )
-        return Xd, is_numpy
-
-    def _pass_check(self, stats):
-        if stats["n_nonfinite"]:
-            raise ValueError(
-                f"Input X contains {stats['n_nonfinite']} rows with NaN or infinite values; "
-                f"remove or impute them before fitting."
-            )
-        if stats.get("n_bad_weight", 0):
-            raise bad_weight_error(stats["n_bad_weight"])
-        if stats["n_rows"] < self.n_clusters:
-            raise ValueError(
-                f"n_samples={stats['n_rows']} (with a positive weight) should be >= "
-                f"n_clusters={self.n_clusters}."
-            )
-
-    # -- fitting ---------------------------------------------------------------
-    def fit(self, X, y=None, sample_weight=None):
-        """Compute k-means clustering, one pass over ``X`` per iteration.
-
-        Parameters
-        ----------
-        X : array-like, dask array, zarr.Array or path of shape (n_samples, n_features)
-        y : ignored
-        sample_weight : array-like or dask array of shape (n_samples,), default=None
-            Row weights (0 drops a row; negative is an error).
-
-        Returns
-        -------
-        self
-        """
-        Xd, is_numpy = self._validate_X(X, reset=True)
-        n_init = self._check_params(Xd.shape[1])
+    def _model_spec(self, prepared):
         K = self.n_clusters
-        if Xd.shape[0] < K:
-            raise ValueError(f"n_samples={Xd.shape[0]} should be >= n_clusters={K}.")
-        weights = as_row_weights(sample_weight, Xd)
-        family = get_family("kmeans")
-        seed = seed_from(self.random_state)
-        seeds = [int(np.random.SeedSequence([seed, i]).generate_state(1)[0]) for i in range(n_init)]
-        with verbosity(self.verbose):
-            if is_numpy:
-                Xd = Xd.persist()
-                weights = None if weights is None else weights.persist()
-            if isinstance(self.init, str):
-                centers = initial_centers(
-                    Xd, K, INITS[self.init], seeds, check=self._pass_check, sample_weight=weights,
-                    lloyd_max_iter=0,
-                )
+        given = None
+        if not isinstance(self.init, str):
+            given = check_array_init("init", self.init, (K, prepared.n_features)).copy()
+
+        def initialize(X, seeds, check, sample_weight):
+            if given is not None:
+                centers = [given]
             else:
-                centers = [as_float64(self.init).copy()]
-            best = self._lloyd(Xd, weights, family, centers)
-        self.cluster_centers_, self.inertia_, self.n_iter_, self.converged_ = best
-        if not self.converged_:
-            warnings.warn(
-                f"KMeans did not converge in max_iter={self.max_iter} iterations; increase "
-                f"max_iter or tol.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        self.labels_ = self.predict(X)
-        return self
-
-    def _pass(self, Xd, weights, family, states):
-        stats = run_pass(Xd, estep_block, (family, states), name="lloyd-kmeans", extra=weights, row_wise=True)
-        self._pass_check(stats[0])
-        return stats
-
-    def _lloyd(self, Xd, weights, family, centers):
-        """Lock-step Lloyd iterations; returns (centres, inertia, n_iter, converged) of the best."""
-        K = self.n_clusters
-        states = [MixtureState(np.full(K, 1.0 / K), {"means": c}) for c in centers]
-        n = len(states)
-        n_iter, strict, done, inertia = [0] * n, [False] * n, [False] * n, [np.inf] * n
-        prev = [None] * n
-        tol_abs = None
-        for it in range(1, self.max_iter + 1):
-            active = [i for i in range(n) if not done[i]]
-            if not active:
-                break
-            start = time.perf_counter()
-            stats_list = self._pass(Xd, weights, family, [states[i] for i in active])
-            if tol_abs is None:
-                tol_abs = self.tol * float(np.mean(data_variance(stats_list[0], states[active[0]].params)))
-            for i, stats in zip(active, stats_list):
-                new = m_step(family, stats, states[i], {})
-                shift = float(((new.params["means"] - states[i].params["means"]) ** 2).sum())
-                signature = (stats["nk"], stats["sig"])
-                strict[i] = prev[i] is not None and all(map(np.array_equal, signature, prev[i]))
-                prev[i], states[i], n_iter[i] = signature, new, it
-                inertia[i] = -stats["loglik"]  # for the centres before this M-step
-                done[i] = strict[i] or shift <= tol_abs
-                logger.info(
-                    "%siteration %d: inertia %.8g, centre shift %.3g, %.3f s",
-                    f"init {i}: " if n > 1 else "", it, inertia[i], shift, time.perf_counter() - start,
+                centers = initial_centers(
+                    X, K, INITS[self.init], seeds, check=check, sample_weight=sample_weight, lloyd_max_iter=0
                 )
-        redo = [i for i in range(n) if not strict[i]]
-        if redo:  # inertia for the final centres (scikit-learn re-runs the E-step too)
-            for i, stats in zip(redo, self._pass(Xd, weights, family, [states[i] for i in redo])):
-                inertia[i] = -stats["loglik"]
-        best = int(np.argmin(inertia))
-        return states[best].params["means"], float(inertia[best]), n_iter[best], bool(done[best])
+            return [MixtureState(np.full(K, 1.0 / K), {"means": c}) for c in centers]
 
-    # -- using the fit ---------------------------------------------------------
-    def _state(self):
-        check_is_fitted(self, "cluster_centers_")
+        return ModelSpec(
+            family=get_family("kmeans"),
+            n_components=K,
+            initialize=initialize,
+            seeds=seeds_from(self.random_state, self._n_starts()),
+            tol=self.tol,
+            max_iter=self.max_iter,
+            stopping=CentreShift(self.tol),
+            pick="final",
+            warn=False,  # as scikit-learn's KMeans
+            too_few_rows=lambda n: f"n_samples={n} should be >= n_clusters={K}.",
+            init_name=self.init if isinstance(self.init, str) else "array",
+            verbose=self.verbose,
+            identity=self,
+        )
+
+    def _set_fitted(self, result, prepared):
+        best = result.best
+        self._set_state(cast_state(best.state, prepared.dtype))
+        self.inertia_ = float(-result.final_stats["loglik"])
+        self.n_iter_ = best.n_iter
+        self.converged_ = bool(best.converged)
+        self.labels_ = self._map_prepared(
+            prepared, score_block, self._payload("labels"), "labels", name="labels-kmeans", dtype=np.int64,
+            omit_kernel=score_block_omit,
+        )
+
+    # -- fitted state -----------------------------------------------------------------
+    def _get_state(self):
         K = self.n_clusters
         return MixtureState(np.full(K, 1.0 / K), {"means": self.cluster_centers_})
 
-    def _map(self, X, kernel, payload_tail, what, out_cols):
-        Xd, is_numpy = self._validate_X(X, reset=False)
-        payload = (get_family("kmeans"), self._state(), *payload_tail)
-        if is_numpy:
-            return kernel(np.asarray(X), payload)
-        dtype = np.int64 if what == "predict" else np.float64
-        name = f"{what}-kmeans-{tokenize(Xd, payload)}"
-        return map_rows(Xd, kernel, payload, name=name, dtype=dtype, n_cols=out_cols)
+    def _set_state(self, state):
+        self.cluster_centers_ = state.params["means"]
 
-    def predict(self, X):
-        """Index of the closest centre for each row.
+    def _payload(self, what=None):
+        check_is_fitted(self, self._fitted_attribute)
+        state = as_float64_state(self._get_state())
+        family = get_family("kmeans")
+        return (family, state) if what is None else (family, state, what)
+
+    # -- using the fit ---------------------------------------------------------
+    def fit_predict(self, X, y=None, sample_weight=None, **fit_params):
+        """Fit, then return ``labels_``.
 
         Returns
         -------
-        labels : ndarray of shape (n_samples,), or a lazy dask array for dask input
+        labels : ndarray, dask array or xarray.DataArray of shape (n_samples,)
         """
-        return self._map(X, score_block, ("labels",), "predict", None)
+        return self.fit(X, y, sample_weight, **fit_params).labels_
 
-    def transform(self, X):
+    def predict(self, X, *, array=None, feature_dim=None):
+        """Index of the closest centre for each row.
+
+        Rows with NaN or infinity are an error, or under ``nan_policy="omit"`` get -1.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), a lazy dask array for dask input, or a
+            lazy ``xarray.DataArray`` on the sample dimensions for xarray input
+        """
+        return self._map(
+            X, score_block, self._payload("labels"), "labels", name="predict-kmeans", dtype=np.int64,
+            array=array, feature_dim=feature_dim, omit_kernel=score_block_omit,
+        )
+
+    def transform(self, X, *, array=None, feature_dim=None):
         """Euclidean distance of each row to each centre.
 
         Returns
         -------
-        ndarray of shape (n_samples, n_clusters), or a lazy dask array
+        ndarray of shape (n_samples, n_clusters), a lazy dask array, or a lazy
+            ``xarray.DataArray`` with the sample dimensions plus ``component``
         """
-        return self._map(X, _distance_block, (), "transform", self.n_clusters)
+        return self._map(
+            X, _distance_block, self._payload(), "distance", name="transform-kmeans", dtype=np.float64,
+            n_cols=self.n_clusters, array=array, feature_dim=feature_dim, omit_kernel=_distance_block_omit,
+        )
+
+    def fit_transform(self, X, y=None, sample_weight=None, **fit_params):
+        """Fit, then return the distances of ``X`` to the centres (see :meth:`transform`)."""
+        return self.fit(X, y, sample_weight, **fit_params).transform(X, **{
+            k: v for k, v in fit_params.items() if k in ("array", "feature_dim")
+        })
 
     def score(self, X, y=None, sample_weight=None):
         """Minus the (weighted) inertia of ``X`` for the fitted centres (computes for dask).
@@ -287,12 +303,21 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         -------
         float
         """
-        neg_d2 = self._map(X, score_block, ("score",), "score", None)
+        neg_d2 = self._map(
+            X, score_block, self._payload("score"), "score", name="score-kmeans", dtype=np.float64,
+            omit_kernel=score_block_omit,
+        )
+        neg_d2 = getattr(neg_d2, "data", neg_d2)
         if sample_weight is not None:
-            w = as_row_weights(sample_weight, as_row_chunked(X)[0])
+            prepared = self._prepare(X, sample_weight, reset=False)
+            w = prepared.weights
             neg_d2 = neg_d2 * (w if isinstance(neg_d2, da.Array) else w.compute())
-        total = neg_d2.sum()
-        return float(total.compute() if isinstance(total, da.Array) else total)
+        if isinstance(neg_d2, da.Array):
+            return float(da.nansum(neg_d2, dtype=np.float64).compute())
+        return float(np.nansum(neg_d2, dtype=np.float64))
+
+
+KMeans.__doc__ = KMeans.__doc__.replace("{edge}", _EDGE_DOC)
 
 
 __all__ = ["KMeans"]

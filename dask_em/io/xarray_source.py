@@ -39,8 +39,9 @@ class XarrayLayout:
     coords : dict
         Coordinates that do not involve the feature dimension.
     feature_dim : str
-    feature_names : list of str or None
-        Data variables of a Dataset, in feature order.
+    feature_names : list or None
+        Data variables of a Dataset, or the values of a DataArray's feature
+        coordinate, in feature order.
     """
 
     sample_dims: tuple
@@ -135,6 +136,32 @@ def _dataset_to_array(ds, feature_dim, feature_names):
     return ds[names].to_dataarray(dim=feature_dim), names
 
 
+def _match_feature_coordinate(obj, feature_dim, fitted, what):
+    """The DataArray with its features in the fitted order, and its feature labels.
+
+    The labels are the values of the coordinate of ``feature_dim`` (None without one).
+    With ``fitted`` labels (from a fit), a coordinate holding the same labels in
+    another order is reordered to the fitted order; other labels are an error, so
+    bands are never scored in the wrong order.
+    """
+    if feature_dim not in obj.coords:
+        return obj, None
+    labels = list(obj[feature_dim].values)
+    if fitted is None or labels == list(fitted):
+        return obj, labels
+    fitted = list(fitted)
+    if len(labels) == len(fitted) and set(map(str, labels)) == set(map(str, fitted)):
+        logger.info("reordering %s's %r to the order the model was fitted on: %s", what, feature_dim, fitted)
+        return obj.sel({feature_dim: [labels[[str(v) for v in labels].index(str(f))] for f in fitted]}), fitted
+    missing = [f for f in fitted if str(f) not in set(map(str, labels))]
+    extra = [v for v in labels if str(v) not in set(map(str, fitted))]
+    raise ValueError(
+        f"{what}'s {feature_dim!r} coordinate holds {labels}, but the model was fitted on {fitted} "
+        f"(missing: {missing}; not fitted on: {extra}). Select the fitted features, e.g. "
+        f"X.sel({feature_dim}={fitted!r})."
+    )
+
+
 def from_xarray(obj, feature_dim=None, feature_names=None, what="X"):
     """Row-chunked 2-D dask array (N, D) from a DataArray or Dataset, and its layout.
 
@@ -146,8 +173,10 @@ def from_xarray(obj, feature_dim=None, feature_names=None, what="X"):
         The dimension holding the features. For a DataArray it defaults to the last
         dimension when there are exactly two; for a Dataset it names the new feature
         dimension (``"variable"``).
-    feature_names : list of str, optional
-        For a Dataset: the variables to use, in this order (from a fitted model).
+    feature_names : list, optional
+        Labels of the features of a fitted model: for a Dataset the variables to use,
+        in this order; for a DataArray the values its feature coordinate must hold
+        (reordered to this order when they come in another).
     what : str
         Name used in error messages.
 
@@ -162,7 +191,6 @@ def from_xarray(obj, feature_dim=None, feature_names=None, what="X"):
         feature_dim = feature_dim or "variable"
         obj, feature_names = _dataset_to_array(obj, feature_dim, feature_names)
     else:
-        feature_names = None
         if feature_dim is None:
             if obj.ndim != 2:
                 raise ValueError(
@@ -176,6 +204,7 @@ def from_xarray(obj, feature_dim=None, feature_names=None, what="X"):
                 f"{what} has no dimension {feature_dim!r} to use as features; its dimensions "
                 f"are {obj.dims}."
             )
+        obj, feature_names = _match_feature_coordinate(obj, feature_dim, feature_names, what)
     sample_dims = tuple(d for d in obj.dims if d != feature_dim)
     if not sample_dims:
         raise ValueError(f"{what} has only the feature dimension {feature_dim!r}; it needs a sample dimension.")

@@ -1,0 +1,327 @@
+"""The fit sequence, written once for every model.
+
+Every estimator, :func:`~dask_em.select_n_components` and the command line fit
+through :func:`fit_models`::
+
+    data.prepare(X, ...) -> Prepared         the data edge: NaN policy, weights, persist
+    estimator._model_spec(prepared) -> ModelSpec   what to fit: family, starts, stopping
+    fit_models(prepared, [ModelSpec]) -> [FitResult]
+        load the data (persist), initialise every start, run the shared EM passes
+        (one pass per iteration for every start and every model of one family),
+        score the final parameters when asked, pick the best start, warn
+    estimator._set_fitted(result)            fitted attributes
+
+Models of the same family and M-step options share every pass: the ``n_init``
+starts of one estimator, and the candidates of a selection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from dask_em.checkpoint import Checkpointer, chain_callbacks
+from dask_em.data import Prepared, nonfinite_rows_error
+from dask_em.engine import EMResult, MixtureState, estep_block, run_em, run_pass
+from dask_em.engine.loop import LikelihoodChange
+from dask_em.exceptions import ConvergenceWarning
+from dask_em.families import Family
+from dask_em.weights import bad_weight_error
+
+logger = logging.getLogger("dask_em")
+
+
+@contextlib.contextmanager
+def verbosity(verbose: int):
+    """Show dask-em's log on stderr while fitting when ``verbose > 0``.
+
+    ``verbose=1`` shows INFO messages (one line per EM iteration: time, mean
+    log-likelihood, change); ``verbose>=2`` adds DEBUG (initialisation details).
+    Without ``verbose``, messages go to whatever logging the application configured.
+    """
+    if not verbose:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[dask-em] %(message)s"))
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+@dataclass
+class ModelSpec:
+    """What a fit needs to know of one model: an estimator describes itself with it.
+
+    Attributes
+    ----------
+    family : Family
+    n_components : int
+    initialize : callable
+        ``initialize(X, seeds, check, sample_weight) -> list of MixtureState``: one
+        starting point per seed, computed with passes over ``X`` (dask array).
+    seeds : list of int
+        One per start (``n_init``).
+    tol : float
+    max_iter : int
+    options : dict
+        Keyword arguments of the family's M-step (``reg_covar``, ``alpha``).
+    stopping : callable, optional
+        The stopping rule (see :class:`~dask_em.engine.loop.LikelihoodChange`, the
+        default); K-means uses a centre-shift rule.
+    warm : EMResult, optional
+        Warm start: EM continues from this state, and its ``lower_bound`` is the
+        reference of the first convergence test (as scikit-learn's ``warm_start``).
+    pick : {"lower_bound", "final"}
+        How the best start is chosen: highest ``lower_bound`` (scikit-learn's
+        mixtures) or highest log-likelihood of the final parameters (K-means:
+        lowest inertia); "final" scores the final parameters (one more pass, unless
+        the stopping rule says the last pass already did).
+    score_final : bool
+        Compute the statistics of the best start's final parameters (BIC tables).
+    warn : bool
+        Warn (:class:`~dask_em.exceptions.ConvergenceWarning`) when the best start
+        did not converge.
+    too_few_rows : callable
+        ``too_few_rows(n_rows) -> str``: the message when fewer rows than
+        components enter the fit.
+    init_name : str
+        For the log (``init_params``).
+    verbose : int
+    identity : object
+        The estimator, whose class and parameters a checkpoint must match.
+    """
+
+    family: Family
+    n_components: int
+    initialize: Callable
+    seeds: list
+    tol: float
+    max_iter: int
+    options: dict = field(default_factory=dict)
+    stopping: Callable | None = None
+    warm: EMResult | None = None
+    pick: str = "lower_bound"
+    score_final: bool = False
+    warn: bool = True
+    too_few_rows: Callable | None = None
+    init_name: str = ""
+    verbose: int = 0
+    identity: object = None
+
+    def rule(self):
+        return self.stopping if self.stopping is not None else LikelihoodChange(self.tol)
+
+    def few_rows_message(self, n_rows):
+        if self.too_few_rows is not None:
+            return self.too_few_rows(n_rows)
+        return (
+            f"Expected n_samples >= n_components but got n_components = {self.n_components}, "
+            f"n_samples = {n_rows}."
+        )
+
+
+@dataclass
+class FitResult:
+    """Outcome of one model's fit.
+
+    Attributes
+    ----------
+    best : EMResult
+        The chosen start.
+    results : list of EMResult
+        Every start, in seed order.
+    final_stats : dict or None
+        Summed statistics of ``best``'s final parameters (``loglik``, ``weight``,
+        ``nk``, ...) when they were computed (``pick="final"`` or ``score_final``).
+    """
+
+    best: EMResult
+    results: list
+    final_stats: dict | None = None
+
+
+def pass_check(nan_policy: str, specs: list[ModelSpec]):
+    """The check run on the row counts of every pass of a fit.
+
+    Rows with NaN or infinity are an error under ``"raise"``; under ``"omit"``
+    they are left out and their number is logged once. Bad sample weights and
+    fewer rows than components are errors.
+    """
+    largest = max(specs, key=lambda s: s.n_components)
+    logged = []
+
+    def check(stats):
+        n_bad, n_rows = stats["n_nonfinite"], stats["n_rows"]
+        if n_bad and nan_policy == "omit":
+            if not logged:
+                logger.info(
+                    "left out %d rows with NaN or infinite values (of %d rows); they get no label",
+                    n_bad,
+                    n_rows + n_bad,
+                )
+                logged.append(n_bad)
+        elif n_bad:
+            raise nonfinite_rows_error(
+                n_bad, n_rows + n_bad,
+                "remove or impute them before fitting, e.g. X = X[da.isfinite(X).all(axis=1)].compute_chunk_sizes()",
+            )
+        if stats.get("n_bad_weight", 0):
+            raise bad_weight_error(stats["n_bad_weight"])
+        if n_rows < largest.n_components:
+            raise ValueError(largest.few_rows_message(n_rows) + " (rows with a positive sample weight)")
+
+    return check
+
+
+def _groups(specs):
+    """Indices of the specs that can share passes: same family and M-step options."""
+    groups = {}
+    for i, spec in enumerate(specs):
+        key = (spec.family.name, repr(sorted(spec.options.items())), spec.max_iter)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _starts(spec, X, check, weights):
+    if spec.warm is not None:
+        warm = spec.warm
+        return [EMResult(state=warm.state, lower_bound=warm.lower_bound)]
+    logger.info("initialising %d start(s) with %r", len(spec.seeds), spec.init_name)
+    return [EMResult(state=s) for s in spec.initialize(X, spec.seeds, check, weights)]
+
+
+def _score(prepared, family, states):
+    """Statistics of ``states`` over the data: one pass for all of them."""
+    return run_pass(
+        prepared.X, estep_block, (family, states), name=f"score-{family.name}",
+        extra=prepared.weights, row_wise=True,
+    )
+
+
+def _fit_group(prepared, specs, checkpoint, callback):
+    X, weights = prepared.X, prepared.weights
+    family = specs[0].family
+    check = pass_check(prepared.nan_policy, specs)
+    saver = None
+    if checkpoint is not None:
+        saver = Checkpointer(checkpoint, specs[0].identity, X)
+    resume = saver.resume() if saver is not None else None
+    if resume is not None:
+        results, owner = resume, [0] * len(resume)
+    else:
+        results, owner = [], []
+        for j, spec in enumerate(specs):
+            starts = _starts(spec, X, check, weights)
+            results += starts
+            owner += [j] * len(starts)
+    rules = {j: spec.rule() for j, spec in enumerate(specs)}
+    results = run_em(
+        X,
+        family,
+        None,
+        max_iter=specs[0].max_iter,
+        stopping=[rules[j] for j in owner],
+        options=specs[0].options,
+        sample_weight=weights,
+        check=check,
+        callback=chain_callbacks(saver, callback),
+        resume=results,
+    )
+    per_spec = [[r for r, j in zip(results, owner) if j == k] for k in range(len(specs))]
+    # the final parameters are scored in one pass for every start that needs it
+    need = []
+    for k, spec in enumerate(specs):
+        if spec.pick == "final":
+            need += [r for r in per_spec[k] if not rules[k].exact_last_pass(r)]
+    finals = {id(r): r.last_stats for k in range(len(specs)) for r in per_spec[k]}
+    chosen = {}
+    for k, spec in enumerate(specs):
+        if spec.pick != "final":
+            chosen[k] = max(per_spec[k], key=lambda r: r.lower_bound)  # first of equals
+            if spec.score_final:
+                need.append(chosen[k])
+    if need:
+        for r, stats in zip(need, _score(prepared, family, [r.state for r in need])):
+            finals[id(r)] = stats
+    out = []
+    for k, spec in enumerate(specs):
+        if spec.pick == "final":
+            chosen[k] = max(per_spec[k], key=lambda r: finals[id(r)]["loglik"])
+        best = chosen[k]
+        final = finals[id(best)] if (spec.pick == "final" or spec.score_final) else None
+        out.append(FitResult(best, per_spec[k], final))
+    return out
+
+
+def fit_models(prepared: Prepared, specs: list[ModelSpec], *, checkpoint=None, callback=None) -> list[FitResult]:
+    """Fit every model described by ``specs`` to the same data; models that can share passes do.
+
+    Parameters
+    ----------
+    prepared : Prepared
+        From :func:`dask_em.data.prepare`.
+    specs : list of ModelSpec
+        One per model (an estimator's fit has one; a selection one per candidate).
+    checkpoint : str or os.PathLike, optional
+        File the EM state is saved to after every iteration, and resumed from when
+        it exists and belongs to the same fit (one model only).
+    callback : callable, optional
+        ``callback(iteration, results)`` after every EM iteration.
+
+    Returns
+    -------
+    list of FitResult
+        In the order of ``specs``.
+    """
+    n = prepared.X.shape[0]
+    for spec in specs:
+        if n < spec.n_components:
+            raise ValueError(spec.few_rows_message(n))
+    groups = _groups(specs)
+    if checkpoint is not None and len(specs) != 1:
+        raise ValueError("checkpoint applies to the fit of one model, not to a selection of several.")
+    out = [None] * len(specs)
+    with verbosity(max(spec.verbose for spec in specs)):
+        prepared.load()
+        for group in groups:
+            results = _fit_group(prepared, [specs[i] for i in group], checkpoint, callback)
+            for i, res in zip(group, results):
+                out[i] = res
+    for spec, res in zip(specs, out):
+        if spec.warn and not res.best.converged and spec.max_iter > 0:
+            warnings.warn(
+                "Best performing initialization did not converge. Try different init "
+                "parameters, or increase max_iter, tol, or check for degenerate data.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+    return out
+
+
+def cast_state(state: MixtureState, dtype) -> MixtureState:
+    """``state`` with its float arrays in ``dtype`` (float32 attributes for float32 data)."""
+    def cast(a):
+        a = np.asarray(a)
+        return a.astype(dtype) if a.dtype.kind == "f" else a
+
+    return MixtureState(cast(state.weights), {k: cast(v) for k, v in state.params.items()})
+
+
+def as_float64_state(state: MixtureState) -> MixtureState:
+    """``state`` in float64 (a warm start from float32 attributes computes in float64)."""
+    return cast_state(state, np.float64)
+
+
+__all__ = ["FitResult", "ModelSpec", "cast_state", "fit_models", "pass_check", "verbosity"]
