@@ -68,6 +68,7 @@ class CategoricalMixture(DiscreteMixture):
     """
 
     _param = "probs"
+    _saved_attributes = DiscreteMixture._saved_attributes + ("n_categories_",)
 
     def __init__(
         self,
