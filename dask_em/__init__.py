@@ -11,8 +11,8 @@ from dask_em.estimators import (
     KMeans,
     PoissonMixture,
 )
+from dask_em.estimators._saving import load
 from dask_em.exceptions import ConvergenceWarning, ModelFileError, NotFittedError
-from dask_em.persistence import load
 from dask_em.selection import select_n_components
 
 __all__ = [

@@ -1,4 +1,7 @@
-"""Saved models and checkpoints: a plain, documented format, never pickle.
+"""The file format of saved models and checkpoints: plain, documented, never pickle.
+
+This module knows the format, not the estimators: saving and loading a model is
+:mod:`dask_em.estimators._saving`, which builds on the pieces here.
 
 A file is a ZIP archive in NumPy's ``.npz`` layout (``numpy.load`` opens it):
 
@@ -10,8 +13,9 @@ A file is a ZIP archive in NumPy's ``.npz`` layout (``numpy.load`` opens it):
     ``{"__array__": "<entry>"}``), and per format:
 
     - model: ``state`` ``{"weights": entry, "params": {name: entry}}`` and
-      ``attributes`` (fitted scalars and lists: ``n_iter_``, ``converged_``,
-      ``lower_bound_``, ``lower_bounds_``, ``history_``, ``n_features_in_``, ...);
+      ``attributes`` (fitted values: ``n_iter_``, ``converged_``,
+      ``lower_bound_``, ``lower_bounds_``, ``history_``, ``n_features_in_``, ...;
+      an array-valued one, e.g. ``n_categories_``, as ``{"__array__": "<entry>"}``);
     - checkpoint: ``fingerprint`` (shape, dtype and row chunks of the data) and
       ``starts``: one object per EM start with ``state``, ``n_iter``,
       ``converged``, ``lower_bound``, ``history``.
@@ -72,8 +76,17 @@ def _decode(value, float_keys=("lower_bound", "lower_bound_", "mean_loglik", "ch
 
 
 # ------------------------------------------------------------------ archives
-def _write_archive(path, metadata, arrays):
-    """Write ``metadata.json`` and ``<name>.npy`` entries to ``path`` atomically."""
+def write_archive(path, metadata, arrays):
+    """Write ``metadata.json`` and ``<name>.npy`` entries to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    metadata : dict
+        JSON-able, non-finite floats allowed (written as strings).
+    arrays : dict of str to ndarray
+        Written as ``<name>.npy``, without pickle.
+    """
     from dask_em.io.zarr_source import temporary_sibling
 
     path = os.fspath(path)
@@ -92,8 +105,19 @@ def _write_archive(path, metadata, arrays):
         raise
 
 
-def _read_archive(path, expected_format):
-    """Metadata and arrays of a dask-em file; :class:`ModelFileError` when unreadable."""
+def read_archive(path, expected_format):
+    """Metadata and arrays of a dask-em file of the format ``expected_format``.
+
+    Returns
+    -------
+    metadata : dict
+    arrays : dict of str to ndarray
+
+    Raises
+    ------
+    ModelFileError
+        No file, not a readable ZIP, not a dask-em file, another format or format version.
+    """
     where = os.fspath(path)
     if not os.path.isfile(where):
         raise ModelFileError(f"No dask-em file at {where!r}; check the path.")
@@ -128,36 +152,80 @@ def _read_archive(path, expected_format):
     return _decode(metadata), arrays
 
 
-def _array(arrays, entry, where):
-    try:
-        return arrays[entry]
-    except (KeyError, TypeError):
-        raise ModelFileError(f"{where!r} is corrupt: the array {entry!r} named in its metadata is missing.") from None
+# ------------------------------------------------------------------ shared pieces
+def header(file_format, estimator_name):
+    """The metadata fields every file starts with: format, versions, estimator class name."""
+    return {
+        "format": file_format,
+        "format_version": FORMAT_VERSION,
+        "dask_em_version": __version__,
+        "estimator": estimator_name,
+    }
 
 
-# ------------------------------------------------------------------ estimator pieces
 def encode_params(estimator, arrays, prefix="params"):
-    """JSON-able constructor parameters; array values go to ``arrays``."""
+    """JSON-able constructor parameters of ``estimator``; array values go to ``arrays``.
+
+    Parameters
+    ----------
+    estimator : scikit-learn style estimator
+        Read through ``get_params(deep=False)`` only.
+    arrays : dict
+        Receives ``"<prefix>/<name>"``: ndarray for every array-valued parameter,
+        which the result names as ``{"__array__": "<prefix>/<name>"}``.
+    prefix : str
+
+    Returns
+    -------
+    dict
+    """
     out = {}
     for key, value in estimator.get_params(deep=False).items():
         if isinstance(value, (np.random.RandomState, np.random.Generator)):
             logger.warning("random_state %r is not saved (only int or None are); saved as None", value)
             value = None
         if isinstance(value, (np.ndarray, list, tuple)) and key != "random_state":
-            arrays[f"{prefix}/{key}"] = np.asarray(value)
-            value = {"__array__": f"{prefix}/{key}"}
+            value = put_array(arrays, f"{prefix}/{key}", value)
         out[key] = value
     return out
 
 
+def put_array(arrays, entry, value):
+    """Store ``value`` as the entry ``entry`` of ``arrays``; return its reference."""
+    arrays[entry] = np.asarray(value)
+    return {"__array__": entry}
+
+
 def decode_params(params, arrays, where):
+    """``params`` with every ``{"__array__": entry}`` replaced by that array.
+
+    Raises
+    ------
+    ModelFileError
+        An entry named in the metadata is missing from the file ``where``.
+    """
     return {
-        k: _array(arrays, v["__array__"], where) if isinstance(v, dict) and "__array__" in v else v
+        k: get_array(arrays, v["__array__"], where) if isinstance(v, dict) and "__array__" in v else v
         for k, v in params.items()
     }
 
 
-def _put_state(state, arrays, prefix):
+def get_array(arrays, entry, where):
+    """The array ``entry`` of a file read by :func:`read_archive`, or :class:`ModelFileError`."""
+    try:
+        return arrays[entry]
+    except (KeyError, TypeError):
+        raise ModelFileError(f"{where!r} is corrupt: the array {entry!r} named in its metadata is missing.") from None
+
+
+def write_state(state, arrays, prefix):
+    """Put a :class:`~dask_em.engine.MixtureState` into ``arrays``; return its metadata.
+
+    Returns
+    -------
+    dict
+        ``{"weights": entry, "params": {name: entry}}``.
+    """
     arrays[f"{prefix}/weights"] = np.asarray(state.weights)
     names = {}
     for key, value in state.params.items():
@@ -166,86 +234,40 @@ def _put_state(state, arrays, prefix):
     return {"weights": f"{prefix}/weights", "params": names}
 
 
-def _get_state(spec, arrays, where):
+def read_state(spec, arrays, where):
+    """The :class:`~dask_em.engine.MixtureState` that :func:`write_state` described by ``spec``.
+
+    Only the layout is checked here; what the values must be is the reader's business.
+    """
     from dask_em.engine import MixtureState
 
     try:
         return MixtureState(
-            weights=_array(arrays, spec["weights"], where),
-            params={k: _array(arrays, v, where) for k, v in spec["params"].items()},
+            weights=get_array(arrays, spec["weights"], where),
+            params={k: get_array(arrays, v, where) for k, v in spec["params"].items()},
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ModelFileError(f"{where!r} is corrupt: its parameter list is malformed ({exc}).") from None
 
 
-def estimator_class(name, where):
-    """The estimator class called ``name`` in :mod:`dask_em.estimators`."""
-    import dask_em.estimators as estimators
-    from dask_em.estimators._base import BaseMixture
-
-    cls = getattr(estimators, str(name), None)
-    if not (isinstance(cls, type) and issubclass(cls, BaseMixture)):
-        raise ModelFileError(f"{where!r} holds an unknown estimator {name!r}; this dask-em has {estimators.__all__}.")
-    return cls
-
-
-def save_model(estimator, path):
-    """Write a fitted estimator to ``path`` (see the module docstring for the format)."""
-    arrays = {}
-    metadata = {
-        "format": MODEL_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "dask_em_version": __version__,
-        "estimator": type(estimator).__name__,
-        "params": encode_params(estimator, arrays),
-        "state": _put_state(estimator._get_state(), arrays, "state"),
-        "attributes": {
-            a: getattr(estimator, a) for a in estimator._saved_attributes if hasattr(estimator, a)
-        },
-    }
-    _write_archive(path, metadata, arrays)
-    return os.fspath(path)
-
-
-def load(path):
-    """Load a model written by ``model.save(path)``.
+# ------------------------------------------------------------------ checkpoints
+def write_checkpoint(path, estimator, fingerprint, results):
+    """Save every EM start (state, iteration count, history) after an iteration.
 
     Parameters
     ----------
     path : str or os.PathLike
-
-    Returns
-    -------
-    estimator
-        A fitted estimator of the saved class, with its saved settings.
-
-    Raises
-    ------
-    ModelFileError
-        Missing, corrupt, not a dask-em model, or another format version.
+    estimator : scikit-learn style estimator
+        Its class name and ``get_params()`` identify the fit.
+    fingerprint : dict
+        JSON-able description of the data (shape, dtype, row chunks).
+    results : sequence of :class:`~dask_em.engine.EMResult`
+        One per EM start.
     """
-    where = os.fspath(path)
-    metadata, arrays = _read_archive(where, MODEL_FORMAT)
-    cls = estimator_class(metadata.get("estimator"), where)
-    try:
-        est = cls(**decode_params(metadata["params"], arrays, where))
-        est._set_state(_get_state(metadata["state"], arrays, where))
-        for key, value in metadata.get("attributes", {}).items():
-            setattr(est, key, value)
-    except ModelFileError:
-        raise
-    except Exception as exc:
-        raise ModelFileError(f"{where!r} is corrupt or inconsistent ({type(exc).__name__}: {exc}).") from exc
-    return est
-
-
-# ------------------------------------------------------------------ checkpoints
-def write_checkpoint(path, estimator, fingerprint, results):
-    """Save every EM start (state, iteration count, history) after an iteration."""
     arrays = {}
     starts = [
         {
-            "state": _put_state(res.state, arrays, f"start{i}"),
+            "state": write_state(res.state, arrays, f"start{i}"),
             "n_iter": res.n_iter,
             "converged": bool(res.converged),
             "lower_bound": res.lower_bound,
@@ -254,15 +276,12 @@ def write_checkpoint(path, estimator, fingerprint, results):
         for i, res in enumerate(results)
     ]
     metadata = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "dask_em_version": __version__,
-        "estimator": type(estimator).__name__,
+        **header(CHECKPOINT_FORMAT, type(estimator).__name__),
         "params": encode_params(estimator, {}),
         "fingerprint": fingerprint,
         "starts": starts,
     }
-    _write_archive(path, metadata, arrays)
+    write_archive(path, metadata, arrays)
 
 
 #: Settings that may change between an interrupted fit and its resumption.
@@ -271,6 +290,16 @@ RESUMABLE_CHANGES = ("max_iter", "verbose", "warm_start")
 
 def read_checkpoint(path, estimator, fingerprint):
     """EM results saved in ``path`` for this estimator and data, or ``None`` if no file.
+
+    Parameters
+    ----------
+    path, estimator, fingerprint
+        As for :func:`write_checkpoint`; ``estimator`` and ``fingerprint`` must
+        match the file's (only :data:`RESUMABLE_CHANGES` may differ).
+
+    Returns
+    -------
+    list of :class:`~dask_em.engine.EMResult` or None
 
     Raises
     ------
@@ -282,7 +311,7 @@ def read_checkpoint(path, estimator, fingerprint):
     where = os.fspath(path)
     if not os.path.exists(where):
         return None
-    metadata, arrays = _read_archive(where, CHECKPOINT_FORMAT)
+    metadata, arrays = read_archive(where, CHECKPOINT_FORMAT)
     mine = _encode(encode_params(estimator, {}))
     theirs = metadata.get("params", {})
     differ = sorted(k for k in set(mine) | set(theirs) if k not in RESUMABLE_CHANGES and mine.get(k) != theirs.get(k))
@@ -298,7 +327,7 @@ def read_checkpoint(path, estimator, fingerprint):
     try:
         return [
             EMResult(
-                state=_get_state(s["state"], arrays, where),
+                state=read_state(s["state"], arrays, where),
                 converged=bool(s["converged"]),
                 n_iter=int(s["n_iter"]),
                 lower_bound=float(s["lower_bound"]),

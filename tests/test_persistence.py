@@ -1,5 +1,7 @@
 """Saved models (NPZ + JSON, never pickle) and checkpoints resumed after a kill."""
 
+import ast
+import io
 import json
 import os
 import subprocess
@@ -10,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from scipy import stats
 
 import dask_em
-from dask_em import GaussianMixture, ModelFileError
+from dask_em import BernoulliMixture, CategoricalMixture, GaussianMixture, ModelFileError, PoissonMixture
 from dask_em.persistence import FORMAT_VERSION
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -52,15 +55,22 @@ def test_load_keeps_xarray_feature_dim(tmp_path, data):
     xr.testing.assert_equal(back.predict(cube).compute(), gm.predict(cube).compute())
 
 
-def _rewrite(path, out, edit):
+def _rewrite(path, out, edit=None, arrays=None):
+    """Copy the ZIP ``path`` to ``out`` by hand, editing its metadata and replacing arrays."""
+    arrays = arrays or {}
     with zipfile.ZipFile(path) as zin, zipfile.ZipFile(out, "w") as zout:
         for item in zin.namelist():
             raw = zin.read(item)
-            if item == "metadata.json":
+            if item == "metadata.json" and edit is not None:
                 meta = json.loads(raw)
                 edit(meta)
                 raw = json.dumps(meta)
+            elif item.endswith(".npy") and item[:-4] in arrays:
+                buf = io.BytesIO()
+                np.save(buf, arrays[item[:-4]])
+                raw = buf.getvalue()
             zout.writestr(item, raw)
+    return out
 
 
 def test_bad_files_give_clear_errors(tmp_path, data):
@@ -84,6 +94,168 @@ def test_bad_files_give_clear_errors(tmp_path, data):
         dask_em.load(tmp_path / "absent.npz")
     with pytest.raises(dask_em.NotFittedError):
         GaussianMixture(2).save(tmp_path / "unfitted.npz")
+
+
+def _discrete_data(kind):
+    rng = np.random.default_rng(7)
+    if kind == "bernoulli":
+        return np.concatenate([rng.random((200, 6)) < p for p in (0.2, 0.8)]).astype(float)
+    if kind == "poisson":
+        return np.concatenate([rng.poisson(lam, (200, 4)) for lam in (1.0, 6.0)]).astype(float)
+    return np.concatenate(  # categorical: 3 codes in the first features, 2 in the last
+        [np.column_stack([rng.choice(3, (200, 3), p=p), rng.choice(2, 200)]) for p in ([0.8, 0.1, 0.1], [0.1, 0.1, 0.8])]
+    ).astype(float)
+
+
+def _reference_log_joint(model, X):
+    """``log w_k + log p(x | k)`` (n, K) from the fitted attributes, by scipy.stats."""
+    if isinstance(model, GaussianMixture):
+        K, D = model.means_.shape
+        cov = {
+            "full": lambda k: model.covariances_[k],
+            "tied": lambda k: model.covariances_,
+            "diag": lambda k: np.diag(model.covariances_[k]),
+            "spherical": lambda k: model.covariances_[k] * np.eye(D),
+        }[model.covariance_type]
+        dens = np.column_stack([stats.multivariate_normal(model.means_[k], cov(k)).logpdf(X) for k in range(K)])
+    elif isinstance(model, CategoricalMixture):
+        codes = X.astype(int)
+        dens = np.column_stack(
+            [sum(np.log(model.probs_[k, d, codes[:, d]]) for d in range(X.shape[1])) for k in range(len(model.weights_))]
+        )
+    else:
+        dist = stats.bernoulli if isinstance(model, BernoulliMixture) else stats.poisson
+        dens = dist.logpmf(X[:, None, :], model.means_[None]).sum(axis=2)
+    return dens + np.log(model.weights_)
+
+
+MODELS = {
+    **{f"gaussian-{cov}": (lambda cov=cov: GaussianMixture(3, covariance_type=cov, random_state=0)) for cov in
+       ("full", "tied", "diag", "spherical")},
+    "bernoulli": lambda: BernoulliMixture(2, random_state=0),
+    "poisson": lambda: PoissonMixture(2, random_state=0),
+    "categorical": lambda: CategoricalMixture(2, random_state=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_round_trip_predicts_alike(tmp_path, data, name):
+    X = data if name.startswith("gaussian") else _discrete_data(name)
+    model = MODELS[name]().fit(X)
+    back = dask_em.load(model.save(tmp_path / "m.npz"))
+    assert type(back) is type(model)
+    np.testing.assert_array_equal(back.predict(X), model.predict(X))
+    np.testing.assert_array_equal(back.score_samples(X), model.score_samples(X))
+    # and both agree with scipy.stats on the saved parameters
+    ref = _reference_log_joint(model, X)
+    np.testing.assert_array_equal(back.predict(X), ref.argmax(axis=1))
+    np.testing.assert_allclose(back.predict_proba(X), np.exp(ref - ref.max(axis=1, keepdims=True))
+                               / np.exp(ref - ref.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True), rtol=1e-6, atol=1e-12)
+
+
+def _edited(tmp_path, model, X, edit=None, **arrays):
+    """A valid saved model of ``model`` fitted to ``X``, rewritten by hand as ``bad.npz``."""
+    good = model.fit(X).save(tmp_path / "good.npz")
+    with np.load(good, allow_pickle=False) as npz:
+        saved = {k: npz[k] for k in npz.files}
+    new = {k.replace("__", "/"): f(saved[k.replace("__", "/")].copy()) for k, f in arrays.items()}
+    return _rewrite(good, tmp_path / "bad.npz", edit, new)
+
+
+def _nan_first(a):
+    a.flat[0] = np.nan
+    return a
+
+
+def _negate_diagonal(chol):
+    chol[1, 0, 0] = -chol[1, 0, 0]
+    return chol
+
+
+def _pad_code(probs):
+    probs[0, 3, 2] = 0.5  # feature 3 has 2 codes: entry 2 is padding
+    return probs
+
+
+def _unnormalise_first(probs):
+    probs[0, 0] *= 0.5
+    return probs
+
+
+BAD_FILES = {
+    "nan weights": (
+        lambda: GaussianMixture(2, random_state=0), {"state__weights": _nan_first}, None, r"weights_ holds NaN"),
+    "weights not summing to 1": (
+        lambda: GaussianMixture(2, random_state=0), {"state__weights": lambda w: w * 0.9}, None,
+        r"weights_ sums to 0\.9, not 1"),
+    "negative weight": (
+        lambda: GaussianMixture(2, random_state=0), {"state__weights": lambda w: w[::-1] - [1.0, -1.0]}, None,
+        r"weights_\[0\] is -0\.69[0-9]* \(1 bad values\); weights_ must be finite and >= 0"),
+    "wrong n_components": (
+        lambda: GaussianMixture(2, random_state=0), {}, lambda m: m["params"].update(n_components=3),
+        r"n_components is 3 but weights_ has 2 entries"),
+    "wrong n_features_in_": (
+        lambda: GaussianMixture(2, random_state=0), {}, lambda m: m["attributes"].update(n_features_in_=3),
+        r"means has the shape \(2, 2\), not \(2, 3\)"),
+    "precision not positive definite": (
+        lambda: GaussianMixture(2, random_state=0), {"state__params__precisions_cholesky": _negate_diagonal}, None,
+        r"precisions_cholesky diagonal\[1, 0\] is -[0-9.]+ \(1 bad values\); precisions_cholesky diagonal must be > 0"),
+    "precision not triangular": (
+        lambda: GaussianMixture(2, random_state=0), {"state__params__precisions_cholesky": lambda c: c + 0.1}, None,
+        r"precisions_cholesky\[0, 1, 0\] is .*must be upper triangular"),
+    "zero spherical precision": (
+        lambda: GaussianMixture(2, covariance_type="spherical", random_state=0),
+        {"state__params__precisions_cholesky": lambda c: c * [1.0, 0.0]}, None,
+        r"precisions_cholesky\[1\] is 0 .*must be > 0"),
+    "covariances disagree with precisions": (
+        lambda: GaussianMixture(2, covariance_type="diag", random_state=0),
+        {"state__params__covariances": lambda c: c * 2}, None,
+        r"covariances\[0, 0\] is .*must equal the inverse of the precisions"),
+    "nan means": (
+        lambda: GaussianMixture(2, covariance_type="tied", random_state=0), {"state__params__means": _nan_first},
+        None, r"means\[0, 0\] is nan .*must be finite"),
+}
+DISCRETE_BAD_FILES = {
+    "bernoulli means of 1.5": (
+        "bernoulli", {"state__params__means": lambda m: np.where(np.arange(m.size).reshape(m.shape) == 2, 1.5, m)},
+        r"means\[0, 2\] is 1\.5 \(1 bad values\); means must lie in the open interval \(0, 1\)"),
+    "poisson means of 0": (
+        "poisson", {"state__params__means": lambda m: m * 0}, r"means\[0, 0\] is 0 .*must be finite and > 0"),
+    "categorical probs not summing to 1": (
+        "categorical", {"state__params__probs": _unnormalise_first},
+        r"probs\[0, 0, :\] sums to 0\.5 \(1 such rows\); the probabilities of the codes of a feature must sum to 1"),
+    "categorical probs past the codes": (
+        "categorical", {"state__params__probs": _pad_code},
+        r"probs\[0, 3, 2\] is 0\.5 \(1 bad values\); probs must be 0 past the n_categories\[d\] codes"),
+    "categorical probs of 2": (
+        "categorical", {"state__params__probs": lambda p: p * 2}, r"probs\[\d, \d, \d\] is .*must lie in \[0, 1\]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_invalid_gaussian_values_are_refused(tmp_path, data, case):
+    make, arrays, edit, message = BAD_FILES[case]
+    bad = _edited(tmp_path, make(), data, edit, **arrays)
+    with pytest.raises(ModelFileError, match=rf"bad\.npz' is invalid: {message}.*re-fit and save the model again"):
+        dask_em.load(bad)
+
+
+@pytest.mark.parametrize("case", sorted(DISCRETE_BAD_FILES))
+def test_invalid_discrete_values_are_refused(tmp_path, case):
+    kind, arrays, message = DISCRETE_BAD_FILES[case]
+    bad = _edited(tmp_path, MODELS[kind](), _discrete_data(kind), None, **arrays)
+    with pytest.raises(ModelFileError, match=rf"bad\.npz' is invalid: {message}"):
+        dask_em.load(bad)
+
+
+def test_persistence_knows_only_the_format():
+    """persistence.py imports no estimator and calls no private method of one."""
+    tree = ast.parse((ROOT / "dask_em" / "persistence.py").read_text())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m.startswith("dask_em.estimators")]
+    private = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("_")}
+    assert not private - {"__name__"}
 
 
 FIT_SCRIPT = """
@@ -137,3 +309,16 @@ def test_checkpoint_of_another_fit_is_refused(tmp_path, data):
         GaussianMixture(3, random_state=0, max_iter=3).fit(data, checkpoint=ckpt)
     with pytest.raises(ModelFileError, match=r"differs in: data"):
         GaussianMixture(2, random_state=0, max_iter=3).fit(data[:-1], checkpoint=ckpt)
+
+
+def test_kmeans_family_checks_its_means():
+    from dask_em.families import get_family
+
+    check = get_family("kmeans").check_params
+    check({"means": np.zeros((3, 2))}, 3, 2)
+    with pytest.raises(ValueError, match=r"means has the shape \(3, 2\), not \(2, 2\)"):
+        check({"means": np.zeros((3, 2))}, 2, 2)
+    with pytest.raises(ValueError, match=r"means\[1, 0\] is inf \(1 bad values\); means must be finite"):
+        check({"means": np.array([[0.0, 1.0], [np.inf, 2.0]])}, 2, 2)
+    with pytest.raises(ValueError, match=r"the parameters are \['centers'\], not \['means'\]"):
+        check({"centers": np.zeros((2, 2))}, 2, 2)

@@ -223,7 +223,7 @@ class EMEstimator:
         str
             ``path``.
         """
-        from dask_em.persistence import save_model
+        from dask_em.estimators._saving import save_model
 
         check_is_fitted(self, self._fitted_attribute)
         return save_model(self, path)

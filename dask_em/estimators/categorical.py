@@ -71,6 +71,7 @@ class CategoricalMixture(DiscreteMixture):
     """
 
     _param = "probs"
+    _saved_attributes = DiscreteMixture._saved_attributes + ("n_categories_",)
     _parameter_constraints = {
         **DISCRETE_CONSTRAINTS,
         "n_categories": [Interval("int", 1, None, "left"), "array-like", None],

@@ -29,3 +29,48 @@ def raise_if_invalid(X, bad, family, rule):
 def non_integer(X):
     """Entries of ``X`` that are not whole numbers."""
     return X != np.floor(X)
+
+
+# --------------------------------------------------------------------------- parameters
+def check_keys(params, names):
+    """Raise a ``ValueError`` unless ``params`` has exactly the keys ``names``."""
+    if sorted(params) != sorted(names):
+        raise ValueError(f"the parameters are {sorted(params)}, not {sorted(names)}")
+
+
+def check_shape(name, value, shape):
+    """Raise a ``ValueError`` unless ``value`` is a real-number array of shape ``shape``.
+
+    Parameters
+    ----------
+    name : str
+        The parameter's name, for the message (e.g. ``"means"``).
+    value : ndarray
+    shape : tuple of int
+    """
+    value = np.asarray(value)
+    if value.dtype.kind not in "fiu":
+        raise ValueError(f"{name} holds values of dtype {value.dtype}, not real numbers")
+    if value.shape != tuple(shape):
+        raise ValueError(f"{name} has the shape {value.shape}, not {tuple(shape)}")
+
+
+def check_values(name, value, bad, rule):
+    """Raise a ``ValueError`` naming the first entry of ``value`` flagged in ``bad``.
+
+    Parameters
+    ----------
+    name : str
+        The parameter's name, e.g. ``"means"``.
+    value : ndarray
+    bad : ndarray of bool, the shape of ``value``
+    rule : str
+        What the values must be, e.g. ``"must lie in the open interval (0, 1)"``.
+    """
+    if not np.any(bad):
+        return
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(
+        f"{name}[{', '.join(map(str, index))}] is {float(value[index]):g} "
+        f"({int(np.count_nonzero(bad))} bad values); {name} {rule}"
+    )

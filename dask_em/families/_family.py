@@ -65,6 +65,11 @@ class Family:
         counts, non-binary values). Families call it inside ``log_prob`` and
         ``suff_stats``, so bad data are found inside the passes; estimators call it
         up front on in-memory data. ``None``: every finite value is valid.
+    check_params : callable or None
+        ``check_params(params, n_components, n_features) -> None``: raises a
+        ``ValueError`` saying what is wrong (which parameter, which entry, what it
+        must be) unless ``params`` have the family's keys and shapes and valid
+        values; used on parameters read from a file. ``None``: not checked.
 
     Notes
     -----
@@ -85,3 +90,4 @@ class Family:
     takes_offset: bool = False
     keeps_float32: bool = False
     check_data: Callable = None
+    check_params: Callable = None

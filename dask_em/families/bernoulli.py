@@ -11,7 +11,7 @@ mode), so no probability is exactly 0 or 1::
 import numpy as np
 
 from dask_em._math import dot
-from dask_em.families._checks import raise_if_invalid
+from dask_em.families._checks import check_keys, check_shape, check_values, raise_if_invalid
 from dask_em.families._family import Family
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
@@ -82,6 +82,22 @@ def sample(params, counts, rng):
     return np.concatenate(out, axis=0) if out else np.empty((0, p.shape[1]))
 
 
+def check_params(params, n_components, n_features):
+    """Raise a ``ValueError`` saying what is wrong unless ``params`` are valid.
+
+    Parameters
+    ----------
+    params : dict
+        Must be ``{"means": ndarray (n_components, n_features)}`` with every entry
+        in the open interval (0, 1).
+    n_components, n_features : int
+    """
+    check_keys(params, ["means"])
+    p = params["means"]
+    check_shape("means", p, (n_components, n_features))
+    check_values("means", p, ~((p > 0) & (p < 1)), "must lie in the open interval (0, 1)")
+
+
 FAMILY = Family(
     name="bernoulli",
     stacks=True,  # parameters and statistics are K-first arrays
@@ -92,4 +108,5 @@ FAMILY = Family(
     n_parameters=n_parameters,
     sample=sample,
     check_data=check_data,
+    check_params=check_params,
 )

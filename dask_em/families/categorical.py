@@ -17,7 +17,7 @@ from functools import partial
 import numpy as np
 
 from dask_em._math import dot
-from dask_em.families._checks import non_integer, raise_if_invalid
+from dask_em.families._checks import check_keys, check_shape, check_values, non_integer, raise_if_invalid
 from dask_em.families._family import Family
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
@@ -130,6 +130,38 @@ def sample(params, counts, rng, n_categories=None):
     return np.concatenate(out, axis=0) if out else np.empty((0, D))
 
 
+def check_params(params, n_components, n_features, n_categories=None):
+    """Raise a ``ValueError`` saying what is wrong unless ``params`` are valid.
+
+    Parameters
+    ----------
+    params : dict
+        Must be ``{"probs": ndarray (n_components, n_features, max(C_d))}`` with
+        entries in [0, 1], 0 past ``C_d`` codes, and each ``probs[k, d, :C_d]``
+        summing to 1 (within 1e-6).
+    n_components, n_features : int
+    n_categories : sequence of int of length n_features, optional
+        ``C_d``; inferred from ``probs`` when not given.
+    """
+    check_keys(params, ["probs"])
+    p = params["probs"]
+    if np.ndim(p) != 3:
+        raise ValueError(f"probs has {np.ndim(p)} dimensions, not 3 (components, features, codes)")
+    C = _categories(params, n_categories)
+    check_shape("probs", p, (n_components, n_features, int(C.max(initial=1))))
+    check_values("probs", p, ~((p >= 0) & (p <= 1)), "must lie in [0, 1]")
+    valid = np.arange(p.shape[2])[None, :] < C[:, None]  # (D, C_max)
+    check_values("probs", p, (p != 0) & ~valid[None], "must be 0 past the n_categories[d] codes of feature d")
+    total = p.sum(axis=2)
+    bad = ~(np.abs(total - 1.0) <= 1e-6)
+    if np.any(bad):
+        k, d = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"probs[{k}, {d}, :] sums to {total[k, d]:.9g} ({int(np.count_nonzero(bad))} such "
+            f"rows); the probabilities of the codes of a feature must sum to 1"
+        )
+
+
 def make_family(n_categories):
     """The categorical :class:`Family` for ``n_categories[d]`` codes of feature ``d``."""
     C = tuple(int(c) for c in n_categories)
@@ -144,6 +176,7 @@ def make_family(n_categories):
         n_parameters=bind(n_parameters, n_categories=C),
         sample=bind(sample, n_categories=C),
         check_data=bind(check_data, n_categories=C),
+        check_params=bind(check_params, n_categories=C),
     )
 
 
@@ -157,4 +190,5 @@ FAMILY = Family(
     n_parameters=n_parameters,
     sample=sample,
     check_data=check_data,
+    check_params=check_params,
 )

@@ -410,6 +410,51 @@ def sample(params, counts, rng, covariance_type):
     return np.concatenate(out, axis=0) if out else np.empty((0, D))
 
 
+def check_params(params, n_components, n_features, covariance_type):
+    """Raise a ``ValueError`` saying what is wrong unless ``params`` are valid.
+
+    Parameters
+    ----------
+    params : dict
+        ``means`` (K, D) finite; ``precisions_cholesky`` of the shape in the module
+        table, finite, upper triangular with a positive diagonal (full, tied) or
+        positive (diag, spherical), so every precision is positive definite;
+        ``covariances`` equal to the inverse precisions (relative tolerance 1e-6).
+    n_components, n_features : int
+        K and D.
+    covariance_type : {"full", "tied", "diag", "spherical"}
+    """
+    from dask_em.families._checks import check_keys, check_shape, check_values
+
+    K, D = n_components, n_features
+    shape = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[covariance_type]
+    check_keys(params, ["means", "covariances", "precisions_cholesky"])
+    means, cov, chol = params["means"], params["covariances"], params["precisions_cholesky"]
+    check_shape("means", means, (K, D))
+    check_values("means", means, ~np.isfinite(means), "must be finite")
+    check_shape("precisions_cholesky", chol, shape)
+    check_shape("covariances", cov, shape)
+    check_values("precisions_cholesky", chol, ~np.isfinite(chol), "must be finite")
+    if covariance_type in ("full", "tied"):
+        lower = np.tril(np.ones((D, D), dtype=bool), -1)
+        check_values("precisions_cholesky", chol, (chol != 0) & lower, "must be upper triangular")
+        diagonal = np.diagonal(chol, axis1=-2, axis2=-1)
+        check_values("precisions_cholesky diagonal", diagonal, ~(diagonal > 0), "must be > 0")
+        expected = covariances_from_cholesky(chol, covariance_type)
+        scale = np.sqrt(np.abs(np.diagonal(expected, axis1=-2, axis2=-1)))
+        scale = scale[..., :, None] * scale[..., None, :]
+    else:
+        check_values("precisions_cholesky", chol, ~(chol > 0), "must be > 0")
+        expected = covariances_from_cholesky(chol, covariance_type)
+        scale = expected
+    check_values(
+        "covariances",
+        cov,
+        ~(np.abs(cov - expected) <= 1e-6 * scale),
+        "must equal the inverse of the precisions given by precisions_cholesky",
+    )
+
+
 def _make(covariance_type):
     # partial keeps the functions pure and picklable for dask workers
     bind = partial
@@ -424,6 +469,7 @@ def _make(covariance_type):
         m_step=bind(m_step, covariance_type=covariance_type),
         n_parameters=bind(n_parameters, covariance_type=covariance_type),
         sample=bind(sample, covariance_type=covariance_type),
+        check_params=bind(check_params, covariance_type=covariance_type),
     )
 
 

@@ -20,6 +20,7 @@ An empty cluster is re-seeded in the M-step at the farthest row of the pass
 import numpy as np
 
 from dask_em._math import dot
+from dask_em.families._checks import check_keys, check_shape, check_values
 from dask_em.families._family import Family
 
 
@@ -163,6 +164,21 @@ def sample(params, counts, rng):
     )
 
 
+def check_params(params, n_components, n_features):
+    """Raise a ``ValueError`` saying what is wrong unless ``params`` are valid.
+
+    Parameters
+    ----------
+    params : dict
+        Must be ``{"means": ndarray (n_components, n_features)}``, all finite.
+    n_components, n_features : int
+    """
+    check_keys(params, ["means"])
+    means = params["means"]
+    check_shape("means", means, (n_components, n_features))
+    check_values("means", means, ~np.isfinite(means), "must be finite")
+
+
 FAMILY = Family(
     name="kmeans",
     log_prob=log_prob,
@@ -171,4 +187,5 @@ FAMILY = Family(
     n_parameters=n_parameters,
     sample=sample,
     hard=True,
+    check_params=check_params,
 )

@@ -13,7 +13,7 @@ import numpy as np
 from scipy.special import gammaln
 
 from dask_em._math import dot
-from dask_em.families._checks import non_integer, raise_if_invalid
+from dask_em.families._checks import check_keys, check_shape, check_values, non_integer, raise_if_invalid
 from dask_em.families._family import Family
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
@@ -83,6 +83,22 @@ def sample(params, counts, rng):
     return np.concatenate(out, axis=0) if out else np.empty((0, lam.shape[1]))
 
 
+def check_params(params, n_components, n_features):
+    """Raise a ``ValueError`` saying what is wrong unless ``params`` are valid.
+
+    Parameters
+    ----------
+    params : dict
+        Must be ``{"means": ndarray (n_components, n_features)}`` with every rate
+        finite and > 0.
+    n_components, n_features : int
+    """
+    check_keys(params, ["means"])
+    lam = params["means"]
+    check_shape("means", lam, (n_components, n_features))
+    check_values("means", lam, ~((lam > 0) & np.isfinite(lam)), "must be finite and > 0")
+
+
 FAMILY = Family(
     name="poisson",
     stacks=True,  # parameters and statistics are K-first arrays
@@ -93,4 +109,5 @@ FAMILY = Family(
     n_parameters=n_parameters,
     sample=sample,
     check_data=check_data,
+    check_params=check_params,
 )
