@@ -11,6 +11,8 @@ is None) and returns that ``matplotlib.axes.Axes``.
 
 import numpy as np
 
+from dask_em.families.gaussian import full_covariances
+
 #: Rows of ``X`` drawn at most in :func:`plot_components` (a seeded sample).
 MAX_POINTS = 5_000
 
@@ -88,23 +90,6 @@ def plot_convergence(model, ax=None):
 
 
 # --------------------------------------------------------------------------- components
-def _full_covariances(model):
-    """Covariances of a fitted Gaussian mixture as (K, D, D), whatever its type."""
-    cov = np.asarray(model.covariances_, dtype=np.float64)
-    means = np.asarray(model.means_, dtype=np.float64)
-    K, D = means.shape
-    kind = getattr(model, "covariance_type", "full")
-    if kind == "full":
-        return cov
-    if kind == "tied":
-        return np.broadcast_to(cov, (K, D, D))
-    if kind == "diag":
-        return cov[:, :, None] * np.eye(D)
-    if kind == "spherical":
-        return cov[:, None, None] * np.eye(D)
-    raise ValueError(f"Unknown covariance_type {kind!r}; expected 'full', 'tied', 'diag' or 'spherical'.")
-
-
 def projection_matrix(model, projection=None):
     """The (2, D) matrix that :func:`plot_components` projects onto.
 
@@ -192,9 +177,9 @@ def plot_components(model, X=None, *, projection=None, n_std=2.0, max_points=MAX
 
     plt = _pyplot()
     P = projection_matrix(model, projection)
+    K, D = np.shape(model.means_)
     means = np.asarray(model.means_, dtype=np.float64) @ P.T
-    covs = P @ _full_covariances(model) @ P.T
-    K = means.shape[0]
+    covs = P @ full_covariances(model.covariances_, getattr(model, "covariance_type", "full"), K, D) @ P.T
     colours = plt.get_cmap("tab10" if K <= 10 else "tab20")(np.arange(K) % (10 if K <= 10 else 20))
     ax = _axes(ax)
     if X is not None:

@@ -279,8 +279,7 @@ def score_block(X, payload):
     ----------
     X : ndarray of shape (n, D)
     payload : tuple (family, MixtureState, what)
-        ``what`` is ``"labels"`` (n,), ``"proba"`` (n, K), ``"score"`` (n,) or
-        ``"log_proba"`` (n, K).
+        ``what`` is ``"labels"`` (n,), ``"proba"`` (n, K) or ``"score"`` (n,).
 
     Raises
     ------
@@ -303,4 +302,4 @@ def score_block(X, payload):
         return row_ll
     if what == "proba":
         return resp
-    return wlp - row_ll[:, None]
+    raise ValueError(f"Unknown output {what!r}; expected 'labels', 'proba' or 'score'.")

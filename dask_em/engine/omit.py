@@ -31,6 +31,6 @@ def score_block_omit(X, payload):
     if what == "labels":
         out = np.full(X.shape[0], -1, dtype=np.int64)
     else:
-        out = np.full((X.shape[0],) + ((K,) if what in ("proba", "log_proba") else ()), np.nan)
+        out = np.full((X.shape[0],) + ((K,) if what == "proba" else ()), np.nan)
     out[mask] = good
     return out

@@ -10,42 +10,12 @@ from dask_em.estimators._init_checks import check_array_init, check_weights_init
 from dask_em.families import get_family
 from dask_em.families.gaussian import (
     COVARIANCE_TYPES,
+    check_precisions,
     cholesky_from_precisions,
     covariances_from_cholesky,
     precisions_from_cholesky,
 )
 from dask_em.initialization import INIT_METHODS, initialize
-
-
-def _precision_shape(covariance_type, K, D):
-    return {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[covariance_type]
-
-
-def _check_precisions(precisions, covariance_type, K, D):
-    """Validate ``precisions_init`` and return it as float64 (scikit-learn's rules)."""
-    p = np.asarray(precisions, dtype=np.float64)
-    shape = _precision_shape(covariance_type, K, D)
-    if p.shape != shape:
-        raise ValueError(
-            f"The parameter 'precisions_init' should have the shape {shape} for "
-            f"covariance_type={covariance_type!r}, but got {p.shape}."
-        )
-    if not np.all(np.isfinite(p)):
-        raise ValueError("The parameter 'precisions_init' contains NaN or infinite values.")
-    if covariance_type in ("diag", "spherical"):
-        if np.any(p <= 0):
-            raise ValueError(
-                f"The parameter 'precisions_init' should be positive for "
-                f"covariance_type={covariance_type!r}; got a minimum of {p.min():g}."
-            )
-        return p
-    for k, mat in enumerate(p.reshape(-1, D, D)):
-        where = "" if covariance_type == "tied" else f" (component {k})"
-        if not np.allclose(mat, mat.T):
-            raise ValueError(f"The parameter 'precisions_init' should be symmetric{where}.")
-        if np.any(np.linalg.eigvalsh(mat) <= 0.0):
-            raise ValueError(f"The parameter 'precisions_init' should be positive-definite{where}.")
-    return p
 
 
 class GaussianMixture(BaseMixture):
@@ -184,7 +154,7 @@ class GaussianMixture(BaseMixture):
         if self.means_init is not None:
             check_array_init("means_init", self.means_init, (K, D))
         if self.precisions_init is not None:
-            _check_precisions(self.precisions_init, self.covariance_type, K, D)
+            check_precisions(self.precisions_init, self.covariance_type, K, D)
 
     # -- engine plumbing ----------------------------------------------------------
     def _family(self):

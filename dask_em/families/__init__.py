@@ -12,7 +12,7 @@ FAMILIES = {
 }
 
 
-def get_family(name):
+def get_family(name: str) -> Family:
     """Return the registered :class:`Family` called ``name``.
 
     Raises

@@ -3,7 +3,7 @@
 import numpy as np
 
 
-def raise_if_invalid(X, bad, family, rule):
+def raise_if_invalid(X: np.ndarray, bad: np.ndarray, family: str, rule: str) -> None:
     """Raise a ``ValueError`` for the first ``True`` entry of ``bad`` (n, D).
 
     Parameters
@@ -26,7 +26,7 @@ def raise_if_invalid(X, bad, family, rule):
     )
 
 
-def non_integer(X):
+def non_integer(X: np.ndarray) -> np.ndarray:
     """Entries of ``X`` that are not whole numbers."""
     return X != np.floor(X)
 

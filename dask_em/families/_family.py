@@ -5,7 +5,57 @@ dask, keeps no state, and knows nothing of mixing weights: the engine owns those
 """
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+#: Component parameters: arrays by name (``means``, ``covariances``, ``probs``...).
+Params = dict[str, np.ndarray]
+#: Statistics of a pass: arrays (or objects with an associative ``+``) by name.
+Stats = dict[str, Any]
+
+
+# The signatures the engine calls. Positional parameters are positional-only here,
+# so a family may name them as it likes; keywords a family may take besides them
+# are named in the docstrings (``cache`` with Family.caches, ``offset`` with
+# Family.takes_offset, the estimator's options for m_step).
+class LogProb(Protocol):
+    """``log_prob(X, params) -> (n, K)``; also ``cache=`` and ``offset=`` when the
+    family says so (:attr:`Family.caches`, :attr:`Family.takes_offset`)."""
+
+    def __call__(self, X: np.ndarray, params: Params, /) -> np.ndarray: ...
+
+
+class SuffStats(Protocol):
+    """``suff_stats(X, resp, params) -> dict``; also ``cache=`` when :attr:`Family.caches`."""
+
+    def __call__(self, X: np.ndarray, resp: np.ndarray, params: Params, /) -> Stats: ...
+
+
+class MStep(Protocol):
+    """``m_step(stats, params, **options) -> params``, the options given by the estimator."""
+
+    def __call__(self, stats: Stats, params: Params, /) -> Params: ...
+
+
+class NParameters(Protocol):
+    """``n_parameters(params) -> int``."""
+
+    def __call__(self, params: Params, /) -> int: ...
+
+
+class Sample(Protocol):
+    """``sample(params, counts, rng) -> (sum(counts), D)``."""
+
+    def __call__(
+        self, params: Params, counts: Sequence[int] | np.ndarray, rng: np.random.Generator, /
+    ) -> np.ndarray: ...
+
+
+class CheckData(Protocol):
+    """``check_data(X) -> None``, raising a ``ValueError`` for values off the support."""
+
+    def __call__(self, X: np.ndarray, /) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -16,23 +66,23 @@ class Family:
     ----------
     name : str
         Registry name, also used in dask task names (``estep-<name>``).
-    log_prob : callable
+    log_prob : LogProb
         ``log_prob(X, params) -> ndarray (n, K)``: log-density of each row of
         ``X`` (float64, shape (n, D)) under each component.
-    suff_stats : callable
+    suff_stats : SuffStats
         ``suff_stats(X, resp, params) -> dict``: sums over the rows of ``X``
         weighted by ``resp`` (shape (n, K)). Sizes depend on K and D, never on n,
         and statistics of two row blocks add key-wise. ``params`` are the current
         parameters (they may serve as a shift reference, e.g. Gaussian means).
         It may include ``nk``, ``resp.sum(axis=0)`` in float64; the engine adds it
         otherwise.
-    m_step : callable
+    m_step : MStep
         ``m_step(stats, params, **options) -> dict``: new component parameters
         from summed statistics; ``stats["nk"]`` holds the summed responsibilities.
-    n_parameters : callable
+    n_parameters : NParameters
         ``n_parameters(params) -> int``: free parameters of the components
         (the engine adds ``K - 1`` for the mixing weights).
-    sample : callable
+    sample : Sample
         ``sample(params, counts, rng) -> ndarray (sum(counts), D)``: ``counts[k]``
         draws from component ``k``, in component order.
     hard : bool
@@ -79,11 +129,11 @@ class Family:
     """
 
     name: str
-    log_prob: Callable
-    suff_stats: Callable
-    m_step: Callable
-    n_parameters: Callable
-    sample: Callable
+    log_prob: LogProb
+    suff_stats: SuffStats
+    m_step: MStep
+    n_parameters: NParameters
+    sample: Sample
     hard: bool = False
     caches: bool = False
     stacks: bool = False

@@ -8,16 +8,18 @@ mode), so no probability is exactly 0 or 1::
     p_kd = (s1_kd + alpha) / (n_k + 2 alpha)
 """
 
+from typing import Sequence
+
 import numpy as np
 
 from dask_em._math import dot
 from dask_em.families._checks import check_keys, check_shape, check_values, raise_if_invalid
-from dask_em.families._family import Family
+from dask_em.families._family import Family, Params, Stats
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
 
-def check_data(X):
+def check_data(X: np.ndarray) -> None:
     """Raise a ``ValueError`` naming column and value unless every entry is 0 or 1."""
     raise_if_invalid(
         X,
@@ -27,7 +29,7 @@ def check_data(X):
     )
 
 
-def log_prob(X, params, offset=None):
+def log_prob(X: np.ndarray, params: Params, offset: np.ndarray | None = None) -> np.ndarray:
     """``sum_d x_d log p_kd + (1 - x_d) log(1 - p_kd)`` with one GEMM.
 
     Parameters
@@ -48,13 +50,13 @@ def log_prob(X, params, offset=None):
     return X @ (np.log(p) - log1m).T + const
 
 
-def suff_stats(X, resp, params):
+def suff_stats(X: np.ndarray, resp: np.ndarray, params: Params) -> Stats:
     """``s1`` (K, D): responsibility-weighted counts of ones. ``params`` is unused."""
     check_data(X)
     return {"s1": dot(resp.T, X)}
 
 
-def m_step(stats, params, alpha=1e-3):
+def m_step(stats: Stats, params: Params, alpha: float = 1e-3) -> Params:
     """Smoothed probabilities ``(s1 + alpha) / (n_k + 2 alpha)``; ``params`` is unused.
 
     Parameters
@@ -70,12 +72,12 @@ def m_step(stats, params, alpha=1e-3):
     return {"means": (stats["s1"] + alpha) / (nk[:, None] + 2.0 * alpha)}
 
 
-def n_parameters(params):
+def n_parameters(params: Params) -> int:
     """``K * D`` probabilities."""
     return int(np.size(params["means"]))
 
 
-def sample(params, counts, rng):
+def sample(params: Params, counts: Sequence[int] | np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``counts[k]`` rows of 0/1 (float64) from component ``k``, in component order."""
     p = params["means"]
     out = [(rng.random((int(c), p.shape[1])) < p[k]).astype(np.float64) for k, c in enumerate(counts)]

@@ -13,12 +13,13 @@ the mode under a symmetric Dirichlet(1 + alpha) prior, so no probability is 0::
 """
 
 from functools import partial
+from typing import Sequence
 
 import numpy as np
 
 from dask_em._math import dot
 from dask_em.families._checks import check_keys, check_shape, check_values, non_integer, raise_if_invalid
-from dask_em.families._family import Family
+from dask_em.families._family import Family, Params, Stats
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
@@ -34,7 +35,7 @@ def _categories(params, n_categories):
     return np.count_nonzero(params["probs"][0] > 0, axis=1)
 
 
-def check_data(X, n_categories=None):
+def check_data(X: np.ndarray, n_categories: Sequence[int] | None = None) -> None:
     """Raise a ``ValueError`` naming column and value unless ``0 <= x_d < C_d`` and whole."""
     bad = (X < 0) | non_integer(X)
     if n_categories is not None:
@@ -53,7 +54,12 @@ def _codes(X, C):
     return X.astype(np.intp)
 
 
-def log_prob(X, params, n_categories=None, offset=None):
+def log_prob(
+    X: np.ndarray,
+    params: Params,
+    n_categories: Sequence[int] | None = None,
+    offset: np.ndarray | None = None,
+) -> np.ndarray:
     """``sum_d log p[k, d, x_d]``.
 
     Parameters
@@ -79,7 +85,7 @@ def log_prob(X, params, n_categories=None, offset=None):
     return out
 
 
-def suff_stats(X, resp, params, n_categories=None):
+def suff_stats(X: np.ndarray, resp: np.ndarray, params: Params, n_categories: Sequence[int] | None = None) -> Stats:
     """``counts`` (K, D, C_max): responsibility-weighted code counts.
 
     ``params`` is read only for the number of categories when ``n_categories`` is
@@ -99,7 +105,7 @@ def suff_stats(X, resp, params, n_categories=None):
     return {"counts": counts}
 
 
-def m_step(stats, params, alpha=1e-3, n_categories=None):
+def m_step(stats: Stats, params: Params, alpha: float = 1e-3, n_categories: Sequence[int] | None = None) -> Params:
     """Smoothed probabilities ``(counts + alpha) / (n_k + C_d alpha)``, 0 past ``C_d``."""
     counts = stats["counts"]
     K, D, cmax = counts.shape
@@ -110,13 +116,18 @@ def m_step(stats, params, alpha=1e-3, n_categories=None):
     return {"probs": np.where(valid[None], probs, 0.0)}
 
 
-def n_parameters(params, n_categories=None):
+def n_parameters(params: Params, n_categories: Sequence[int] | None = None) -> int:
     """``K * sum_d (C_d - 1)`` free probabilities."""
     C = _categories(params, n_categories)
     return int(params["probs"].shape[0] * np.sum(C - 1))
 
 
-def sample(params, counts, rng, n_categories=None):
+def sample(
+    params: Params,
+    counts: Sequence[int] | np.ndarray,
+    rng: np.random.Generator,
+    n_categories: Sequence[int] | None = None,
+) -> np.ndarray:
     """``counts[k]`` rows of codes (float64) from component ``k``, in component order."""
     probs = params["probs"]
     C = _categories(params, n_categories)
@@ -162,7 +173,7 @@ def check_params(params, n_components, n_features, n_categories=None):
         )
 
 
-def make_family(n_categories):
+def make_family(n_categories: Sequence[int]) -> Family:
     """The categorical :class:`Family` for ``n_categories[d]`` codes of feature ``d``."""
     C = tuple(int(c) for c in n_categories)
     bind = partial

@@ -31,14 +31,23 @@ data); what remains is rounding of relative size ``eps * (|x - ref| / sigma_k)^2
 bounded by the spread of the data, not by their distance from the origin. Full
 covariances use the whitened rows of the E-step and are centred on each ``c_k``
 exactly. float32 data are processed in float32 and summed in float64.
+
+Whatever depends on the covariance type outside the E-step kernels (the M-step's
+covariances, log-determinants, conversions between covariances, precisions and
+their factors, shapes and checks, parameter counts, sampling) is one small function
+per type, picked from a dict keyed by ``covariance_type`` (as in scikit-learn's
+``_gaussian_mixture.py``). The E-step kernels (:func:`log_prob`,
+:func:`suff_stats`) keep their branches: they share the work arrays and GEMMs.
 """
 
 from functools import partial
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from dask_em._math import LOG_2PI, dot, work_array
-from dask_em.families._family import Family
+from dask_em.families._family import Family, Params, Stats
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -46,16 +55,39 @@ COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
 
+def _pick(table: Mapping[str, Callable], covariance_type: str) -> Callable:
+    """``table[covariance_type]``, or a ``ValueError`` that lists the known types."""
+    try:
+        return table[covariance_type]
+    except (KeyError, TypeError):
+        known = ", ".join(repr(t) for t in COVARIANCE_TYPES)
+        raise ValueError(f"Unknown covariance_type {covariance_type!r}; expected one of {known}.") from None
+
+
 # --------------------------------------------------------------------------- log-prob
-def _log_det_cholesky(prec_chol, covariance_type, n_features):
-    """log det of the precision, per component: shape (K,) or a scalar for tied."""
-    if covariance_type == "full":
-        return np.sum(np.log(np.diagonal(prec_chol, axis1=-2, axis2=-1)), axis=-1)
-    if covariance_type == "tied":
-        return np.sum(np.log(np.diag(prec_chol)))
-    if covariance_type == "diag":
-        return np.sum(np.log(prec_chol), axis=1)
+# log det of the precision from its factor: (K,) per component, a scalar for tied
+def _log_det_full(prec_chol, n_features):
+    return np.sum(np.log(np.diagonal(prec_chol, axis1=-2, axis2=-1)), axis=-1)
+
+
+def _log_det_tied(prec_chol, n_features):
+    return np.sum(np.log(np.diag(prec_chol)))
+
+
+def _log_det_diag(prec_chol, n_features):
+    return np.sum(np.log(prec_chol), axis=1)
+
+
+def _log_det_spherical(prec_chol, n_features):
     return n_features * np.log(prec_chol)
+
+
+_LOG_DET_CHOLESKY = {
+    "full": _log_det_full,
+    "tied": _log_det_tied,
+    "diag": _log_det_diag,
+    "spherical": _log_det_spherical,
+}
 
 
 def _shifted_rows(X, covariance_type, cache):
@@ -117,7 +149,13 @@ def _derived(cache, key, make):
     return cache[key]
 
 
-def log_prob(X, params, covariance_type, cache=None, offset=None):
+def log_prob(
+    X: np.ndarray,
+    params: Params,
+    covariance_type: str,
+    cache: dict | None = None,
+    offset: np.ndarray | None = None,
+) -> np.ndarray:
     """Log-density of each row under each Gaussian component.
 
     All components are evaluated together, with one GEMM on the shifted rows (see
@@ -153,7 +191,7 @@ def log_prob(X, params, covariance_type, cache=None, offset=None):
     rows = _shifted_rows(X, covariance_type, cache)
     work = None if cache is None else cache.get("work")
     mr = means - rows["ref"]
-    const = _log_det_cholesky(prec_chol, covariance_type, D) - 0.5 * D * LOG_2PI
+    const = _pick(_LOG_DET_CHOLESKY, covariance_type)(prec_chol, D) - 0.5 * D * LOG_2PI
     if offset is not None:
         const = const + offset
     if covariance_type == "full":
@@ -193,7 +231,9 @@ def _inverse_upper(P):
     return np.swapaxes(_inverse_lower(np.swapaxes(P, -1, -2)), -1, -2)
 
 
-def suff_stats(X, resp, params, covariance_type, cache=None):
+def suff_stats(
+    X: np.ndarray, resp: np.ndarray, params: Params, covariance_type: str, cache: dict | None = None
+) -> Stats:
     """First and second moments of ``X`` weighted by ``resp``, about the current means.
 
     Sums are formed with GEMMs on the shifted rows (see :func:`_shifted_rows`) and
@@ -260,6 +300,41 @@ def suff_stats(X, resp, params, covariance_type, cache=None):
 
 
 # --------------------------------------------------------------------------- M-step
+# Covariances from summed shifted statistics, one function per type: ``nk`` (K,)
+# summed responsibilities (plus _NK_EPS), ``d`` (K, D) = s1 / nk, the shift of the
+# means, and ``s2`` as returned by suff_stats; ``reg_covar`` goes on the diagonal.
+def _covariances_full(nk, d, s2, reg_covar):
+    D = d.shape[1]
+    cov = s2 / nk[:, None, None] - d[:, :, None] * d[:, None, :]
+    cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+    cov[:, np.arange(D), np.arange(D)] += reg_covar
+    return cov
+
+
+def _covariances_tied(nk, d, s2, reg_covar):
+    D = d.shape[1]
+    cov = (s2 - np.einsum("k,ki,kj->ij", nk, d, d)) / nk.sum()
+    cov = 0.5 * (cov + cov.T)
+    cov.flat[:: D + 1] += reg_covar
+    return cov
+
+
+def _covariances_diag(nk, d, s2, reg_covar):
+    return s2 / nk[:, None] - d**2 + reg_covar
+
+
+def _covariances_spherical(nk, d, s2, reg_covar):
+    return s2 / (nk * d.shape[1]) - np.mean(d**2, axis=1) + reg_covar
+
+
+_COVARIANCES = {
+    "full": _covariances_full,
+    "tied": _covariances_tied,
+    "diag": _covariances_diag,
+    "spherical": _covariances_spherical,
+}
+
+
 def _not_positive_definite(component, reg_covar):
     where = "the tied covariance" if component is None else f"component {component}"
     return ValueError(
@@ -278,39 +353,78 @@ def _inverse_lower(L):
     return np.tril(np.linalg.solve(L, eye))
 
 
-def precisions_cholesky_from_covariances(covariances, covariance_type, reg_covar=0.0):
-    """Upper Cholesky factor of the precision from covariances.
+def _precisions_cholesky_matrices(covs, reg_covar, tied):
+    """Upper factors (K', D, D) of the inverses of covariance matrices (K', D, D)."""
+    if not np.all(np.isfinite(covs)):
+        bad = int(np.flatnonzero(~np.isfinite(covs).all(axis=(1, 2)))[0])
+        raise _not_positive_definite(None if tied else bad, reg_covar)
+    try:
+        chol = np.linalg.cholesky(covs)
+    except np.linalg.LinAlgError:
+        for k, cov in enumerate(covs):
+            try:
+                np.linalg.cholesky(cov)
+            except np.linalg.LinAlgError:
+                raise _not_positive_definite(None if tied else k, reg_covar) from None
+        raise
+    # contiguous, so that a state read back from a file computes bit for bit alike
+    return np.ascontiguousarray(np.swapaxes(_inverse_lower(chol), -1, -2))
 
-    Raises a ``ValueError`` that names ``reg_covar`` when a covariance is not
-    positive definite.
-    """
-    if covariance_type in ("full", "tied"):
-        covs = covariances[None] if covariance_type == "tied" else covariances
-        if not np.all(np.isfinite(covs)):
-            bad = int(np.flatnonzero(~np.isfinite(covs).all(axis=(1, 2)))[0])
-            raise _not_positive_definite(None if covariance_type == "tied" else bad, reg_covar)
-        try:
-            chol = np.linalg.cholesky(covs)
-        except np.linalg.LinAlgError:
-            for k, cov in enumerate(covs):
-                try:
-                    np.linalg.cholesky(cov)
-                except np.linalg.LinAlgError:
-                    raise _not_positive_definite(
-                        None if covariance_type == "tied" else k, reg_covar
-                    ) from None
-            raise
-        # contiguous, so that a state read back from a file computes bit for bit alike
-        prec_chol = np.ascontiguousarray(np.swapaxes(_inverse_lower(chol), -1, -2))
-        return prec_chol[0] if covariance_type == "tied" else prec_chol
-    bad = ~(covariances > 0) | ~np.isfinite(covariances)
+
+def _precisions_cholesky_full(covariances, reg_covar):
+    return _precisions_cholesky_matrices(covariances, reg_covar, tied=False)
+
+
+def _precisions_cholesky_tied(covariance, reg_covar):
+    return _precisions_cholesky_matrices(covariance[None], reg_covar, tied=True)[0]
+
+
+def _precisions_cholesky_variances(variances, reg_covar):
+    """``1 / sqrt(variances)`` for diag (K, D) and spherical (K,)."""
+    bad = ~(variances > 0) | ~np.isfinite(variances)
     if np.any(bad):
         k = int(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0])
         raise _not_positive_definite(k, reg_covar)
-    return 1.0 / np.sqrt(covariances)
+    return 1.0 / np.sqrt(variances)
 
 
-def m_step(stats, params, covariance_type, reg_covar=1e-6):
+_PRECISIONS_CHOLESKY = {
+    "full": _precisions_cholesky_full,
+    "tied": _precisions_cholesky_tied,
+    "diag": _precisions_cholesky_variances,
+    "spherical": _precisions_cholesky_variances,
+}
+
+
+def precisions_cholesky_from_covariances(
+    covariances: np.ndarray, covariance_type: str, reg_covar: float = 0.0
+) -> np.ndarray:
+    """Cholesky factors of the precisions (inverse covariances).
+
+    Parameters
+    ----------
+    covariances : ndarray
+        (K, D, D) full, (D, D) tied, (K, D) diag, (K,) spherical.
+    covariance_type : {"full", "tied", "diag", "spherical"}
+    reg_covar : float, default=0.0
+        The regularisation already added to ``covariances``; only named in the error.
+
+    Returns
+    -------
+    precisions_cholesky : ndarray of the shape of ``covariances``
+        Upper-triangular ``P`` with ``P @ P.T == inv(covariance)`` (full, tied);
+        ``1 / sqrt(covariances)`` (diag, spherical).
+
+    Raises
+    ------
+    ValueError
+        When a covariance is not positive definite (or not finite); the message
+        names the component and ``reg_covar``.
+    """
+    return _pick(_PRECISIONS_CHOLESKY, covariance_type)(covariances, reg_covar)
+
+
+def m_step(stats: Stats, params: Params, covariance_type: str, reg_covar: float = 1e-6) -> Params:
     """New means, covariances and precision factors from summed shifted statistics.
 
     Parameters
@@ -318,7 +432,7 @@ def m_step(stats, params, covariance_type, reg_covar=1e-6):
     stats : dict
         ``nk`` (K,), ``s1`` (K, D), ``s2`` (see :func:`suff_stats`), summed over all rows.
     params : dict
-        The parameters the statistics were shifted by (``means``).
+        The parameters the statistics were shifted by (``means`` (K, D)).
     covariance_type : {"full", "tied", "diag", "spherical"}
     reg_covar : float
         Added to the diagonal of every covariance.
@@ -326,72 +440,252 @@ def m_step(stats, params, covariance_type, reg_covar=1e-6):
     Returns
     -------
     params : dict
-        ``means``, ``covariances``, ``precisions_cholesky``.
+        ``means`` (K, D), ``covariances`` and ``precisions_cholesky`` (shapes in the
+        module docstring).
     """
     nk = stats["nk"] + _NK_EPS
-    s1, s2 = stats["s1"], stats["s2"]
-    d = s1 / nk[:, None]
+    d = stats["s1"] / nk[:, None]
     means = params["means"] + d
-    D = means.shape[1]
-    if covariance_type == "full":
-        cov = s2 / nk[:, None, None] - d[:, :, None] * d[:, None, :]
-        cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
-        cov[:, np.arange(D), np.arange(D)] += reg_covar
-    elif covariance_type == "tied":
-        cov = (s2 - np.einsum("k,ki,kj->ij", nk, d, d)) / nk.sum()
-        cov = 0.5 * (cov + cov.T)
-        cov.flat[:: D + 1] += reg_covar
-    elif covariance_type == "diag":
-        cov = s2 / nk[:, None] - d**2 + reg_covar
-    else:
-        cov = s2 / (nk * D) - np.mean(d**2, axis=1) + reg_covar
+    cov = _pick(_COVARIANCES, covariance_type)(nk, d, stats["s2"], reg_covar)
     prec_chol = precisions_cholesky_from_covariances(cov, covariance_type, reg_covar)
     return {"means": means, "covariances": cov, "precisions_cholesky": prec_chol}
 
 
 # --------------------------------------------------------------------------- conversions
-def precisions_from_cholesky(prec_chol, covariance_type):
-    """Precision matrices (scikit-learn's ``precisions_``) from their factors."""
-    if covariance_type in ("full", "tied"):
-        return prec_chol @ np.swapaxes(prec_chol, -1, -2)
-    return prec_chol**2
+def _precisions_from_upper(prec_chol):
+    return prec_chol @ np.swapaxes(prec_chol, -1, -2)
+
+
+def _square(a):
+    return a**2
 
 
 def _flip(a):
     return a[..., ::-1, ::-1]
 
 
-def cholesky_from_precisions(precisions, covariance_type):
+def _upper_cholesky(precisions):
+    """Upper ``P`` with ``P @ P.T == precisions`` (the Cholesky factor of the flipped matrix)."""
+    return _flip(np.linalg.cholesky(_flip(precisions)))
+
+
+def _covariances_from_upper(prec_chol):
+    inv = np.linalg.inv(prec_chol)  # P^-1; covariance = P^-T P^-1
+    return np.swapaxes(inv, -1, -2) @ inv
+
+
+def _inverse_square(a):
+    return 1.0 / a**2
+
+
+_PRECISIONS_FROM_CHOLESKY = {
+    "full": _precisions_from_upper,
+    "tied": _precisions_from_upper,
+    "diag": _square,
+    "spherical": _square,
+}
+_CHOLESKY_FROM_PRECISIONS: dict[str, Callable] = {
+    "full": _upper_cholesky,
+    "tied": _upper_cholesky,
+    "diag": np.sqrt,
+    "spherical": np.sqrt,
+}
+_COVARIANCES_FROM_CHOLESKY = {
+    "full": _covariances_from_upper,
+    "tied": _covariances_from_upper,
+    "diag": _inverse_square,
+    "spherical": _inverse_square,
+}
+
+
+def precisions_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Precisions (scikit-learn's ``precisions_``) from their factors: ``P @ P.T``
+    (full, tied) or ``P ** 2`` (diag, spherical); the shape of ``prec_chol``."""
+    return _pick(_PRECISIONS_FROM_CHOLESKY, covariance_type)(prec_chol)
+
+
+def cholesky_from_precisions(precisions: np.ndarray, covariance_type: str) -> np.ndarray:
     """Upper factor ``P`` with ``P @ P.T == precision`` (full, tied) or ``sqrt`` (diag,
-    spherical); the inverse of :func:`precisions_from_cholesky`."""
-    if covariance_type in ("full", "tied"):
-        return _flip(np.linalg.cholesky(_flip(precisions)))
-    return np.sqrt(precisions)
+    spherical); the inverse of :func:`precisions_from_cholesky`, same shape."""
+    return _pick(_CHOLESKY_FROM_PRECISIONS, covariance_type)(precisions)
 
 
-def covariances_from_cholesky(prec_chol, covariance_type):
-    """Covariances from precision factors: ``inv(P @ P.T)`` or ``1 / P**2``."""
-    if covariance_type in ("full", "tied"):
-        inv = np.linalg.inv(prec_chol)  # P^-1; covariance = P^-T P^-1
-        return np.swapaxes(inv, -1, -2) @ inv
-    return 1.0 / prec_chol**2
+def covariances_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Covariances from precision factors: ``inv(P @ P.T)`` or ``1 / P**2``; same shape."""
+    return _pick(_COVARIANCES_FROM_CHOLESKY, covariance_type)(prec_chol)
+
+
+# --------------------------------------------------------------------------- shapes, checks
+_SHAPES = {
+    "full": lambda K, D: (K, D, D),
+    "tied": lambda K, D: (D, D),
+    "diag": lambda K, D: (K, D),
+    "spherical": lambda K, D: (K,),
+}
+
+
+def covariance_shape(covariance_type: str, n_components: int, n_features: int) -> tuple[int, ...]:
+    """Shape of the covariances, precisions and their factors (see the module docstring).
+
+    >>> covariance_shape("diag", 3, 2)
+    (3, 2)
+    """
+    return _pick(_SHAPES, covariance_type)(n_components, n_features)
+
+
+def _check_positive(p, covariance_type, n_features):
+    if np.any(p <= 0):
+        raise ValueError(
+            f"The parameter 'precisions_init' should be positive for "
+            f"covariance_type={covariance_type!r}; got a minimum of {p.min():g}."
+        )
+
+
+def _check_positive_definite(p, covariance_type, n_features):
+    D = n_features
+    for k, mat in enumerate(p.reshape(-1, D, D)):
+        where = "" if covariance_type == "tied" else f" (component {k})"
+        if not np.allclose(mat, mat.T):
+            raise ValueError(f"The parameter 'precisions_init' should be symmetric{where}.")
+        if np.any(np.linalg.eigvalsh(mat) <= 0.0):
+            raise ValueError(f"The parameter 'precisions_init' should be positive-definite{where}.")
+
+
+_CHECK_PRECISIONS = {
+    "full": _check_positive_definite,
+    "tied": _check_positive_definite,
+    "diag": _check_positive,
+    "spherical": _check_positive,
+}
+
+
+def check_precisions(
+    precisions: ArrayLike, covariance_type: str, n_components: int, n_features: int
+) -> np.ndarray:
+    """Validate user-given precisions (``precisions_init``), scikit-learn's rules.
+
+    Parameters
+    ----------
+    precisions : array-like
+        (K, D, D) full, (D, D) tied, (K, D) diag, (K,) spherical.
+    covariance_type : {"full", "tied", "diag", "spherical"}
+    n_components, n_features : int
+        K and D.
+
+    Returns
+    -------
+    precisions : ndarray of float64, of the shape above
+
+    Raises
+    ------
+    ValueError
+        When the shape is wrong, a value is NaN or infinite, a diag / spherical
+        precision is not positive, or a full / tied one is not symmetric
+        positive-definite (the message names the component).
+    """
+    shape = covariance_shape(covariance_type, n_components, n_features)
+    p = np.asarray(precisions, dtype=np.float64)
+    if p.shape != shape:
+        raise ValueError(
+            f"The parameter 'precisions_init' should have the shape {shape} for "
+            f"covariance_type={covariance_type!r}, but got {p.shape}."
+        )
+    if not np.all(np.isfinite(p)):
+        raise ValueError("The parameter 'precisions_init' contains NaN or infinite values.")
+    _CHECK_PRECISIONS[covariance_type](p, covariance_type, n_features)
+    return p
+
+
+_FULL_COVARIANCES = {
+    "full": lambda cov, K, D: cov,
+    "tied": lambda cov, K, D: np.broadcast_to(cov, (K, D, D)),
+    "diag": lambda cov, K, D: cov[:, :, None] * np.eye(D),
+    "spherical": lambda cov, K, D: cov[:, None, None] * np.eye(D),
+}
+
+
+def full_covariances(
+    covariances: ArrayLike, covariance_type: str, n_components: int, n_features: int
+) -> np.ndarray:
+    """Covariances of any type written out as one (D, D) matrix per component.
+
+    Parameters
+    ----------
+    covariances : array-like
+        (K, D, D) full, (D, D) tied, (K, D) diag, (K,) spherical.
+    covariance_type : {"full", "tied", "diag", "spherical"}
+    n_components, n_features : int
+        K and D.
+
+    Returns
+    -------
+    covariances : ndarray of shape (K, D, D), float64
+        A read-only broadcast view for tied (the one matrix K times).
+
+    Raises
+    ------
+    ValueError
+        When ``covariances`` does not have the shape of ``covariance_type``.
+    """
+    shape = covariance_shape(covariance_type, n_components, n_features)
+    cov = np.asarray(covariances, dtype=np.float64)
+    if cov.shape != shape:
+        raise ValueError(
+            f"covariances should have the shape {shape} for covariance_type="
+            f"{covariance_type!r} with {n_components} components and {n_features} "
+            f"features, but got {cov.shape}."
+        )
+    return _FULL_COVARIANCES[covariance_type](cov, n_components, n_features)
 
 
 # --------------------------------------------------------------------------- the rest
-def n_parameters(params, covariance_type):
+_N_COVARIANCE_PARAMETERS = {
+    "full": lambda K, D: K * D * (D + 1) / 2.0,
+    "tied": lambda K, D: D * (D + 1) / 2.0,
+    "diag": lambda K, D: K * D,
+    "spherical": lambda K, D: K,
+}
+
+
+def n_parameters(params: Params, covariance_type: str) -> int:
     """Free parameters of the means and covariances (not the mixing weights)."""
     K, D = params["means"].shape
-    cov_params = {
-        "full": K * D * (D + 1) / 2.0,
-        "tied": D * (D + 1) / 2.0,
-        "diag": K * D,
-        "spherical": K,
-    }[covariance_type]
-    return int(cov_params + K * D)
+    return int(_pick(_N_COVARIANCE_PARAMETERS, covariance_type)(K, D) + K * D)
 
 
-def sample(params, counts, rng, covariance_type):
+# standard normal draws z (n, D) given the covariance of component k
+def _scale_full(z, covariances, k):
+    return z @ np.linalg.cholesky(covariances[k]).T
+
+
+def _scale_tied(z, covariance, k):
+    return z @ np.linalg.cholesky(covariance).T
+
+
+def _scale_variances(z, variances, k):
+    return z * np.sqrt(variances[k])
+
+
+_SCALE_DRAWS = {
+    "full": _scale_full,
+    "tied": _scale_tied,
+    "diag": _scale_variances,
+    "spherical": _scale_variances,
+}
+
+
+def sample(
+    params: Params, counts: Sequence[int] | np.ndarray, rng: np.random.Generator, covariance_type: str
+) -> np.ndarray:
     """``counts[k]`` draws from each component, stacked in component order.
+
+    Parameters
+    ----------
+    params : dict
+        ``means`` (K, D) and ``covariances`` (shape of ``covariance_type``).
+    counts : sequence of int of length K
+    rng : numpy.random.Generator
+    covariance_type : {"full", "tied", "diag", "spherical"}
 
     Returns
     -------
@@ -399,14 +693,11 @@ def sample(params, counts, rng, covariance_type):
     """
     means, cov = params["means"], params["covariances"]
     D = means.shape[1]
+    scale = _pick(_SCALE_DRAWS, covariance_type)
     out = []
     for k, count in enumerate(counts):
         z = rng.standard_normal((int(count), D))
-        if covariance_type in ("full", "tied"):
-            c = cov[k] if covariance_type == "full" else cov
-            out.append(means[k] + z @ np.linalg.cholesky(c).T)
-        else:
-            out.append(means[k] + z * np.sqrt(cov[k]))
+        out.append(means[k] + scale(z, cov, k))
     return np.concatenate(out, axis=0) if out else np.empty((0, D))
 
 

@@ -17,11 +17,13 @@ An empty cluster is re-seeded in the M-step at the farthest row of the pass
 (taken out of its old cluster), as scikit-learn does; it is never NaN.
 """
 
+from typing import Sequence
+
 import numpy as np
 
 from dask_em._math import dot
 from dask_em.families._checks import check_keys, check_shape, check_values
-from dask_em.families._family import Family
+from dask_em.families._family import Family, Params, Stats
 
 
 class FarRows:
@@ -41,14 +43,14 @@ class FarRows:
     m : int
     """
 
-    def __init__(self, rows, d2, labels, weights, m):
+    def __init__(self, rows: np.ndarray, d2: np.ndarray, labels: np.ndarray, weights: np.ndarray, m: int):
         order = np.argsort(-d2, kind="stable")[:m]
         self.rows, self.d2 = rows[order], d2[order]
         self.labels, self.weights, self.m = labels[order], weights[order], m
 
-    def __add__(self, other):
-        if isinstance(other, (int, float)) and other == 0:
-            return self
+    def __add__(self, other: "FarRows | int | float") -> "FarRows":
+        if not isinstance(other, FarRows):
+            return self if other == 0 else NotImplemented
         return FarRows(
             np.concatenate([self.rows, other.rows]),
             np.concatenate([self.d2, other.d2]),
@@ -59,7 +61,7 @@ class FarRows:
 
     __radd__ = __add__
 
-    def arrays(self):
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The fields as a tuple of arrays (for comparisons)."""
         return self.rows, self.d2, self.labels, self.weights
 
@@ -72,7 +74,7 @@ def _sq_dist(X, means):
     return out
 
 
-def log_prob(X, params):
+def log_prob(X: np.ndarray, params: Params) -> np.ndarray:
     """Minus the squared Euclidean distance of each row to each mean.
 
     Parameters
@@ -91,7 +93,7 @@ def _signature_vector(D):
     return np.cos(np.arange(1, D + 1) * 0.7548776662466927)  # fixed, no special structure
 
 
-def suff_stats(X, resp, params):
+def suff_stats(X: np.ndarray, resp: np.ndarray, params: Params) -> Stats:
     """Shifted sums, signature and farthest rows for one-hot (or weighted) ``resp`` (n, K)."""
     centers = params["means"]
     K, D = centers.shape
@@ -113,7 +115,7 @@ def suff_stats(X, resp, params):
     }
 
 
-def m_step(stats, params):
+def m_step(stats: Stats, params: Params) -> Params:
     """Centroids ``c + s1 / n_k``; empty clusters re-seeded at the farthest rows.
 
     The i-th empty cluster (in index order) moves to the i-th farthest row of the
@@ -138,7 +140,7 @@ def m_step(stats, params):
     return {"means": means}
 
 
-def data_variance(stats, params):
+def data_variance(stats: Stats, params: Params) -> np.ndarray:
     """Per-feature (weighted) variance of the data from one pass's statistics (D,).
 
     Exact from the shifted sums: ``sum_k s2_k + 2 (c_k - m) s1_k + n_k (c_k - m)^2``
@@ -151,12 +153,12 @@ def data_variance(stats, params):
     return (s2 + 2.0 * dc * s1 + nk[:, None] * dc**2).sum(axis=0) / N
 
 
-def n_parameters(params):
+def n_parameters(params: Params) -> int:
     """``K * D`` centre coordinates."""
     return int(np.size(params["means"]))
 
 
-def sample(params, counts, rng):
+def sample(params: Params, counts: Sequence[int] | np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """K-means is not a generative model; sampling from it is refused."""
     raise ValueError(
         "K-means has no generative model to sample from; fit a GaussianMixture "

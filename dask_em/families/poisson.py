@@ -9,17 +9,19 @@ rate 1), so no rate is exactly 0 and an empty component gets rate 1, never NaN::
     lambda_kd = (s1_kd + alpha) / (n_k + alpha)
 """
 
+from typing import Sequence
+
 import numpy as np
 from scipy.special import gammaln
 
 from dask_em._math import dot
 from dask_em.families._checks import check_keys, check_shape, check_values, non_integer, raise_if_invalid
-from dask_em.families._family import Family
+from dask_em.families._family import Family, Params, Stats
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
 
-def check_data(X):
+def check_data(X: np.ndarray) -> None:
     """Raise a ``ValueError`` naming column and value unless every entry is a count >= 0."""
     raise_if_invalid(
         X,
@@ -30,7 +32,7 @@ def check_data(X):
     )
 
 
-def log_prob(X, params, offset=None):
+def log_prob(X: np.ndarray, params: Params, offset: np.ndarray | None = None) -> np.ndarray:
     """``sum_d x_d log lambda_kd - lambda_kd - log(x_d!)`` with one GEMM.
 
     Parameters
@@ -50,13 +52,13 @@ def log_prob(X, params, offset=None):
     return X @ np.log(lam).T + const - gammaln(X + 1.0).sum(axis=1)[:, None]
 
 
-def suff_stats(X, resp, params):
+def suff_stats(X: np.ndarray, resp: np.ndarray, params: Params) -> Stats:
     """``s1`` (K, D): responsibility-weighted count sums. ``params`` is unused."""
     check_data(X)
     return {"s1": dot(resp.T, X)}
 
 
-def m_step(stats, params, alpha=1e-3):
+def m_step(stats: Stats, params: Params, alpha: float = 1e-3) -> Params:
     """Smoothed rates ``(s1 + alpha) / (n_k + alpha)``; ``params`` is unused.
 
     Parameters
@@ -71,12 +73,12 @@ def m_step(stats, params, alpha=1e-3):
     return {"means": (stats["s1"] + alpha) / (nk[:, None] + alpha)}
 
 
-def n_parameters(params):
+def n_parameters(params: Params) -> int:
     """``K * D`` rates."""
     return int(np.size(params["means"]))
 
 
-def sample(params, counts, rng):
+def sample(params: Params, counts: Sequence[int] | np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``counts[k]`` rows of counts (float64) from component ``k``, in component order."""
     lam = params["means"]
     out = [rng.poisson(lam[k], size=(int(c), lam.shape[1])).astype(np.float64) for k, c in enumerate(counts)]

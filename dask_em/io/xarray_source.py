@@ -18,7 +18,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 #: Names of the xarray results, by kind of per-row output.
-RESULT_NAMES = {"labels": "labels", "proba": "probabilities", "score": "log_likelihood", "log_proba": "log_probabilities"}
+RESULT_NAMES = {"labels": "labels", "proba": "probabilities", "score": "log_likelihood"}
 
 
 def is_xarray(obj):
