@@ -21,6 +21,12 @@ Methods (``init_params`` of the estimators):
 Every pass serves all ``n_init`` starting points at once. Sampling draws random
 numbers per block from ``(seed, block index)``, so results do not depend on the
 scheduler or the order blocks are processed in (they do depend on the chunking).
+
+:func:`dask_em.sample_init.initialize_from_sample` is the one-pass alternative:
+one pass gathers a sample (:func:`dask_em.sampling.sample_rows`, independent of
+the chunking), and the whole initialisation of every start, any method, runs in
+memory on the sample, optionally followed by a few EM iterations there that rank
+the starts. One pass whatever ``n_init``.
 """
 
 import logging

@@ -1,4 +1,5 @@
-"""A conformance suite for component families: :func:`check_family`.
+"""Testing helpers: a conformance suite for component families (:func:`check_family`)
+and a Zarr store that counts chunk reads (:class:`CountingStore`).
 
 Every built-in family passes it (``tests/test_check_family.py``); a user who writes
 a family (see :class:`dask_em.families.Family`) can run it on theirs::
@@ -6,6 +7,10 @@ a family (see :class:`dask_em.families.Family`) can run it on theirs::
     from dask_em.testing import check_family
     check_family(my_family, true_params, reference=my_scipy_log_pdf)
 """
+
+import collections
+import os
+import threading
 
 import dask.array as da
 import numpy as np
@@ -159,4 +164,142 @@ def _n_components(family, params):
     return int(np.shape(first)[0])
 
 
-__all__ = ["check_family"]
+# --------------------------------------------------------------------------- chunk reads
+#: Names of the Zarr metadata documents (formats 2 and 3); every other key is a chunk.
+ZARR_METADATA_KEYS = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
+
+
+def is_chunk_key(key):
+    """Whether a Zarr store key names a chunk (or shard), not a metadata document."""
+    return key.rsplit("/", 1)[-1] not in ZARR_METADATA_KEYS
+
+
+class ChunkReadCounter:
+    """Thread-safe tally of reads per chunk key (shared by a store and its copies)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._reads = collections.Counter()
+
+    def record(self, key):
+        if is_chunk_key(key):
+            with self._lock:
+                self._reads[key] += 1
+
+    @property
+    def reads(self):
+        """``collections.Counter``: reads of each chunk key so far (a copy)."""
+        with self._lock:
+            return collections.Counter(self._reads)
+
+    @property
+    def n_reads(self):
+        """Chunk reads so far, all keys together."""
+        with self._lock:
+            return sum(self._reads.values())
+
+    def reset(self):
+        with self._lock:
+            self._reads.clear()
+
+
+def _zarr_store_base():
+    try:
+        from zarr.storage import WrapperStore
+    except ImportError:  # zarr 2 has no store wrappers
+        return None
+    return WrapperStore
+
+
+_WrapperStore = _zarr_store_base()
+
+if _WrapperStore is not None:
+
+    class CountingStore(_WrapperStore):
+        """A Zarr (zarr-python 3) store that counts the reads of every chunk key.
+
+        Wrap the store of an array on disk, read it through dask, and count the
+        passes over it: ``store.passes(array)`` is the number of chunk reads divided
+        by the array's number of chunks. Every request for a chunk counts (``get``,
+        ``get_partial_values``, batched reads), metadata documents do not.
+        Reads are counted in this process: use dask's threaded or synchronous
+        scheduler (a ``distributed`` worker reads from its own copy).
+
+        Parameters
+        ----------
+        store : zarr.abc.store.Store or str or os.PathLike
+            The store to wrap; a path opens a :class:`zarr.storage.LocalStore`.
+        read_only : bool, optional
+            For a path: open the directory read-only (the default).
+
+        Examples
+        --------
+        >>> store = CountingStore("data.zarr")                      # doctest: +SKIP
+        >>> X = da.from_zarr(zarr.open_array(store, mode="r"))      # doctest: +SKIP
+        >>> X.sum().compute(); store.passes(X.numblocks[0])         # doctest: +SKIP
+        1.0
+        """
+
+        def __init__(self, store, read_only=True, *, counter=None):
+            if isinstance(store, (str, os.PathLike)):
+                from zarr.storage import LocalStore
+
+                store = LocalStore(os.fspath(store), read_only=read_only)
+            super().__init__(store)
+            self.counter = ChunkReadCounter() if counter is None else counter
+
+        def _with_store(self, store):
+            return type(self)(store, counter=self.counter)
+
+        def __repr__(self):
+            return f"CountingStore({self._store!r}, chunk reads={self.counter.n_reads})"
+
+        async def get(self, key, prototype, byte_range=None):
+            self.counter.record(key)
+            return await self._store.get(key, prototype, byte_range)
+
+        async def get_partial_values(self, prototype, key_ranges):
+            key_ranges = list(key_ranges)
+            for key, _ in key_ranges:
+                self.counter.record(key)
+            return await self._store.get_partial_values(prototype, key_ranges)
+
+        async def _get_many(self, requests):
+            requests = list(requests)
+            for key, *_ in requests:
+                self.counter.record(key)
+            async for item in self._store._get_many(requests):
+                yield item
+
+        @property
+        def chunk_reads(self):
+            """``collections.Counter``: reads of each chunk key so far."""
+            return self.counter.reads
+
+        @property
+        def n_chunk_reads(self):
+            """Chunk reads so far."""
+            return self.counter.n_reads
+
+        def passes(self, n_chunks):
+            """Chunk reads so far divided by ``n_chunks`` (an int, or a ``zarr.Array``
+            whose ``nchunks`` is used): the passes over an array read whole each time."""
+            n = int(getattr(n_chunks, "nchunks", n_chunks))
+            if n < 1:
+                raise ValueError(f"n_chunks must be a positive number of chunks, got {n_chunks!r}.")
+            return self.counter.n_reads / n
+
+        def reset(self):
+            """Forget the reads counted so far."""
+            self.counter.reset()
+
+else:  # pragma: no cover - zarr 2
+
+    class CountingStore:
+        """Needs zarr-python 3 (``zarr.storage.WrapperStore``)."""
+
+        def __init__(self, *args, **kwargs):
+            raise ImportError("CountingStore needs zarr-python >= 3; upgrade with `pip install -U zarr`.")
+
+
+__all__ = ["ChunkReadCounter", "CountingStore", "check_family", "is_chunk_key"]

@@ -1,0 +1,405 @@
+"""Starting points from one pass: a sample of rows, then every start in memory.
+
+The multi-pass initialisation (:mod:`dask_em.initialization`) reads the data about
+``rounds + LLOYD_MAX_ITER + 3`` times for ``"kmeans"``. Here one pass draws a
+random sample (:func:`dask_em.sampling.sample_rows`: uniform or weighted, the same
+whatever the chunking), and the whole initialisation of every seed runs on it in
+memory with NumPy:
+
+``"kmeans"``
+    k-means++ on at most ``max(10_000, 100 K)`` rows of the sample, then weighted
+    Lloyd iterations on the whole sample.
+``"k-means++"``
+    k-means++ alone.
+``"random_from_data"``
+    K distinct rows of the sample.
+``"random"``
+    Random responsibilities on the sample.
+given ``centers``
+    The hard assignment to them.
+
+Weights and component parameters come from the hard (or random) assignment of the
+sample, through the family's ``suff_stats`` and ``m_step``; a few EM iterations on
+the sample (the engine's ``estep_block`` and ``m_step`` on NumPy arrays) then rank
+the starts by their log-likelihood on the sample, so a caller can keep the best
+before the full data are read again. One pass in all, whatever ``n_init``.
+"""
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dask_em.engine import MixtureState, add_stats, estep_block, m_step
+from dask_em.initialization import INIT_METHODS, KMEANSPP_SAMPLE, kmeans_plusplus, min_sq_dist
+from dask_em.sampling import SAMPLE_MAX_BYTES, estimation_weights, sample_rows
+
+logger = logging.getLogger(__name__)
+
+#: Default sample of :func:`initialize_from_sample`: ``max(1000 K, 100_000)`` rows.
+SAMPLE_ROWS_PER_COMPONENT = 1000
+SAMPLE_MIN_ROWS = 100_000
+#: EM iterations on the sample that rank the starts (:func:`initialize_from_sample`).
+SAMPLE_EM_MAX_ITER = 10
+#: Lloyd iterations of the ``"kmeans"`` method on the sample, in memory.
+SAMPLE_LLOYD_MAX_ITER = 100
+#: Elements of the (rows, K) work arrays of the in-memory kernels, per slab of rows.
+_SLAB_ELEMENTS = 2**21
+
+
+@dataclass
+class SampleStart:
+    """A starting point computed on a sample (see :func:`initialize_from_sample`).
+
+    Attributes
+    ----------
+    state : MixtureState
+        The starting parameters (after ``n_iter`` EM iterations on the sample).
+    seed : int
+        The seed that drew it.
+    sample_loglik : float
+        Mean log-likelihood of ``state`` per (weighted) row of the sample; for
+        K-means, minus the mean squared distance to the nearest centre.
+    n_iter : int
+        EM iterations run on the sample.
+    converged : bool
+        Whether EM on the sample met ``tol`` within ``max_iter_sample``.
+    """
+
+    state: MixtureState
+    seed: int
+    sample_loglik: float
+    n_iter: int = 0
+    converged: bool = False
+
+
+def default_sample_size(n_components):
+    """Rows of the initialisation sample: ``max(1000 K, 100_000)``."""
+    return max(SAMPLE_ROWS_PER_COMPONENT * n_components, SAMPLE_MIN_ROWS)
+
+
+def _slab_step(width):
+    return max(256, _SLAB_ELEMENTS // max(width, 1))
+
+
+def nearest_centers(points, centers):
+    """Index of the nearest centre (n,) and squared distance to it (n,), in slabs of rows.
+
+    Parameters
+    ----------
+    points : ndarray of shape (n, D)
+    centers : ndarray of shape (K, D)
+    """
+    n = points.shape[0]
+    labels, d2 = np.empty(n, dtype=np.intp), np.empty(n)
+    step = _slab_step(centers.shape[0])
+    for i in range(0, n, step):
+        d2[i : i + step], labels[i : i + step] = min_sq_dist(points[i : i + step], centers)
+    return labels, d2
+
+
+def lloyd(points, centers, weights=None, *, max_iter=SAMPLE_LLOYD_MAX_ITER, tol=1e-4):
+    """Weighted Lloyd iterations on in-memory ``points`` (n, D) from ``centers`` (K, D).
+
+    An empty cluster is moved to the point farthest from its centre (as scikit-learn
+    does). Stops when the summed squared shift of the centres is at most ``tol``
+    times the mean per-feature variance of ``points`` (scikit-learn's rule).
+
+    Returns
+    -------
+    ndarray of shape (K, D)
+    """
+    n, K = points.shape[0], centers.shape[0]
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    mean = np.average(points, axis=0, weights=w)
+    tol_abs = tol * float(np.mean(np.average((points - mean) ** 2, axis=0, weights=w)))
+    centers = np.array(centers, dtype=np.float64)
+    step = _slab_step(K)
+    for _ in range(max_iter):
+        sums, nk, d2 = np.zeros_like(centers), np.zeros(K), np.empty(n)
+        for i in range(0, n, step):
+            P = points[i : i + step]
+            d2[i : i + step], labels = min_sq_dist(P, centers)
+            R = np.zeros((P.shape[0], K))
+            R[np.arange(P.shape[0]), labels] = w[i : i + step]
+            sums += R.T @ P
+            nk += R.sum(axis=0)
+        new = centers.copy()
+        full = nk > 0
+        new[full] = sums[full] / nk[full, None]
+        empty = np.flatnonzero(~full)
+        if empty.size:
+            new[empty] = points[np.argsort(-d2 * w, kind="stable")[: empty.size]]
+        shift = float(((new - centers) ** 2).sum())
+        centers = new
+        if shift <= tol_abs and not empty.size:
+            break
+    return centers
+
+
+def _start_from_assignment(rows, weights, family, centers, rng, ref, options):
+    """A :class:`MixtureState` from the statistics of the rows assigned to their
+    nearest centre (``centers``) or given random responsibilities (``rng``)."""
+    K = ref.shape[0]
+    stats = None
+    step = _slab_step(K)
+    for i in range(0, rows.shape[0], step):
+        P = rows[i : i + step]
+        if centers is not None:
+            _, labels = min_sq_dist(P, centers)
+            resp = np.zeros((P.shape[0], K))
+            resp[np.arange(P.shape[0]), labels] = 1.0
+        else:
+            resp = rng.random((P.shape[0], K))
+            resp /= resp.sum(axis=1, keepdims=True)
+        if weights is not None:
+            resp *= weights[i : i + step, None]
+        part = family.suff_stats(P, resp, {"means": ref})
+        part["nk"] = resp.sum(axis=0)
+        stats = part if stats is None else add_stats([stats, part])
+    nk = stats["nk"] + 10 * np.finfo(np.float64).eps
+    return MixtureState(nk / nk.sum(), family.m_step(stats, {"means": ref}, **options))
+
+
+def _centers_on_sample(rows, weights, K, method, rng):
+    """Starting centres (K, D) on the in-memory sample, for one seed."""
+    n = rows.shape[0]
+    p = None if weights is None else weights / weights.sum()
+    if method == "random_from_data":
+        return rows[rng.choice(n, K, replace=False, p=p)].copy()
+    m = max(KMEANSPP_SAMPLE, 100 * K)
+    sub = np.arange(n) if n <= m else np.sort(rng.choice(n, m, replace=False))
+    centers = kmeans_plusplus(rows[sub], K, rng, weights=None if weights is None else weights[sub])
+    if method == "k-means++":
+        return centers
+    return lloyd(rows, centers, weights)
+
+
+def _em_on_sample(rows, weights, family, starts, options, tol, max_iter):
+    """EM in memory on the sample for every start, in lock-step (as :func:`run_em`)."""
+    lower = [-math.inf] * len(starts)
+    active = list(range(len(starts)))
+    for iteration in range(1, max_iter + 1):
+        stats_list = estep_block(rows, weights, (family, [starts[i].state for i in active]), 0)
+        still = []
+        for i, stats in zip(active, stats_list):
+            mean_ll = stats["loglik"] / stats["weight"]
+            change, lower[i] = mean_ll - lower[i], mean_ll
+            starts[i].state = m_step(family, stats, starts[i].state, options)
+            starts[i].n_iter = iteration
+            if abs(change) < tol:
+                starts[i].converged = True
+            else:
+                still.append(i)
+        active = still
+        if not active:
+            break
+
+
+def initialize_on_sample(
+    rows,
+    family,
+    n_components,
+    method,
+    seeds,
+    *,
+    weights=None,
+    centers=None,
+    options=None,
+    em_on_sample=True,
+    tol=1e-3,
+    max_iter_sample=SAMPLE_EM_MAX_ITER,
+):
+    """Starting points computed in memory on a sample of rows, best first.
+
+    Per seed: centres by ``method`` (or the given ``centers``), then weights and
+    component parameters from the hard assignment of the sample to them (random
+    responsibilities for ``"random"``), then up to ``max_iter_sample`` EM iterations
+    on the sample. Every start is scored by its mean log-likelihood on the sample.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (n, D)
+        Finite rows, e.g. from :func:`dask_em.sampling.sample_rows`.
+    family : Family
+        Its ``suff_stats`` and ``m_step`` must accept parameters holding only
+        ``means`` (K, D).
+    n_components : int
+    method : {"kmeans", "k-means++", "random", "random_from_data"}
+        ``"kmeans"``: k-means++ then Lloyd to convergence; ``"k-means++"``: k-means++
+        alone (both seed on at most ``max(10_000, 100 K)`` rows of the sample);
+        ``"random_from_data"``: K distinct rows; ``"random"``: random
+        responsibilities. Ignored when ``centers`` is given.
+    seeds : list of int
+        One start per seed.
+    weights : ndarray of shape (n,), optional
+        Weights of the rows (from :func:`dask_em.sampling.estimation_weights`).
+    centers : ndarray of shape (n_components, D), optional
+        Given starting means (the same start for every seed).
+    options : dict, optional
+        Keyword arguments of ``family.m_step``.
+    em_on_sample : bool
+        Run EM on the sample before scoring.
+    tol : float
+        Convergence threshold of EM on the sample (change of the mean log-likelihood).
+    max_iter_sample : int
+        Most EM iterations on the sample.
+
+    Returns
+    -------
+    list of SampleStart
+        One per seed, sorted by ``sample_loglik``, best first (non-finite last).
+    """
+    options = options or {}
+    K = n_components
+    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
+        raise ValueError(f"n_components must be a positive int, got {K!r}.")
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2:
+        raise ValueError(f"rows must be 2-D (n, D), got shape {rows.shape}.")
+    if not np.isfinite(rows).all():
+        raise ValueError("rows hold NaN or infinite values; leave those rows out (sample_rows does).")
+    if rows.shape[0] < K:
+        raise ValueError(
+            f"The sample holds {rows.shape[0]} rows, fewer than n_components={K}; "
+            f"give more rows (a larger n_sample or max_bytes, or more data with finite values)."
+        )
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+    if centers is not None:
+        centers = np.asarray(centers, dtype=np.float64)
+        if centers.shape != (K, rows.shape[1]):
+            raise ValueError(f"centers must have shape {(K, rows.shape[1])}, got {centers.shape}.")
+    elif method not in INIT_METHODS:
+        raise ValueError(f"Unknown init method {method!r}; expected one of {INIT_METHODS}.")
+    starts = []
+    for seed in seeds:
+        rng = np.random.default_rng([seed, 0])
+        if centers is not None:
+            state = _start_from_assignment(rows, weights, family, centers, None, centers, options)
+        elif method == "random":
+            ref = np.repeat(np.average(rows, axis=0, weights=weights)[None], K, axis=0)
+            state = _start_from_assignment(rows, weights, family, None, rng, ref, options)
+        else:
+            c = _centers_on_sample(rows, weights, K, method, rng)
+            state = _start_from_assignment(rows, weights, family, c, None, c, options)
+        starts.append(SampleStart(state=state, seed=seed, sample_loglik=-math.inf))
+    if em_on_sample and max_iter_sample > 0:
+        _em_on_sample(rows, weights, family, starts, options, tol, max_iter_sample)
+    for start, stats in zip(starts, estep_block(rows, weights, (family, [s.state for s in starts]), 0)):
+        start.sample_loglik = float(stats["loglik"] / stats["weight"])
+    starts.sort(key=lambda s: -s.sample_loglik if math.isfinite(s.sample_loglik) else math.inf)
+    for s in starts:
+        logger.debug("start of seed %d: sample mean log-likelihood %.8g after %d EM iterations on the sample",
+                     s.seed, s.sample_loglik, s.n_iter)
+    return starts
+
+
+def initialize_from_sample(
+    X,
+    family,
+    n_components,
+    method,
+    seeds,
+    *,
+    centers=None,
+    options=None,
+    check=None,
+    sample_weight=None,
+    n_sample=None,
+    max_bytes=SAMPLE_MAX_BYTES,
+    sample_seed=None,
+    em_on_sample=True,
+    tol=1e-3,
+    max_iter_sample=SAMPLE_EM_MAX_ITER,
+    split_every=None,
+):
+    """Starting points from one pass over ``X``: a sample, then everything in memory.
+
+    One pass (one ``dask.compute``) draws a random sample of rows with
+    :func:`dask_em.sampling.sample_rows` (weighted by ``sample_weight``, the same
+    whatever the chunking); :func:`initialize_on_sample` then computes and ranks the
+    start of every seed on it. One pass whatever the method and ``n_init``.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (N, D)
+        Row-chunked, with known chunk sizes.
+    family : Family
+    n_components : int
+    method : {"kmeans", "k-means++", "random", "random_from_data"}
+        Ignored when ``centers`` is given.
+    seeds : list of int
+        One start per seed (non-negative ints).
+    centers : ndarray of shape (n_components, D), optional
+        Given starting means.
+    options : dict, optional
+        Keyword arguments of ``family.m_step``.
+    check : callable, optional
+        Called with the row counts of the pass (``n_rows``, ``n_nonfinite``,
+        ``n_bad_weight``) before anything is computed from the sample.
+    sample_weight : dask.array.Array of shape (N,), optional
+        Row weights. The sample is drawn with probability growing with the weight,
+        and its rows are weighted by :func:`dask_em.sampling.estimation_weights`.
+    n_sample : int, optional
+        Rows in the sample (default :func:`default_sample_size`: ``max(1000 K, 100_000)``).
+    max_bytes : int, optional
+        Cap on the float64 sample's size (256 MiB by default); lowers ``n_sample``.
+    sample_seed : int, optional
+        Seed of the sample (default ``seeds[0]``).
+    em_on_sample : bool, optional
+        Run up to ``max_iter_sample`` EM iterations on the sample, in memory, before
+        ranking the starts.
+    tol : float, optional
+        Convergence threshold of EM on the sample.
+    max_iter_sample : int, optional
+    split_every : int, optional
+        Fan-in of the sampling pass's tree of combines.
+
+    Returns
+    -------
+    list of SampleStart
+        One per seed, best ``sample_loglik`` first; ``[s.state for s in starts]``
+        are the starting :class:`MixtureState` objects.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``method`` (before the pass), or fewer sampled rows than components.
+    """
+    K = n_components
+    if centers is None and method not in INIT_METHODS:
+        raise ValueError(f"Unknown init method {method!r}; expected one of {INIT_METHODS}.")
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds is empty; give one seed per start (n_init seeds).")
+    n = default_sample_size(K) if n_sample is None else n_sample
+    seed = seeds[0] if sample_seed is None else sample_seed
+    rows, weights, counts = sample_rows(X, n, seed, sample_weight, max_bytes, split_every=split_every)
+    if check is not None:
+        check(counts)
+    logger.info("initialisation sample: %d of %d rows", counts["n_sample"], counts["n_rows"])
+    return initialize_on_sample(
+        rows,
+        family,
+        K,
+        method,
+        seeds,
+        weights=estimation_weights(weights, counts["threshold"]),
+        centers=centers,
+        options=options,
+        em_on_sample=em_on_sample,
+        tol=tol,
+        max_iter_sample=max_iter_sample,
+    )
+
+
+__all__ = [
+    "SampleStart",
+    "default_sample_size",
+    "initialize_from_sample",
+    "initialize_on_sample",
+    "lloyd",
+    "nearest_centers",
+]
