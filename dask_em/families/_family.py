@@ -65,6 +65,13 @@ class Family:
         counts, non-binary values). Families call it inside ``log_prob`` and
         ``suff_stats``, so bad data are found inside the passes; estimators call it
         up front on in-memory data. ``None``: every finite value is valid.
+    recentre : callable or None
+        ``recentre(stats, old_params, new_params) -> stats``: the statistics of
+        :attr:`suff_stats`, taken about the reference of ``old_params`` (e.g. shifted
+        by the old means), re-expressed exactly about that of ``new_params``; a new
+        dict, the other keys passed through. Stepwise EM uses it to add statistics
+        taken under different parameters. ``None``: the statistics do not depend on
+        the parameters' reference point (they are not shifted); nothing to do.
 
     Notes
     -----
@@ -85,3 +92,4 @@ class Family:
     takes_offset: bool = False
     keeps_float32: bool = False
     check_data: Callable = None
+    recentre: Callable = None
