@@ -35,6 +35,21 @@ blends with ``eta_t = (t + t0) ** -alpha``. ``alpha`` in (0.5, 1] makes the sum 
 the ``eta_t`` diverge and that of their squares converge, the condition under which
 stepwise EM converges to a stationary point.
 
+Choosing mini-batches. Near the optimum a step moves the statistics ``eta_t`` of
+the way to a batch EM step, so a pass is worth about the sum of its ``eta_t`` in
+batch iterations: the more mini-batches per pass, the more a pass achieves (with
+``alpha=0.6, t0=2``: about 6 iterations' worth in the first pass of 30 steps, 20
+in one of 300), down to the fixed cost of a compute per step (milliseconds on the
+threaded scheduler, more on a cluster) and to the noise of small mini-batches,
+which leaves the running estimate off the optimum (by 5e-4 of mean log-likelihood
+after 5 passes of 4,000-row mini-batches in the run below). Hence the small default (one block per thread) and the exact
+finish. On 600,000 x 16 float32 rows, K=8 full covariances, 300 blocks: 3 passes
+came within 1e-3 of batch EM's converged mean log-likelihood, against 12 batch
+iterations from the same start; with 60 blocks (30 steps per pass) stepwise was no
+faster than batch EM. Passes, not seconds: on data in memory on 2 threads a pass of
+150 steps took about 4x a batch pass, for the computes' fixed cost; the saving is
+in reads of data that must be streamed.
+
 Exact finish. Stepwise EM ends near, not at, an EM fixed point, and its
 log-likelihoods are those of single mini-batches under parameters that changed
 between them. :func:`finish_with_em` hands its states to the batch loop
