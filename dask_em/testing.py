@@ -71,9 +71,13 @@ def check_family(
     4. Shift invariance: the M-step of statistics taken around the true parameters
        and around other parameters (the M-step's result as reference) agree to 1e-8,
        i.e. shifted statistics are corrected exactly.
-    5. The M-step of the statistics of ``X`` under its true labels recovers
+    5. Re-centring (families with ``recentre``): statistics about the true
+       parameters, moved to other parameters, equal those taken about the other
+       parameters (1e-9 of the largest of them), for every array statistic, and
+       give the same M-step (1e-8).
+    6. The M-step of the statistics of ``X`` under its true labels recovers
        ``params`` (within ``recover_tol``, relative).
-    6. Sample then fit: EM on ``X`` as a chunked dask array, through the engine,
+    7. Sample then fit: EM on ``X`` as a chunked dask array, through the engine,
        from a perturbed start, recovers ``params`` (within ``recover_tol``).
 
     Parameters
@@ -81,7 +85,7 @@ def check_family(
     family : Family
     params : dict
         True component parameters (K components); components should be well
-        separated so that check 6 is meaningful.
+        separated so that check 7 is meaningful.
     reference : callable, optional
         ``reference(X, params) -> ndarray (n, K)``, an independent log-density.
     X, labels : ndarray of shape (n, D) and (n,), optional
@@ -91,7 +95,7 @@ def check_family(
     options : dict, optional
         Keyword arguments of ``family.m_step``.
     compare : list of str, optional
-        Parameter keys compared in checks 5 and 6 (default: all keys of ``params``).
+        Parameter keys compared in checks 6 and 7 (default: all keys of ``params``).
     n_samples : int
     recover_tol : float
     seed : int
@@ -144,6 +148,19 @@ def check_family(
     again = family.m_step(_stats(family, X, onehot, other), other, **options)
     _compare_params("shift invariance of the M-step", again, exact, exact.keys(), 1e-8)
     ran.append("shift-invariance")
+    if family.recentre is not None:
+        about_true = _stats(family, X, resp, params)
+        moved = family.recentre(about_true, params, other)
+        direct = _stats(family, X, resp, other)
+        for key, value in direct.items():
+            if isinstance(value, np.ndarray):
+                # sums about a point near the means nearly cancel: compare on the
+                # scale of the largest of the statistics involved
+                scale = max(np.abs(value).max(), np.abs(about_true[key]).max(), 1.0)
+                _assert_close(f"recentre of statistic {key!r}", moved[key], value, rtol=1e-9, atol=1e-9 * scale)
+        _compare_params("M-step of re-centred statistics", family.m_step(moved, other, **options),
+                        family.m_step(direct, other, **options), other.keys(), 1e-8)
+        ran.append("recentre")
     _compare_params("M-step of the true-label statistics", exact, params, compare, recover_tol)
     ran.append("m-step-recovers")
 

@@ -239,6 +239,9 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         )
 
     # -- fitted state -----------------------------------------------------------------
+    def _family(self):
+        return get_family("kmeans")
+
     def _get_state(self):
         K = self.n_clusters
         return MixtureState(np.full(K, 1.0 / K), {"means": self.cluster_centers_})

@@ -120,6 +120,13 @@ class Family:
         ``ValueError`` saying what is wrong (which parameter, which entry, what it
         must be) unless ``params`` have the family's keys and shapes and valid
         values; used on parameters read from a file. ``None``: not checked.
+    recentre : callable or None
+        ``recentre(stats, old_params, new_params) -> stats``: the statistics of
+        :attr:`suff_stats`, taken about the reference of ``old_params`` (e.g. shifted
+        by the old means), re-expressed exactly about that of ``new_params``; a new
+        dict, the other keys passed through. Stepwise EM uses it to add statistics
+        taken under different parameters. ``None``: the statistics do not depend on
+        the parameters' reference point (they are not shifted); nothing to do.
 
     Notes
     -----
@@ -141,3 +148,4 @@ class Family:
     keeps_float32: bool = False
     check_data: Callable = None
     check_params: Callable = None
+    recentre: Callable = None

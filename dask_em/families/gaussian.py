@@ -746,6 +746,50 @@ def check_params(params, n_components, n_features, covariance_type):
     )
 
 
+# --------------------------------------------------------------------------- re-centring
+def recentre(stats, old_params, new_params, covariance_type):
+    """Statistics shifted by the old means, re-expressed exactly about the new means.
+
+    With ``d_k = c_k - c'_k`` (old minus new mean of component ``k``), for every
+    component::
+
+        s1'[k] = s1[k] + n_k d_k
+        s2'[k] = s2[k] + d_k s1[k]^T + s1[k] d_k^T + n_k d_k d_k^T
+
+    keeping the diagonal (diag), its trace (spherical) or the sum over components
+    (tied) of ``s2'``, as :func:`suff_stats` does. No approximation: this is the
+    algebra of ``x - c' = (x - c) + d``.
+
+    Parameters
+    ----------
+    stats : dict
+        ``nk`` (K,), ``s1`` (K, D) and ``s2`` ((K, D, D) full, (D, D) tied, (K, D)
+        diag, (K,) spherical), about ``old_params["means"]``; other keys pass through.
+    old_params, new_params : dict
+        ``means`` (K, D): the old and the new reference points.
+    covariance_type : {"full", "tied", "diag", "spherical"}
+
+    Returns
+    -------
+    stats : dict
+        A new dict; ``s1`` and ``s2`` about ``new_params["means"]``.
+    """
+    nk = np.asarray(stats["nk"], dtype=np.float64)
+    s1 = np.asarray(stats["s1"], dtype=np.float64)
+    s2 = np.asarray(stats["s2"], dtype=np.float64)
+    d = np.asarray(old_params["means"], dtype=np.float64) - np.asarray(new_params["means"], dtype=np.float64)
+    if covariance_type == "full":
+        cross = d[:, :, None] * s1[:, None, :]
+        s2 = s2 + cross + np.swapaxes(cross, 1, 2) + nk[:, None, None] * d[:, :, None] * d[:, None, :]
+    elif covariance_type == "tied":
+        cross = d.T @ s1  # sum_k d_k s1_k^T
+        s2 = s2 + cross + cross.T + (d.T * nk) @ d
+    else:
+        per_feature = 2.0 * d * s1 + nk[:, None] * d**2
+        s2 = s2 + (per_feature if covariance_type == "diag" else per_feature.sum(axis=1))
+    return {**stats, "s1": s1 + nk[:, None] * d, "s2": s2}
+
+
 def _make(covariance_type):
     # partial keeps the functions pure and picklable for dask workers
     bind = partial
@@ -761,6 +805,7 @@ def _make(covariance_type):
         n_parameters=bind(n_parameters, covariance_type=covariance_type),
         sample=bind(sample, covariance_type=covariance_type),
         check_params=bind(check_params, covariance_type=covariance_type),
+        recentre=bind(recentre, covariance_type=covariance_type),
     )
 
 

@@ -153,6 +153,32 @@ def data_variance(stats: Stats, params: Params) -> np.ndarray:
     return (s2 + 2.0 * dc * s1 + nk[:, None] * dc**2).sum(axis=0) / N
 
 
+def recentre(stats, old_params, new_params):
+    """``s1`` and ``s2`` about the old centres, re-expressed exactly about the new ones.
+
+    With ``d_k = c_k - c'_k``: ``s1' = s1 + n_k d_k`` and, per feature,
+    ``s2' = s2 + 2 d_k s1 + n_k d_k ** 2``. ``sig`` and ``far`` are not shifted and
+    pass through, as do other keys.
+
+    Parameters
+    ----------
+    stats : dict
+        ``nk`` (K,), ``s1`` (K, D), ``s2`` (K, D) about ``old_params["means"]``.
+    old_params, new_params : dict
+        ``means`` (K, D).
+
+    Returns
+    -------
+    stats : dict
+        A new dict.
+    """
+    nk = np.asarray(stats["nk"], dtype=np.float64)
+    s1 = np.asarray(stats["s1"], dtype=np.float64)
+    d = np.asarray(old_params["means"], dtype=np.float64) - np.asarray(new_params["means"], dtype=np.float64)
+    s2 = np.asarray(stats["s2"], dtype=np.float64) + 2.0 * d * s1 + nk[:, None] * d**2
+    return {**stats, "s1": s1 + nk[:, None] * d, "s2": s2}
+
+
 def n_parameters(params: Params) -> int:
     """``K * D`` centre coordinates."""
     return int(np.size(params["means"]))
@@ -190,4 +216,5 @@ FAMILY = Family(
     sample=sample,
     hard=True,
     check_params=check_params,
+    recentre=recentre,
 )
