@@ -51,6 +51,8 @@ def save_model(estimator, path):
         if hasattr(estimator, name):
             value = getattr(estimator, name)
             if isinstance(value, np.ndarray):
+                if value.dtype == object:  # feature names: saved as text, never pickled
+                    value = value.astype(str)
                 value = put_array(arrays, f"attributes/{name}", value)
             attributes[name] = value
     metadata = {
@@ -89,6 +91,8 @@ def load(path):
     try:
         est = cls(**decode_params(metadata["params"], arrays, where))
         for key, value in decode_params(metadata.get("attributes", {}), arrays, where).items():
+            if isinstance(value, np.ndarray) and value.dtype.kind == "U":
+                value = value.astype(object)  # feature names, as scikit-learn keeps them
             setattr(est, key, value)
         state = read_state(metadata["state"], arrays, where)
         check_state(est, state)
