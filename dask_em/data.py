@@ -368,6 +368,9 @@ class Prepared:
         Resolved policy for rows with NaN or infinity.
     persist : {"auto", True, False}
         The requested persist policy; :meth:`load` decides and applies it.
+    in_memory : bool
+        After :meth:`load`: whether passes read the data from memory (NumPy
+        input, or persisted) rather than from their source.
     """
 
     source: Source
@@ -376,6 +379,7 @@ class Prepared:
     nan_policy: str
     persist: object = "auto"
     loaded: bool = False
+    in_memory: bool = False
 
     @property
     def n_features(self):
@@ -398,6 +402,7 @@ class Prepared:
         if self.source.is_numpy or decide_persist(self.X, self.persist):
             self.X = self.X.persist()
             self.weights = None if self.weights is None else self.weights.persist()
+            self.in_memory = True
         self.loaded = True
         return self
 

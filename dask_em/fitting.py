@@ -6,19 +6,30 @@ through :func:`fit_models`::
     data.prepare(X, ...) -> Prepared         the data edge: NaN policy, weights, persist
     estimator._model_spec(prepared) -> ModelSpec   what to fit: family, starts, stopping
     fit_models(prepared, [ModelSpec]) -> [FitResult]
-        load the data (persist), initialise every start, run the shared EM passes
+        load the data (persist); one pass draws a sample of rows on which every
+        start of every model is initialised in memory; then, per algorithm:
+          "em":       batch EM passes for every start (scikit-learn's algorithm)
+          "stepwise": EM on the sample ranks the starts; the best runs stepwise EM
+                      over mini-batches of chunks, then batch EM passes to ``tol``
         (one pass per iteration for every start and every model of one family),
         score the final parameters when asked, pick the best start, warn
     estimator._set_fitted(result)            fitted attributes
 
 Models of the same family and M-step options share every pass: the ``n_init``
-starts of one estimator, and the candidates of a selection.
+starts of one estimator, and the candidates of a selection (whose starts also
+share the one sampling pass). ``algorithm="auto"`` is batch EM for data in
+memory (NumPy input, or persisted) and stepwise EM for data streamed from their
+source, where passes are what a fit costs.
+
+:func:`partial_fit_step` is one stepwise update from one batch of rows: the
+estimators' ``partial_fit``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -26,13 +37,36 @@ from typing import Callable
 
 import numpy as np
 
+import dask
+
 from dask_em.checkpoint import Checkpointer, chain_callbacks
 from dask_em.data import Prepared, nonfinite_rows_error
-from dask_em.engine import EMResult, MixtureState, estep_block, run_em, run_pass
+from dask_em.engine import EMResult, MixtureState, estep_block, m_step, run_em, run_pass
 from dask_em.engine.loop import LikelihoodChange
+from dask_em.engine.stepwise import blend_stats, recentred, run_stepwise, scale_stats
 from dask_em.exceptions import ConvergenceWarning
 from dask_em.families import Family
+from dask_em.sample_init import default_sample_size
+from dask_em.sampling import estimation_weights, sample_rows
 from dask_em.weights import bad_weight_error
+
+#: The fit algorithms (``algorithm`` of the estimators).
+ALGORITHMS = ("auto", "em", "stepwise")
+#: Most EM iterations on the initialisation sample before a stepwise fit.
+SAMPLE_EM_MAX_ITER = 50
+
+
+def stepwise_setting(name):
+    """A stepwise-EM setting from ``dask.config`` (``dask_em.stepwise.<name>``).
+
+    ``passes`` (1): passes of stepwise EM before the exact batch finish;
+    ``alpha`` (0.6): decay of the step size ``eta_t = (t + t0) ** -alpha``;
+    ``t0`` (2): its offset; ``batch_chunks`` (None: one chunk per thread of the
+    scheduler): the fewest chunks in a mini-batch. Set them with, e.g.,
+    ``dask.config.set({"dask_em.stepwise.passes": 2})``.
+    """
+    defaults = {"passes": 1, "alpha": 0.6, "t0": 2.0, "batch_chunks": None}
+    return dask.config.get(f"dask_em.stepwise.{name}", defaults[name])
 
 logger = logging.getLogger("dask_em")
 
@@ -69,14 +103,24 @@ class ModelSpec:
     family : Family
     n_components : int
     initialize : callable
-        ``initialize(X, seeds, check, sample_weight) -> list of MixtureState``: one
-        starting point per seed, computed with passes over ``X`` (dask array).
+        ``initialize(rows, weights, seeds, em_on_sample) -> list of MixtureState``:
+        one starting point per seed, computed in memory on a sample of rows (n, D)
+        with their estimation weights (or None), best first when
+        ``em_on_sample`` (EM on the sample ranks them). Called with ``rows=None``
+        when ``needs_sample`` is False (every parameter given).
     seeds : list of int
         One per start (``n_init``).
     tol : float
     max_iter : int
     options : dict
         Keyword arguments of the family's M-step (``reg_covar``, ``alpha``).
+    needs_sample : bool
+        Whether initialisation needs the sample (False when every starting
+        parameter is given).
+    n_sample : int, optional
+        Rows of the initialisation sample (default ``max(1000 K, 100_000)``).
+    algorithm : {"auto", "em", "stepwise"}
+        See the module docstring.
     stopping : callable, optional
         The stopping rule (see :class:`~dask_em.engine.loop.LikelihoodChange`, the
         default); K-means uses a centre-shift rule.
@@ -110,6 +154,9 @@ class ModelSpec:
     tol: float
     max_iter: int
     options: dict = field(default_factory=dict)
+    needs_sample: bool = True
+    n_sample: int | None = None
+    algorithm: str = "em"
     stopping: Callable | None = None
     warm: EMResult | None = None
     pick: str = "lower_bound"
@@ -185,21 +232,53 @@ def pass_check(nan_policy: str, specs: list[ModelSpec]):
     return check
 
 
-def _groups(specs):
-    """Indices of the specs that can share passes: same family and M-step options."""
+def _groups(specs, in_memory):
+    """Indices of the specs that can share passes: same family, M-step options and algorithm."""
     groups = {}
     for i, spec in enumerate(specs):
-        key = (spec.family.name, repr(sorted(spec.options.items())), spec.max_iter)
+        algorithm = spec.algorithm if spec.algorithm != "auto" else ("em" if in_memory else "stepwise")
+        spec.algorithm = algorithm
+        key = (spec.family.name, repr(sorted(spec.options.items())), spec.max_iter, algorithm)
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 
 
-def _starts(spec, X, check, weights):
+@dataclass
+class Sample:
+    """The initialisation sample of a group of models: rows, their estimation weights
+    (None without sample weights), and the number of valid rows it stands for."""
+
+    rows: object
+    weights: object
+    n_valid: int
+
+    def stats(self, family, states):
+        """Statistics of ``states`` on the sample, at full-data scale (init of stepwise EM)."""
+        stats = estep_block(self.rows, self.weights, (family, states), 0)
+        # estimation weights make weighted sums unbiased totals; unweighted rows scale by N / n
+        scale = 1.0 if self.weights is not None else self.n_valid / max(self.rows.shape[0], 1)
+        return [scale_stats(s, scale) for s in stats]
+
+
+def _draw_sample(prepared, specs, check):
+    """One pass: a uniform (or weighted) sample of rows for the starts of ``specs``."""
+    size = max(spec.n_sample or default_sample_size(spec.n_components) for spec in specs)
+    rows, weights, counts = sample_rows(prepared.X, size, specs[0].seeds[0], prepared.weights)
+    check(counts)
+    logger.info("initialisation sample: %d of %d rows", counts["n_sample"], counts["n_rows"])
+    return Sample(rows, estimation_weights(weights, counts["threshold"]), counts["n_rows"])
+
+
+def _starts(spec, sample):
+    """Starting results of ``spec``: its warm start, or its starts on the sample."""
     if spec.warm is not None:
-        warm = spec.warm
-        return [EMResult(state=warm.state, lower_bound=warm.lower_bound)]
+        return [EMResult(state=spec.warm.state, lower_bound=spec.warm.lower_bound)]
+    stepwise = spec.algorithm == "stepwise"
     logger.info("initialising %d start(s) with %r", len(spec.seeds), spec.init_name)
-    return [EMResult(state=s) for s in spec.initialize(X, spec.seeds, check, weights)]
+    rows = None if sample is None else sample.rows
+    weights = None if sample is None else sample.weights
+    states = spec.initialize(rows, weights, spec.seeds, stepwise)
+    return [EMResult(state=s) for s in (states[:1] if stepwise else states)]
 
 
 def _score(prepared, family, states):
@@ -210,7 +289,33 @@ def _score(prepared, family, states):
     )
 
 
-def _fit_group(prepared, specs, checkpoint, callback):
+def _stepwise_phase(prepared, specs, results, sample, check, callback):
+    """Stepwise EM from the starts (one per spec), continuing from the sample's statistics."""
+    spec = specs[0]
+    passes = stepwise_setting("passes")
+    if any(s.warm is not None for s in specs) or passes == 0:
+        return results  # a warm start continues with batch EM
+    init_stats = None if sample is None else sample.stats(spec.family, [r.state for r in results])
+    stepped = run_stepwise(
+        prepared.X,
+        spec.family,
+        [r.state for r in results],
+        options=spec.options,
+        sample_weight=prepared.weights,
+        passes=passes,
+        alpha=stepwise_setting("alpha"),
+        t0=stepwise_setting("t0"),
+        batch_chunks=stepwise_setting("batch_chunks"),
+        seed=spec.seeds[0],
+        check=check,
+        callback=callback,
+        init_stats=init_stats,
+    )
+    # the exact finish starts afresh: its first pass has no reference to test against
+    return [EMResult(state=r.state, history=r.history) for r in stepped]
+
+
+def _fit_group(prepared, specs, sample, checkpoint, callback):
     X, weights = prepared.X, prepared.weights
     family = specs[0].family
     check = pass_check(prepared.nan_policy, specs)
@@ -223,9 +328,13 @@ def _fit_group(prepared, specs, checkpoint, callback):
     else:
         results, owner = [], []
         for j, spec in enumerate(specs):
-            starts = _starts(spec, X, check, weights)
+            starts = _starts(spec, sample)
             results += starts
             owner += [j] * len(starts)
+        if specs[0].algorithm == "stepwise":
+            results = _stepwise_phase(prepared, specs, results, sample, check, callback)
+            if saver is not None:
+                saver(0, results)
     rules = {j: spec.rule() for j, spec in enumerate(specs)}
     results = run_em(
         X,
@@ -289,14 +398,18 @@ def fit_models(prepared: Prepared, specs: list[ModelSpec], *, checkpoint=None, c
     for spec in specs:
         if n < spec.n_components:
             raise ValueError(spec.few_rows_message(n))
-    groups = _groups(specs)
     if checkpoint is not None and len(specs) != 1:
         raise ValueError("checkpoint applies to the fit of one model, not to a selection of several.")
     out = [None] * len(specs)
     with verbosity(max(spec.verbose for spec in specs)):
         prepared.load()
+        groups = _groups(specs, prepared.in_memory)
+        resumable = checkpoint is not None and os.path.exists(checkpoint)
+        cold = [spec for spec in specs if spec.warm is None and spec.needs_sample]
+        # one sampling pass initialises every start of every model
+        sample = _draw_sample(prepared, cold, pass_check(prepared.nan_policy, specs)) if cold and not resumable else None
         for group in groups:
-            results = _fit_group(prepared, [specs[i] for i in group], checkpoint, callback)
+            results = _fit_group(prepared, [specs[i] for i in group], sample, checkpoint, callback)
             for i, res in zip(group, results):
                 out[i] = res
     for spec, res in zip(specs, out):

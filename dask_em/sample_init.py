@@ -1,8 +1,6 @@
 """Starting points from one pass: a sample of rows, then every start in memory.
 
-The multi-pass initialisation (:mod:`dask_em.initialization`) reads the data about
-``rounds + LLOYD_MAX_ITER + 3`` times for ``"kmeans"``. Here one pass draws a
-random sample (:func:`dask_em.sampling.sample_rows`: uniform or weighted, the same
+One pass draws a random sample (:func:`dask_em.sampling.sample_rows`: uniform or weighted, the same
 whatever the chunking), and the whole initialisation of every seed runs on it in
 memory with NumPy:
 

@@ -75,7 +75,7 @@ def test_one_compute_per_iteration(X):
             calls.append(1)
 
     with Count():
-        km = KMeans(3, init=init, max_iter=20, tol=0, persist=False).fit(Xd)
+        km = KMeans(3, init=init, max_iter=20, tol=0, persist=False, algorithm="lloyd").fit(Xd)
     # one pass per iteration; the inertia pass is skipped after strict convergence
     assert len(calls) == km.n_iter_
 

@@ -10,7 +10,6 @@ from scipy import optimize, stats
 from sklearn.cluster import KMeans as SkKMeans
 
 from dask_em.families import get_family
-from dask_em.initialization import KMEANS_PARALLEL_ROUNDS, initialize
 from dask_em.sample_init import initialize_from_sample, initialize_on_sample, lloyd
 from dask_em.sampling import _combine_samples, _smallest, estimation_weights, row_uniforms, sample_rows, seed_state
 from dask_em.testing import CountingStore
@@ -266,14 +265,6 @@ def test_initialize_from_sample_reads_the_store_once(tmp_path, n_init):
     np.testing.assert_allclose(best.params["means"][order], means, atol=0.1)
     np.testing.assert_allclose(best.params["covariances"][order], covs, atol=0.15)
     np.testing.assert_allclose(best.weights[order], weights, atol=0.03)
-
-
-def test_the_multi_pass_kmeans_init_reads_the_store_many_times(tmp_path):
-    # the reason for the one-pass path: k-means|| reads the data once per pass
-    Xn = _blobs(n=6_000)[0]
-    store, arr, X = _zarr(tmp_path, Xn, chunks=(1_000, 2))
-    initialize(X, get_family("gaussian-full"), 3, "kmeans", [0], options={"reg_covar": 1e-6})
-    assert store.passes(arr) >= KMEANS_PARALLEL_ROUNDS + 3
 
 
 @pytest.mark.parametrize("method", ["kmeans", "k-means++", "random_from_data", "random"])

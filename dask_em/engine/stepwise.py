@@ -105,6 +105,7 @@ def run_stepwise(
     callback=None,
     label="",
     log_level=logging.INFO,
+    init_stats=None,
 ):
     """Stepwise EM from each starting state: an M-step after every mini-batch.
 
@@ -147,6 +148,11 @@ def run_stepwise(
         Prefix of the log lines.
     log_level : int, optional
         Level of the per-step log lines.
+    init_stats : list of dict, optional
+        Running statistics to start from, one per starting state, at full-data
+        scale and taken about that state's parameters (e.g. the statistics of an
+        initialisation sample, scaled by N / n_sample). The first step then blends
+        with ``eta_1 = (1 + t0) ** -alpha`` instead of replacing them.
 
     Returns
     -------
@@ -182,8 +188,13 @@ def run_stepwise(
     results = [EMResult(state=s) for s in inits]
     running = [None] * len(inits)  # blended statistics, one per start
     reference = [None] * len(inits)  # the parameters ``running`` is taken about
-    name = f"stepwise-{family.name}"
     step = 0
+    offset = 0  # steps the running statistics already stand for
+    if init_stats is not None:
+        running = list(init_stats)
+        reference = [s.params for s in inits]
+        offset = 1
+    name = f"stepwise-{family.name}"
 
     def prefix(i):
         return label + (f"init {i}: " if len(results) > 1 else "")
@@ -208,7 +219,8 @@ def run_stepwise(
             if check is not None:
                 check(stats_list[0])
             seconds = time.perf_counter() - start
-            eta = 1.0 if step == 0 else float((step + t0) ** -alpha)
+            t = step + offset
+            eta = 1.0 if t == 0 else float((t + t0) ** -alpha)
             scale = n_total / n_rows if n_rows else 0.0
             step += 1
             for i, (res, stats) in enumerate(zip(results, stats_list)):

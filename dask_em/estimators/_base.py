@@ -12,11 +12,11 @@ import dask.array as da
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
 
-from dask_em._validation import Interval, check_is_fitted, seed_from, seeds_from
+from dask_em._validation import Interval, Options, check_is_fitted, seed_from, seeds_from
 from dask_em.engine import EMResult, MixtureState, score_block
 from dask_em.engine.omit import score_block_omit
 from dask_em.estimators._facade import EDGE_CONSTRAINTS, EMEstimator
-from dask_em.fitting import ModelSpec, as_float64_state, cast_state
+from dask_em.fitting import ALGORITHMS, ModelSpec, as_float64_state, cast_state
 
 logger = logging.getLogger("dask_em")
 
@@ -31,6 +31,7 @@ MIXTURE_CONSTRAINTS = {
     "verbose": [Interval("int", 0, None, "left")],
     "weights_init": ["array-like", None],
     **EDGE_CONSTRAINTS,
+    "algorithm": [Options(ALGORITHMS)],
 }
 
 
@@ -47,7 +48,12 @@ class BaseMixture(EMEstimator, DensityMixin, BaseEstimator):
     def _check_init_params(self, n_features):
         """Check the ``*_init`` arrays against the data's number of features."""
 
-    def _initial_states(self, X, family, seeds, options, check, sample_weight=None):
+    def _given_inits(self):
+        """The user-given starting parameters (None where not given)."""
+        return []
+
+    def _initial_states(self, rows, weights, family, seeds, options, em_on_sample):
+        """Starting states, one per seed, from a sample of rows (see ModelSpec.initialize)."""
         raise NotImplementedError
 
     def _set_state(self, state):
@@ -85,8 +91,10 @@ class BaseMixture(EMEstimator, DensityMixin, BaseEstimator):
         if self.warm_start and hasattr(self, "converged_"):
             warm = EMResult(state=as_float64_state(self._get_state()), lower_bound=self.lower_bound_)
 
-        def initialize(X, seeds, check, sample_weight):
-            return self._initial_states(X, family, seeds, options, check, sample_weight=sample_weight)
+        def initialize(rows, weights, seeds, em_on_sample):
+            return self._initial_states(rows, weights, family, seeds, options, em_on_sample)
+
+        given = self._given_inits()
 
         return ModelSpec(
             family=family,
@@ -96,6 +104,8 @@ class BaseMixture(EMEstimator, DensityMixin, BaseEstimator):
             tol=self.tol,
             max_iter=self.max_iter,
             options=options,
+            needs_sample=not (given and all(g is not None for g in given)),
+            algorithm=self.algorithm,
             warm=warm,
             init_name=self._init_name(),
             verbose=self.verbose,

@@ -8,7 +8,9 @@ from dask_em._validation import Interval, Options
 from dask_em.engine import MixtureState
 from dask_em.estimators._base import MIXTURE_CONSTRAINTS, BaseMixture
 from dask_em.estimators._init_checks import check_weights_init
-from dask_em.initialization import INIT_METHODS, initialize
+from dask_em.fitting import SAMPLE_EM_MAX_ITER
+from dask_em.initialization import INIT_METHODS
+from dask_em.sample_init import initialize_on_sample
 
 
 #: Constraints of the parameters the discrete mixtures share.
@@ -45,28 +47,37 @@ class DiscreteMixture(BaseMixture):
     def _m_step_options(self):
         return {"alpha": self.alpha}
 
-    def _initial_states(self, X, family, seeds, options, check, sample_weight=None):
+    def _given_inits(self):
+        given = getattr(self, f"{self._param}_init")
+        if self._param == "means":
+            return [self.weights_init, given]
+        return [given]  # probs alone make a start (uniform weights)
+
+    def _initial_states(self, rows, weights, family, seeds, options, em_on_sample):
         K = self.n_components
         given = getattr(self, f"{self._param}_init")
-        weights = None if self.weights_init is None else np.asarray(self.weights_init, dtype=np.float64)
-        if given is not None and (weights is not None or self._param != "means"):
-            weights = np.full(K, 1.0 / K) if weights is None else weights
+        init_weights = None if self.weights_init is None else np.asarray(self.weights_init, dtype=np.float64)
+        if all(g is not None for g in self._given_inits()):
+            init_weights = np.full(K, 1.0 / K) if init_weights is None else init_weights
             params = {self._param: np.array(given, dtype=np.float64)}
-            return [MixtureState(weights.copy(), {k: v.copy() for k, v in params.items()}) for _ in seeds]
-        states = initialize(
-            X,
+            return [MixtureState(init_weights.copy(), {k: v.copy() for k, v in params.items()}) for _ in seeds]
+        starts = initialize_on_sample(
+            rows,
             family,
             K,
             self.init_params,
             seeds,
+            weights=weights,
             centers=given,
             options=options,
-            check=check,
-            sample_weight=sample_weight,
+            em_on_sample=em_on_sample and given is None and init_weights is None,
+            tol=self.tol,
+            max_iter_sample=SAMPLE_EM_MAX_ITER,
         )
+        states = [start.state for start in starts]
         for state in states:
-            if weights is not None:
-                state.weights = weights.copy()
+            if init_weights is not None:
+                state.weights = init_weights.copy()
             if given is not None:
                 state.params[self._param] = np.array(given, dtype=np.float64)
         return states

@@ -33,7 +33,19 @@ _EDGE_DOC = """nan_policy : {"raise", "omit"} or None, default=None
         Keep the data in (cluster) memory between passes (True) or stream them from
         their source every pass (False). ``"auto"`` keeps them when they take at
         most half of the workers' free memory (the free RAM without a distributed
-        client). The log says which was used."""
+        client). The log says which was used.
+    algorithm : {"auto", "em", "stepwise"}, default="auto"
+        How the parameters are fitted. ``"em"``: batch EM (for KMeans, Lloyd),
+        one pass over the data per iteration until ``tol``: scikit-learn's
+        algorithm, exact. ``"stepwise"``: for data read from their source, where
+        each pass costs a read of the store: EM on the initialisation sample
+        (in memory) ranks the ``n_init`` starts, the best runs stepwise (online)
+        EM over mini-batches of chunks (an M-step after each; Cappé & Moulines
+        2009; for KMeans, mini-batch k-means), then batch EM passes from there
+        until ``tol``, so the result is an exact EM fixed point; a few passes in
+        all. ``"auto"``: batch EM when the data are in memory (NumPy input, or
+        persisted), stepwise when they are streamed. Tuning:
+        :func:`dask_em.fitting.stepwise_setting`."""
 
 
 class EMEstimator:

@@ -95,6 +95,7 @@ class CategoricalMixture(DiscreteMixture):
         verbose=0,
         nan_policy=None,
         persist="auto",
+        algorithm="auto",
     ):
         self.n_components = n_components
         self.n_categories = n_categories
@@ -110,6 +111,7 @@ class CategoricalMixture(DiscreteMixture):
         self.verbose = verbose
         self.nan_policy = nan_policy
         self.persist = persist
+        self.algorithm = algorithm
 
     def _family(self):
         return make_family(self.n_categories_)

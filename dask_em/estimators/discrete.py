@@ -67,6 +67,7 @@ class _IndependentMixture(DiscreteMixture):
         verbose=0,
         nan_policy=None,
         persist="auto",
+        algorithm="auto",
     ):
         self.n_components = n_components
         self.tol = tol
@@ -81,6 +82,7 @@ class _IndependentMixture(DiscreteMixture):
         self.verbose = verbose
         self.nan_policy = nan_policy
         self.persist = persist
+        self.algorithm = algorithm
 
     def _family(self):
         return get_family(self._family_name)

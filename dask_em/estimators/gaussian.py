@@ -15,7 +15,9 @@ from dask_em.families.gaussian import (
     covariances_from_cholesky,
     precisions_from_cholesky,
 )
-from dask_em.initialization import INIT_METHODS, initialize
+from dask_em.fitting import SAMPLE_EM_MAX_ITER
+from dask_em.initialization import INIT_METHODS
+from dask_em.sample_init import initialize_on_sample
 
 
 class GaussianMixture(BaseMixture):
@@ -129,6 +131,7 @@ class GaussianMixture(BaseMixture):
         verbose=0,
         nan_policy=None,
         persist="auto",
+        algorithm="auto",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -145,6 +148,7 @@ class GaussianMixture(BaseMixture):
         self.verbose = verbose
         self.nan_policy = nan_policy
         self.persist = persist
+        self.algorithm = algorithm
 
     # -- validation -------------------------------------------------------------
     def _check_init_params(self, n_features):
@@ -163,23 +167,29 @@ class GaussianMixture(BaseMixture):
     def _m_step_options(self):
         return {"reg_covar": self.reg_covar}
 
-    def _initial_states(self, X, family, seeds, options, check, sample_weight=None):
+    def _given_inits(self):
+        return [self.weights_init, self.means_init, self.precisions_init]
+
+    def _initial_states(self, rows, weights, family, seeds, options, em_on_sample):
         cov_type = self.covariance_type
-        given = [self.weights_init, self.means_init, self.precisions_init]
+        given = self._given_inits()
         if all(g is not None for g in given):
             states = [MixtureState(np.zeros(self.n_components), {}) for _ in seeds]
         else:
-            states = initialize(
-                X,
+            starts = initialize_on_sample(
+                rows,
                 family,
                 self.n_components,
                 self.init_params,
                 seeds,
+                weights=weights,
                 centers=self.means_init,
                 options=options,
-                check=check,
-                sample_weight=sample_weight,
+                em_on_sample=em_on_sample and not any(g is not None for g in given),
+                tol=self.tol,
+                max_iter_sample=SAMPLE_EM_MAX_ITER,
             )
+            states = [start.state for start in starts]
         for state in states:
             if self.weights_init is not None:
                 state.weights = np.array(self.weights_init, dtype=np.float64)

@@ -22,10 +22,14 @@ from dask_em.estimators._init_checks import check_array_init
 from dask_em.families import get_family
 from dask_em.families.kmeans import data_variance
 from dask_em.fitting import ModelSpec, as_float64_state, cast_state
-from dask_em.initialization import initial_centers
+from dask_em.fitting import SAMPLE_EM_MAX_ITER
+from dask_em.sample_init import initialize_on_sample
 
 logger = logging.getLogger(__name__)
 
+#: ``init`` strings and the method that seeds on the initialisation sample:
+#: "k-means||" (the scalable seeding's role: a good start for a pass-bound fit) is
+#: k-means++ plus Lloyd iterations on the sample, in memory.
 INITS = {"k-means||": "kmeans", "k-means++": "k-means++", "random": "random_from_data"}
 
 
@@ -85,11 +89,12 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
     ----------
     n_clusters : int, default=8
     init : {"k-means||", "k-means++", "random"} or array of shape (n_clusters, n_features), default="k-means||"
-        "k-means||": scalable k-means|| seeding (Bahmani et al., 2012; 7 passes);
-        "k-means++": greedy k-means++ on a uniform sample of ``max(10_000, 100 K)``
-        rows (1 pass); "random": K distinct rows drawn uniformly (1 pass);
-        an array: these centres (no pass). With sample weights, sampling is
-        proportional to the weights.
+        Every string seeds in memory on one sample of ``max(1000 K, 100_000)`` rows
+        drawn in one pass (:mod:`dask_em.sample_init`; the same whatever the
+        chunking; weighted by the sample weights): "k-means||": greedy k-means++
+        plus Lloyd iterations on the sample (the scalable good start k-means||
+        gave, without its 7 passes); "k-means++": greedy k-means++ on the sample;
+        "random": K distinct rows of the sample; an array: these centres (no pass).
     n_init : "auto" or int, default="auto"
         Number of starts (all share every pass); the lowest inertia wins. "auto":
         10 for ``init="random"``, else 1. An ``init`` array allows only 1.
@@ -143,6 +148,7 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         "verbose": [Interval("int", 0, None, "left")],
         "random_state": ["random_state"],
         **EDGE_CONSTRAINTS,
+        "algorithm": [Options(("auto", "lloyd", "stepwise"))],
     }
     _fitted_attribute = "cluster_centers_"
     _saved_attributes = (
@@ -162,6 +168,7 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         random_state=None,
         nan_policy=None,
         persist="auto",
+        algorithm="auto",
     ):
         self.n_clusters = n_clusters
         self.init = init
@@ -172,6 +179,7 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         self.random_state = random_state
         self.nan_policy = nan_policy
         self.persist = persist
+        self.algorithm = algorithm
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -202,19 +210,23 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         if not isinstance(self.init, str):
             given = check_array_init("init", self.init, (K, prepared.n_features)).copy()
 
-        def initialize(X, seeds, check, sample_weight):
+        family = get_family("kmeans")
+
+        def initialize(rows, weights, seeds, em_on_sample):
             if given is not None:
-                centers = [given]
-            else:
-                centers = initial_centers(
-                    X, K, INITS[self.init], seeds, check=check, sample_weight=sample_weight, lloyd_max_iter=0
-                )
-            return [MixtureState(np.full(K, 1.0 / K), {"means": c}) for c in centers]
+                return [MixtureState(np.full(K, 1.0 / K), {"means": given.copy()})]
+            starts = initialize_on_sample(
+                rows, family, K, INITS[self.init], seeds, weights=weights, em_on_sample=em_on_sample,
+                tol=0.0, max_iter_sample=SAMPLE_EM_MAX_ITER,
+            )
+            return [MixtureState(np.full(K, 1.0 / K), {"means": s.state.params["means"]}) for s in starts]
 
         return ModelSpec(
-            family=get_family("kmeans"),
+            family=family,
             n_components=K,
             initialize=initialize,
+            needs_sample=given is None,
+            algorithm={"lloyd": "em"}.get(self.algorithm, self.algorithm),
             seeds=seeds_from(self.random_state, self._n_starts()),
             tol=self.tol,
             max_iter=self.max_iter,
@@ -320,7 +332,9 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         return float(np.nansum(neg_d2, dtype=np.float64))
 
 
-KMeans.__doc__ = KMeans.__doc__.replace("{edge}", _EDGE_DOC)
+KMeans.__doc__ = KMeans.__doc__.replace("{edge}", _EDGE_DOC.replace(
+    'algorithm : {"auto", "em", "stepwise"}', 'algorithm : {"auto", "lloyd", "stepwise"}'
+).replace('``"em"``: batch EM (for KMeans, Lloyd)', '``"lloyd"``: batch Lloyd iterations'))
 
 
 __all__ = ["KMeans"]
