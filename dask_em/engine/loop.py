@@ -31,7 +31,8 @@ class EMResult:
         Mean log-likelihood per (weighted) row at the start of the last iteration,
         as scikit-learn's ``lower_bound_``; ``-inf`` if no iteration ran.
     history : list of dict
-        Per iteration: ``iteration``, ``mean_loglik``, ``change``, ``seconds``.
+        Per iteration: ``kind`` (``"batch"``; stepwise steps before it say
+        ``"stepwise"``), ``iteration``, ``mean_loglik``, ``change``, ``seconds``.
     last_stats : dict or None
         Summed statistics of the last pass (row counts among them).
     """
@@ -160,7 +161,7 @@ def run_em(
             res.n_iter = iteration
             res.last_stats = stats
             res.history.append(
-                {"iteration": iteration, "mean_loglik": mean_ll, "change": change, "seconds": seconds}
+                {"kind": "batch", "iteration": iteration, "mean_loglik": mean_ll, "change": change, "seconds": seconds}
             )
             logger.log(
                 log_level,

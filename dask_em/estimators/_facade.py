@@ -16,7 +16,7 @@ from dask.base import tokenize
 from dask_em._validation import Options, check_is_fitted, validate_params
 from dask_em.data import NAN_POLICIES, prepare
 from dask_em.engine import map_rows
-from dask_em.fitting import fit_models
+from dask_em.fitting import as_float64_state, fit_models
 
 #: Constraints of the data-edge parameters every estimator has.
 EDGE_CONSTRAINTS = {
@@ -190,6 +190,49 @@ class EMEstimator:
         prepared = self._prepare(X, sample_weight, reset=True, array=array, feature_dim=feature_dim)
         spec = self._model_spec(prepared)
         (result,) = fit_models(prepared, [spec], checkpoint=checkpoint, callback=callback)
+        self._set_fitted(result, prepared)
+        self.__dict__.pop("_stream", None)
+        return self
+
+    def partial_fit(self, X, y=None, sample_weight=None, *, array=None, feature_dim=None):
+        """Update the model with one batch of rows: one step of stepwise (online) EM.
+
+        For streams that never end, or data that arrive in pieces (it works inside
+        ``dask_ml.wrappers.Incremental``). The first call initialises the model
+        from its batch (``init_params``/``init`` on a sample of it, EM on that
+        sample ranking the ``n_init`` starts) and records the features; every call
+        then blends the batch's statistics into running statistics with a decaying
+        step ``eta_t = (t + t0) ** -alpha`` and takes the M-step (see
+        :func:`dask_em.fitting.partial_fit_step`). A later call with another
+        number of features, or other feature labels, is an error. After ``fit``,
+        the first ``partial_fit`` starts a new stream from the fitted parameters.
+
+        Parameters
+        ----------
+        X : array-like, dask array, Zarr store or xarray object
+            One batch of rows (see :meth:`fit`).
+        y : ignored
+        sample_weight : array-like or dask array of shape (n_samples,), default=None
+        array, feature_dim : str, optional
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        self
+        """
+        from dask_em.fitting import partial_fit_step
+
+        stream = getattr(self, "_stream", None)
+        first = stream is None and not hasattr(self, self._fitted_attribute)
+        if first or stream is None:
+            self._validate_params()
+        prepared = self._prepare(X, sample_weight, reset=first, array=array, feature_dim=feature_dim)
+        spec = self._model_spec(prepared)
+        if stream is None and not first:  # after fit: start from the fitted parameters
+            spec.needs_sample = False
+            state = self._get_state()
+            spec.initialize = lambda rows, weights, seeds, rank: [as_float64_state(state)]
+        self._stream, result = partial_fit_step(prepared, spec, stream)
         self._set_fitted(result, prepared)
         return self
 
