@@ -47,8 +47,8 @@ def _as_numeric_array(X, what):
     if arr.dtype == object:
         try:
             arr = arr.astype(np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
+        except (TypeError, ValueError) as exc:  # keep NumPy's kind: TypeError for a dict
+            raise (TypeError if isinstance(exc, TypeError) else ValueError)(
                 f"{what} holds objects that are not numbers ({exc}); convert it to a numeric "
                 f"array first, e.g. np.asarray({what}, dtype='float64')."
             ) from None

@@ -5,7 +5,7 @@ import dask.array as da
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
-from scipy.special import logsumexp
+from scipy.special import gammaln, logsumexp
 from scipy.stats import bernoulli, poisson
 
 from dask_em import BernoulliMixture, CategoricalMixture, PoissonMixture
@@ -143,11 +143,12 @@ def test_categorical_recovers_parameters_and_infers_categories():
 @pytest.mark.parametrize(
     "est, X, match",
     [
-        (BernoulliMixture(2), [[0, 1], [1, 0.5], [0, 0]], r"column 1 of X holds the value 0.5 "),
-        (PoissonMixture(2), [[0, 1], [3, -2], [0, 0]], r"column 1 of X holds the value -2 "),
-        (PoissonMixture(2), [[0, 1.5], [3, 2], [0, 0]], r"column 1 of X holds the value 1.5 "),
+        (BernoulliMixture(2, binarize=None), [[0, 1], [1, 0.5], [0, 0]], r"column 1 of X holds the value 0.5 "),
+        (PoissonMixture(2), [[0, 1], [3, -2], [0, 0]],
+         r"^Negative values in data .* column 1 of X holds the value -2 "),
         (CategoricalMixture(2, n_categories=3), [[0, 1], [3, 2], [0, 0]], r"column 0 of X holds the value 3 "),
-        (CategoricalMixture(2), [[0, 1], [-1, 2], [0, 0]], r"column 0 of X holds the value -1 "),
+        (CategoricalMixture(2), [[0, 1], [-1, 2], [0, 0]],
+         r"^Negative values in data .* column 0 of X holds the value -1 "),
     ],
 )
 @pytest.mark.parametrize("chunked", [False, True])
@@ -156,6 +157,36 @@ def test_invalid_values_name_column_and_value(est, X, match, chunked):
     X = da.from_array(np.repeat(X, 4, axis=0), chunks=(4, -1)) if chunked else X
     with pytest.raises(ValueError, match=match):
         est.fit(X)
+
+
+def test_bernoulli_binarizes_at_its_threshold():
+    X = np.random.default_rng(4).normal(size=(300, 4)) + np.array([0.0, 1.0, -1.0, 0.5])
+    binary = (X > 0.3).astype(float)
+    fit = BernoulliMixture(2, binarize=0.3, random_state=0).fit(da.from_array(X, chunks=(70, -1)))
+    ref = BernoulliMixture(2, binarize=None, random_state=0).fit(da.from_array(binary, chunks=(70, -1)))
+    np.testing.assert_allclose(fit.means_, ref.means_, rtol=1e-10)
+    np.testing.assert_allclose(fit.score_samples(X), ref.score_samples(binary), rtol=1e-10)
+    assert BernoulliMixture(binarize=None).__sklearn_tags__().input_tags.positive_only
+    assert not BernoulliMixture().__sklearn_tags__().input_tags.positive_only
+
+
+def test_poisson_scores_non_negative_reals_with_lgamma():
+    X = np.random.default_rng(5).gamma(2.0, 1.5, size=(200, 3))  # rates, not counts
+    pm = PoissonMixture(2, random_state=0).fit(X)
+    lam, w = pm.means_, pm.weights_
+    comp = X[:, None, :] * np.log(lam)[None] - lam[None] - gammaln(X + 1.0)[:, None, :]
+    np.testing.assert_allclose(pm.score_samples(X), logsumexp(comp.sum(axis=2) + np.log(w), axis=1), rtol=1e-10)
+
+
+def test_categorical_codes_are_integer_parts():
+    codes = np.random.default_rng(6).integers(0, 3, size=(300, 4)).astype(float)
+    noisy = codes + np.random.default_rng(7).uniform(0, 0.99, size=codes.shape)
+    fit = CategoricalMixture(2, random_state=0).fit(noisy)
+    ref = CategoricalMixture(2, random_state=0).fit(codes)
+    assert fit.n_categories_.tolist() == ref.n_categories_.tolist() == [3, 3, 3, 3]
+    np.testing.assert_allclose(fit.predict_proba(noisy), ref.predict_proba(codes), rtol=1e-10)
+    with pytest.raises(ValueError, match="column 2 of X holds the value 3.5 "):
+        ref.predict(np.array([[0, 1, 3.5, 0]]))
 
 
 def test_predict_checks_values_of_dask_input():

@@ -31,6 +31,11 @@ class DiscreteMixture(BaseMixture):
 
     _param = "means"
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True  # counts, codes, 0/1: negative values are an error
+        return tags
+
     # -- validation -------------------------------------------------------------
     def _support_check(self):
         return self._family().check_data

@@ -16,8 +16,13 @@ class CategoricalMixture(DiscreteMixture):
     """Mixture of independent categorical distributions (latent class analysis), by EM.
 
     Feature ``d`` holds integer codes ``0 .. C_d - 1``; each component gives every
-    feature its own probability vector. Codes out of range, negative or
-    non-integer values are an error naming the column and value.
+    feature its own probability vector. As :class:`sklearn.naive_bayes.CategoricalNB`,
+    the data must be non-negative integer codes (the estimator tags say so:
+    ``input_tags.categorical`` and ``positive_only``); encode other data first,
+    e.g. with :class:`sklearn.preprocessing.OrdinalEncoder`. As there, a value's
+    code is its integer part (2.7 is code 2). Negative values and codes out of
+    range (``>= n_categories_``, also in ``predict``) are an error naming the
+    column and value.
 
     Parameters
     ----------
@@ -113,6 +118,11 @@ class CategoricalMixture(DiscreteMixture):
         self.persist = persist
         self.algorithm = algorithm
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.categorical = True  # integer codes, as CategoricalNB
+        return tags
+
     def _family(self):
         return make_family(self.n_categories_)
 
@@ -128,7 +138,7 @@ class CategoricalMixture(DiscreteMixture):
             if source.is_numpy:
                 Xn = np.asarray(source.data, dtype=np.float64)
                 Xn = Xn[np.isfinite(Xn).all(axis=1)]
-                check_data(Xn)  # negative or non-integer codes, before max + 1
+                check_data(Xn)  # negative values, before max + 1
                 lo, hi = Xn.min(axis=0, initial=0), Xn.max(axis=0, initial=0)
             else:  # one extra pass; give n_categories to save it
                 lo, hi = dask.compute(da.nanmin(Xd, axis=0), da.nanmax(Xd, axis=0))
@@ -146,6 +156,11 @@ class CategoricalMixture(DiscreteMixture):
         if np.any(C < 1):
             raise ValueError(f"n_categories must be >= 1 for every feature, got {C.tolist()}.")
         self.n_categories_ = C.astype(np.int64)
+
+    def _initial_states(self, X, family, seeds, options, check, sample_weight=None):
+        if X.dtype.kind == "f":  # start from the codes, as the passes read them
+            X = X.map_blocks(np.trunc, dtype=X.dtype)
+        return super()._initial_states(X, family, seeds, options, check, sample_weight=sample_weight)
 
     def _check_param_init(self, value, K, D):
         C = self.n_categories_

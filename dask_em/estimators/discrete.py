@@ -2,9 +2,10 @@
 
 import numpy as np
 
+from dask_em._validation import Interval
 from dask_em.estimators._discrete import DISCRETE_CONSTRAINTS, DiscreteMixture, check_means_in
 from dask_em.estimators._facade import _EDGE_DOC
-from dask_em.families import get_family
+from dask_em.families import bernoulli, get_family
 
 _COMMON_PARAMS = """n_components : int, default=1
         Number of mixture components K.
@@ -95,12 +96,19 @@ class BernoulliMixture(_IndependentMixture):
     __doc__ = f"""Mixture of multivariate Bernoulli distributions (binary features), by EM.
 
     Each component gives every feature an independent probability of being 1.
-    Data must hold only 0 and 1 (bool or numbers); other values are an error
-    naming the column and value. Each iteration is one pass over the data.
+    As :class:`sklearn.naive_bayes.BernoulliNB`, the data are binarised at
+    ``binarize`` (default 0.0: a value > 0 is a 1), block by block inside every
+    pass, so any real data are valid. With ``binarize=None`` the data must hold
+    only 0 and 1 (bool or numbers), and other values are an error naming the
+    column and value. Each iteration is one pass over the data.
 
     Parameters
     ----------
     {_COMMON_PARAMS.format(alpha_note=": p = (s1 + alpha) / (n_k + 2 alpha), so no probability is exactly 0 or 1", what="probabilities of a 1, in (0, 1)")}
+    binarize : float or None, default=0.0
+        Threshold: a value ``x > binarize`` is a 1, any other a 0 (NaN stays
+        missing), in ``fit`` and in every other method. None: the data are
+        binary already, and a value other than 0 or 1 is an error.
 
     Attributes
     ----------
@@ -118,13 +126,61 @@ class BernoulliMixture(_IndependentMixture):
 
     _family_name = "bernoulli"
     _open_range = (0.0, 1.0)
+    _parameter_constraints = {
+        **_IndependentMixture._parameter_constraints,
+        "binarize": [Interval("float", None, None, "neither"), None],
+    }
+
+    def __init__(
+        self,
+        n_components=1,
+        *,
+        tol=1e-3,
+        alpha=1e-3,
+        max_iter=100,
+        n_init=1,
+        init_params="kmeans",
+        weights_init=None,
+        means_init=None,
+        random_state=None,
+        warm_start=False,
+        verbose=0,
+        nan_policy=None,
+        persist="auto",
+        binarize=0.0,
+    ):
+        super().__init__(
+            n_components, tol=tol, alpha=alpha, max_iter=max_iter, n_init=n_init, init_params=init_params,
+            weights_init=weights_init, means_init=means_init, random_state=random_state, warm_start=warm_start,
+            verbose=verbose, nan_policy=nan_policy, persist=persist,
+        )
+        self.binarize = binarize
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = self.binarize is None  # a threshold takes any real value
+        return tags
+
+    def _family(self):
+        return bernoulli.make_family(self.binarize)
+
+    def _initial_states(self, X, family, seeds, options, check, sample_weight=None):
+        if self.binarize is not None:  # start from the binarised data, which the plain family takes
+            X = X.map_blocks(bernoulli.binarize, float(self.binarize), dtype=np.float64)
+            family = bernoulli.FAMILY
+        return super()._initial_states(X, family, seeds, options, check, sample_weight=sample_weight)
 
 
 class PoissonMixture(_IndependentMixture):
     __doc__ = f"""Mixture of independent Poisson distributions (count features), by EM.
 
-    Each component gives every feature a Poisson rate. Data must hold
-    non-negative whole numbers; other values are an error naming the column and
+    Each component gives every feature a Poisson rate. Data must be
+    non-negative: counts, or non-negative reals (rates, normalised counts), as
+    :class:`sklearn.naive_bayes.MultinomialNB` takes them. For a real ``x`` the
+    log-likelihood uses ``log(x!) = lgamma(x + 1)``: the Poisson
+    quasi-log-likelihood, whose M-step is the same weighted mean, but not a
+    density over the reals (``score_samples``, ``bic`` and ``aic`` compare models
+    on the same data only). A negative value is an error naming the column and
     value. Each iteration is one pass over the data.
 
     Parameters

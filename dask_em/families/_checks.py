@@ -3,7 +3,7 @@
 import numpy as np
 
 
-def raise_if_invalid(X: np.ndarray, bad: np.ndarray, family: str, rule: str) -> None:
+def raise_if_invalid(X: np.ndarray, bad: np.ndarray, family: str, rule: str, *, negative: bool = False) -> None:
     """Raise a ``ValueError`` for the first ``True`` entry of ``bad`` (n, D).
 
     Parameters
@@ -15,20 +15,19 @@ def raise_if_invalid(X: np.ndarray, bad: np.ndarray, family: str, rule: str) -> 
         Name for the message, e.g. ``"Poisson"``.
     rule : str
         What the values must be, and how to fix them.
+    negative : bool
+        The bad entries are negative values: the message starts as scikit-learn's
+        ("Negative values in data passed to ...").
     """
     if not bad.any():
         return
     i, j = np.argwhere(bad)[0]
+    head = f"Negative values in data passed to the {family} mixture" if negative else f"{family} mixture"
     raise ValueError(
-        f"{family} mixture: column {int(j)} of X holds the value {float(X[i, j]):g} "
+        f"{head}: column {int(j)} of X holds the value {float(X[i, j]):g} "
         f"({int(np.count_nonzero(bad))} invalid values in a block of {X.shape[0]} rows); "
         f"{rule}"
     )
-
-
-def non_integer(X: np.ndarray) -> np.ndarray:
-    """Entries of ``X`` that are not whole numbers."""
-    return X != np.floor(X)
 
 
 # --------------------------------------------------------------------------- parameters

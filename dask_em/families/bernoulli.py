@@ -6,8 +6,14 @@ shift is needed. The M-step smooths with a Beta(1 + alpha, 1 + alpha) prior (its
 mode), so no probability is exactly 0 or 1::
 
     p_kd = (s1_kd + alpha) / (n_k + 2 alpha)
+
+``FAMILY`` takes data that are already 0 or 1; :func:`make_family` binds a threshold
+(as ``sklearn.naive_bayes.BernoulliNB``'s ``binarize``) so that any real data are
+binarised block by block, inside the passes.
 """
 
+from dataclasses import replace
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -21,12 +27,12 @@ _NK_EPS = 10 * np.finfo(np.float64).eps
 
 def check_data(X: np.ndarray) -> None:
     """Raise a ``ValueError`` naming column and value unless every entry is 0 or 1."""
-    raise_if_invalid(
-        X,
-        (X != 0) & (X != 1),
-        "Bernoulli",
-        "Bernoulli features must be 0 or 1; binarise them first, e.g. X = (X > threshold).",
+    rule = (
+        "Bernoulli features must be 0 or 1; binarise them first, e.g. X = (X > threshold), "
+        "or let the estimator do it (binarize=threshold)."
     )
+    raise_if_invalid(X, X < 0, "Bernoulli", rule, negative=True)
+    raise_if_invalid(X, (X != 0) & (X != 1), "Bernoulli", rule)
 
 
 def log_prob(X: np.ndarray, params: Params, offset: np.ndarray | None = None) -> np.ndarray:
@@ -112,3 +118,38 @@ FAMILY = Family(
     check_data=check_data,
     check_params=check_params,
 )
+
+
+def binarize(X: np.ndarray, threshold: float) -> np.ndarray:
+    """1.0 where ``X > threshold``, else 0.0, as float64; NaN stays NaN.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D), real numbers
+    threshold : float
+    """
+    X = np.asarray(X, dtype=np.float64)
+    out = (X > threshold).astype(np.float64)
+    out[np.isnan(X)] = np.nan
+    return out
+
+
+def _on_binarized(function, X, *args, threshold, **kwargs):
+    return function(binarize(X, threshold), *args, **kwargs)
+
+
+def make_family(threshold: float | None = None) -> Family:
+    """The Bernoulli :class:`Family`, binarising its data at ``threshold`` first.
+
+    ``None``: :data:`FAMILY`, for data that hold only 0 and 1 (anything else is an
+    error). A float: every real value is valid, ``x > threshold`` counts as a 1.
+    """
+    if threshold is None:
+        return FAMILY
+    t = float(threshold)
+    return replace(
+        FAMILY,
+        log_prob=partial(_on_binarized, log_prob, threshold=t),
+        suff_stats=partial(_on_binarized, suff_stats, threshold=t),
+        check_data=None,
+    )

@@ -2,9 +2,10 @@
 
 ``params = {"probs": (K, D, C_max)}`` with ``C_max = max(C_d)``; ``probs[k, d, c]``
 is the probability of code ``c`` for feature ``d`` in component ``k``, and entries
-with ``c >= C_d`` are 0 (padding). The number of categories per feature is bound
-into the family with :func:`make_family` (``FAMILY`` infers it from ``probs``: the
-codes with non-zero probability).
+with ``c >= C_d`` are 0 (padding). A value's code is its integer part, as
+scikit-learn's ``CategoricalNB`` reads its input. The number of categories per
+feature is bound into the family with :func:`make_family` (``FAMILY`` infers it
+from ``probs``: the codes with non-zero probability).
 
 Statistics: ``counts[k, d, c] = sum_i r_ik [x_id == c]`` (K, D, C_max). The M-step is
 the mode under a symmetric Dirichlet(1 + alpha) prior, so no probability is 0::
@@ -18,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from dask_em._math import dot
-from dask_em.families._checks import check_keys, check_shape, check_values, non_integer, raise_if_invalid
+from dask_em.families._checks import check_keys, check_shape, check_values, raise_if_invalid
 from dask_em.families._family import Family, Params, Stats
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
@@ -36,20 +37,24 @@ def _categories(params, n_categories):
 
 
 def check_data(X: np.ndarray, n_categories: Sequence[int] | None = None) -> None:
-    """Raise a ``ValueError`` naming column and value unless ``0 <= x_d < C_d`` and whole."""
-    bad = (X < 0) | non_integer(X)
-    if n_categories is not None:
-        bad |= X >= np.asarray(n_categories)[None, :]
-    raise_if_invalid(
-        X,
-        bad,
-        "Categorical",
+    """Raise a ``ValueError`` naming column and value unless ``0 <= x_d < C_d``.
+
+    A value's code is its integer part (as ``CategoricalNB`` reads it), so
+    ``x_d < C_d`` is the range of the codes.
+    """
+    rule = (
         "each feature must hold integer codes 0 .. n_categories[d] - 1; encode them "
-        "first (e.g. sklearn.preprocessing.OrdinalEncoder) or give a larger n_categories.",
+        "first (e.g. sklearn.preprocessing.OrdinalEncoder)"
     )
+    raise_if_invalid(X, X < 0, "Categorical", rule + ".", negative=True)
+    if n_categories is not None:
+        bad = X >= np.asarray(n_categories)[None, :]
+        raise_if_invalid(X, bad, "Categorical", rule + " or give a larger n_categories.")
 
 
 def _codes(X, C):
+    """The codes of ``X`` (checked): the integer part of each value, as
+    scikit-learn's ``CategoricalNB`` reads its input (``check_array(X, dtype=int)``)."""
     check_data(X, C)
     return X.astype(np.intp)
 
@@ -64,7 +69,7 @@ def log_prob(
 
     Parameters
     ----------
-    X : ndarray of shape (n, D), float64 integer codes
+    X : ndarray of shape (n, D), float64 codes (the integer part of each value)
     params : dict with ``probs`` (K, D, C_max)
     n_categories : sequence of int of length D, optional
     offset : ndarray of shape (K,), optional

@@ -15,29 +15,37 @@ import numpy as np
 from scipy.special import gammaln
 
 from dask_em._math import dot
-from dask_em.families._checks import check_keys, check_shape, check_values, non_integer, raise_if_invalid
+from dask_em.families._checks import check_keys, check_shape, check_values, raise_if_invalid
 from dask_em.families._family import Family, Params, Stats
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
 
 def check_data(X: np.ndarray) -> None:
-    """Raise a ``ValueError`` naming column and value unless every entry is a count >= 0."""
+    """Raise a ``ValueError`` naming column and value unless every entry is >= 0.
+
+    Whole numbers are counts; other non-negative reals are valid too (see
+    :func:`log_prob`).
+    """
     raise_if_invalid(
         X,
-        (X < 0) | non_integer(X),
+        X < 0,
         "Poisson",
-        "Poisson features must be non-negative whole numbers (counts); fix or remove "
-        "these values, e.g. X = np.clip(np.rint(X), 0, None).",
+        "Poisson features must be non-negative (counts); fix or remove these values.",
+        negative=True,
     )
 
 
 def log_prob(X: np.ndarray, params: Params, offset: np.ndarray | None = None) -> np.ndarray:
     """``sum_d x_d log lambda_kd - lambda_kd - log(x_d!)`` with one GEMM.
 
+    ``log(x!)`` is ``lgamma(x + 1)``, so the formula extends to non-negative reals
+    (rates, normalised counts): there it is the Poisson quasi-log-likelihood, whose
+    maximiser is still the weighted mean, not the log of a density over the reals.
+
     Parameters
     ----------
-    X : ndarray of shape (n, D), float64 counts
+    X : ndarray of shape (n, D), float64, >= 0 (counts, or non-negative reals)
     params : dict with ``means`` (K, D), rates > 0
     offset : ndarray of shape (K,), optional
         Added to every row (see :class:`~dask_em.families.Family`).
