@@ -157,10 +157,10 @@ class CategoricalMixture(DiscreteMixture):
             raise ValueError(f"n_categories must be >= 1 for every feature, got {C.tolist()}.")
         self.n_categories_ = C.astype(np.int64)
 
-    def _initial_states(self, X, family, seeds, options, check, sample_weight=None):
-        if X.dtype.kind == "f":  # start from the codes, as the passes read them
-            X = X.map_blocks(np.trunc, dtype=X.dtype)
-        return super()._initial_states(X, family, seeds, options, check, sample_weight=sample_weight)
+    def _initial_states(self, rows, weights, family, seeds, options, em_on_sample):
+        if rows is not None:  # start from the codes, as the passes read them
+            rows = np.trunc(rows)
+        return super()._initial_states(rows, weights, family, seeds, options, em_on_sample)
 
     def _check_param_init(self, value, K, D):
         C = self.n_categories_
