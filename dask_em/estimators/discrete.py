@@ -164,11 +164,11 @@ class BernoulliMixture(_IndependentMixture):
     def _family(self):
         return bernoulli.make_family(self.binarize)
 
-    def _initial_states(self, X, family, seeds, options, check, sample_weight=None):
-        if self.binarize is not None:  # start from the binarised data, which the plain family takes
-            X = X.map_blocks(bernoulli.binarize, float(self.binarize), dtype=np.float64)
+    def _initial_states(self, rows, weights, family, seeds, options, em_on_sample):
+        if self.binarize is not None and rows is not None:  # start from the binarised sample,
+            rows = bernoulli.binarize(rows, float(self.binarize))  # which the plain family takes
             family = bernoulli.FAMILY
-        return super()._initial_states(X, family, seeds, options, check, sample_weight=sample_weight)
+        return super()._initial_states(rows, weights, family, seeds, options, em_on_sample)
 
 
 class PoissonMixture(_IndependentMixture):
