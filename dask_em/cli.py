@@ -182,7 +182,10 @@ def _positive_int(text):
 
 
 def _persist(text):
-    return {"auto": "auto", "yes": True, "no": False}[text]
+    try:
+        return {"auto": "auto", "yes": True, "no": False}[text]
+    except KeyError:  # argparse turns this into a usage error (exit status 2), not a traceback
+        raise argparse.ArgumentTypeError(f"must be auto, yes or no, got {text!r}") from None
 
 
 def build_parser():

@@ -136,6 +136,11 @@ def _dataset_to_array(ds, feature_dim, feature_names):
     return ds[names].to_dataarray(dim=feature_dim), names
 
 
+def _plain(value):
+    """A NumPy number or string as the Python one (for messages)."""
+    return value.item() if isinstance(value, (np.integer, np.floating, np.str_, np.bool_)) else value
+
+
 def _match_feature_coordinate(obj, feature_dim, fitted, what):
     """The DataArray with its features in the fitted order, and its feature labels.
 
@@ -153,6 +158,7 @@ def _match_feature_coordinate(obj, feature_dim, fitted, what):
     if len(labels) == len(fitted) and set(map(str, labels)) == set(map(str, fitted)):
         logger.info("reordering %s's %r to the order the model was fitted on: %s", what, feature_dim, fitted)
         return obj.sel({feature_dim: [labels[[str(v) for v in labels].index(str(f))] for f in fitted]}), fitted
+    labels = [_plain(v) for v in labels]  # 700, not np.int64(700), in the message
     missing = [f for f in fitted if str(f) not in set(map(str, labels))]
     extra = [v for v in labels if str(v) not in set(map(str, fitted))]
     raise ValueError(
