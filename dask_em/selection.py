@@ -74,13 +74,13 @@ def select_n_components(
 
     Notes
     -----
-    Passes over the data, per covariance type: the initialisation passes of every
-    candidate (each K needs its own seeding: ~18 for ``init_params="kmeans"``, 2
-    for the others, 1 if starting parameters are given; the ``n_init`` starts of
-    one K share them), then ``max(n_iter)`` EM passes shared by all candidates and
-    starts, then one pass computing every candidate's log-likelihood. A separate fit
-    per candidate would instead cost the *sum* of the EM iterations plus one
-    ``score`` pass each.
+    Passes over the data: one sampling pass initialises every start of every
+    candidate (none when all starting parameters are given); then, per covariance
+    type, ``max(n_iter)`` EM passes shared by all its candidates and starts, and one
+    pass computing every candidate's log-likelihood. A separate fit per candidate
+    would instead cost the *sum* of the EM iterations plus one ``score`` pass each.
+    With ``algorithm="stepwise"`` (or ``"auto"`` on streamed data) each candidate's
+    best start also takes the stepwise pass(es), shared by the candidates.
 
     K-means has no likelihood of its own. It is scored as the model its hard
     assignment implies (X-means, Pelleg & Moore 2000): each row drawn from the

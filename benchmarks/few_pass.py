@@ -1,0 +1,227 @@
+"""Passes over a streamed store, and in-memory fits against scikit-learn (issue: few passes).
+
+    python benchmarks/few_pass.py                 # N = 600,000; about 10 minutes on 2 cores
+    python benchmarks/few_pass.py --n 2000000     # a larger store
+    python benchmarks/few_pass.py --quick         # small sizes, a smoke run
+    python benchmarks/few_pass.py --part memory   # only the in-memory comparison
+
+Part 1 (streamed): a float32 Zarr store of overlapping clusters (D=16, K=8) on disk,
+fitted with ``persist=False`` so every pass reads the store, on dask's threaded
+scheduler and on a ``distributed.LocalCluster`` (worker threads in this process,
+so the chunk reads are counted). For batch EM (``algorithm="em"``, default
+initialisation, ``tol=1e-6``) and stepwise EM (``algorithm="stepwise"``,
+``tol=1e-3``), it prints the passes over the store counted from its chunk reads
+(:class:`dask_em.testing.CountingStore`), the final mean log-likelihood per row
+(scored after the fit, not counted), and the wall times; the same for diag
+covariances and for KMeans (batch Lloyd against stepwise).
+
+Part 2 (in memory): the default fit of NumPy data against scikit-learn's, for
+KMeans and GaussianMixture, over sizes 1e3 to 1e7 rows (1e6 with ``--quick``
+off; 1e7 with ``--large``), plus scikit-learn's digits (1797 x 64, K=10, diag)
+and a photograph (``china.jpg``, 273,280 pixels x 3, K=16; needs pillow).
+"""
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+from distributed import Client, LocalCluster
+from sklearn.cluster import KMeans as SkKMeans
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+from dask_em import GaussianMixture, KMeans
+from dask_em.testing import CountingStore
+
+
+def cpu_description():
+    """CPU model and the SIMD level numpy found (figures differ between machines)."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    simd = "?"
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+
+        simd = next((f for f in ("AVX512F", "AVX2", "ASIMD", "SSE42") if features.get(f)), "baseline")
+    except ImportError:
+        pass
+    return f"{model}; numpy SIMD {simd}; {os.cpu_count()} cores"
+
+
+def overlapping_clusters(n, D=16, K=8, seed=0, spread=1.0, chunk=100_000):
+    """Rows of K anisotropic Gaussians whose centres are about one standard deviation
+    apart: batch EM needs many iterations on them."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=spread, size=(K, D))
+    mixers = [rng.normal(size=(D, D)) * 0.5 + np.eye(D) * 0.5 for _ in range(K)]
+    out = np.empty((n, D), dtype=np.float32)
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        labels = rng.integers(0, K, m)
+        z = rng.normal(size=(m, D))
+        rows = np.einsum("nd,nde->ne", z, np.stack(mixers)[labels]) + centers[labels]
+        out[i:i + m] = rows
+    return out
+
+
+def write_store(folder, X, chunk_rows):
+    path = os.path.join(folder, "data.zarr")
+    z = zarr.create_array(path, shape=X.shape, chunks=(chunk_rows, X.shape[1]), dtype=X.dtype, overwrite=True)
+    for i in range(0, X.shape[0], chunk_rows * 8):
+        z[i:i + chunk_rows * 8] = X[i:i + chunk_rows * 8]
+    return path
+
+
+def timed_fit(make, path):
+    """Fit on a counting view of the store: (model, passes counted, seconds)."""
+    store = CountingStore(path)
+    arr = zarr.open_array(store, mode="r")
+    model = make()
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(arr)
+    seconds = time.perf_counter() - start
+    return model, store.passes(arr), seconds
+
+
+def mean_loglik(model, X):
+    if isinstance(model, KMeans):
+        return model.score(X) / X.shape[0]  # minus the mean squared distance
+    return model.score(X)
+
+
+def read_pass_seconds(path):
+    arr = zarr.open_array(path, mode="r")
+    start = time.perf_counter()
+    da.from_zarr(arr).sum().compute()
+    return time.perf_counter() - start
+
+
+def streamed(args):
+    print(f"\n== Part 1: a streamed float32 Zarr store, N={args.n:,} D=16 K=8, chunks of {args.chunk:,} rows")
+    X = overlapping_clusters(args.n)
+    folder = tempfile.mkdtemp(prefix="dask-em-few-pass-")
+    try:
+        path = write_store(folder, X, args.chunk)
+        Xd = da.from_array(X, chunks=(args.chunk, -1))
+        cases = [
+            ("full", lambda alg, tol: GaussianMixture(8, covariance_type="full", algorithm=alg, tol=tol,
+                                                      max_iter=1000, random_state=0, persist=False)),
+            ("diag", lambda alg, tol: GaussianMixture(8, covariance_type="diag", algorithm=alg, tol=tol,
+                                                      max_iter=1000, random_state=0, persist=False)),
+            ("kmeans", lambda alg, tol: KMeans(8, algorithm="lloyd" if alg == "em" else alg,
+                                               random_state=0, persist=False)),
+        ]
+        for scheduler in ("threads", "LocalCluster"):
+            cluster = client = None
+            if scheduler == "LocalCluster":
+                cluster = LocalCluster(n_workers=1, threads_per_worker=os.cpu_count(), processes=False,
+                                       dashboard_address=None)
+                client = Client(cluster)
+            try:
+                read = read_pass_seconds(path)
+                print(f"\n-- {scheduler}: a raw read pass of the store takes {read:.2f} s")
+                print(f"{'model':<8}{'algorithm':<10}{'passes':>7}{'iters':>7}{'mean loglik':>15}"
+                      f"{'seconds':>9}{'read passes':>12}")
+                for name, make in cases:
+                    out = {}
+                    for alg, tol in (("em", 1e-6), ("stepwise", 1e-3)):
+                        model, passes, seconds = timed_fit(lambda: make(alg, tol), path)
+                        ll = mean_loglik(model, Xd)
+                        out[alg] = (passes, seconds, ll)
+                        print(f"{name:<8}{alg:<10}{passes:>7.0f}{model.n_iter_:>7}{ll:>15.6f}{seconds:>9.2f}"
+                              f"{seconds / read:>12.1f}")
+                    (p_em, s_em, ll_em), (p_sw, s_sw, ll_sw) = out["em"], out["stepwise"]
+                    print(f"{name:<8}stepwise/em: passes {p_sw:.0f} vs {p_em:.0f} (target <= 4), "
+                          f"loglik {ll_sw - ll_em:+.2e} (target >= -1e-3), time {s_sw / s_em:.2f} (goal <= 0.2)")
+            finally:
+                if client is not None:
+                    client.close()
+                    cluster.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def best_time(fn, repeat):
+    best, out = np.inf, None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def compare(name, X, K, cov, repeat):
+    """Default fits of ours and scikit-learn's on in-memory X: seconds and quality."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if cov == "kmeans":
+            t_ours, ours = best_time(lambda: KMeans(K, random_state=0).fit(X), repeat)
+            t_sk, sk = best_time(lambda: SkKMeans(K, random_state=0).fit(X), repeat)
+            q_ours, q_sk, quality = -ours.inertia_ / len(X), -sk.inertia_ / len(X), "-inertia/row"
+        else:
+            t_ours, ours = best_time(lambda: GaussianMixture(K, covariance_type=cov, random_state=0).fit(X), repeat)
+            t_sk, sk = best_time(lambda: SkGaussianMixture(K, covariance_type=cov, random_state=0).fit(X), repeat)
+            q_ours, q_sk, quality = ours.score(X), sk.score(X), "loglik/row"
+    verdict = "meets" if t_ours <= 2 * t_sk and q_ours >= q_sk - 1e-3 * abs(q_sk) else "MISSES"
+    print(f"{name:<28}{t_ours:>9.3f} s{t_sk:>9.3f} s  ratio {t_ours / t_sk:5.2f}  {quality} "
+          f"{q_ours:.6g} vs {q_sk:.6g}  target <= 2 at equal quality: {verdict}")
+
+
+def in_memory(args):
+    print("\n== Part 2: default fits of in-memory data against scikit-learn's (best of 2)")
+    print(f"{'data':<28}{'dask-em':>11}{'sklearn':>11}")
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().data
+    compare("digits 1797x64 K=10 diag", digits, 10, "diag", 2)
+    compare("digits 1797x64 K=10 kmeans", digits, 10, "kmeans", 2)
+    try:
+        from sklearn.datasets import load_sample_image
+
+        pixels = load_sample_image("china.jpg").reshape(-1, 3).astype(np.float64) / 255
+        compare("china.jpg 273280x3 K=16 kmeans", pixels, 16, "kmeans", 2)
+        compare("china.jpg 273280x3 K=16 full", pixels, 16, "full", 1)
+    except ImportError:
+        print("china.jpg: skipped (pip install pillow to read the photograph)")
+    sizes = [1_000, 10_000, 100_000] + ([] if args.quick else [1_000_000]) + ([10_000_000] if args.large else [])
+    for n in sizes:
+        X = overlapping_clusters(n, D=16, K=8, spread=3.0).astype(np.float64)
+        compare(f"N={n:,} D=16 K=8 full", X, 8, "full", 2 if n <= 100_000 else 1)
+        compare(f"N={n:,} D=16 K=8 kmeans", X, 8, "kmeans", 2 if n <= 100_000 else 1)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=600_000, help="rows of the streamed store")
+    parser.add_argument("--chunk", type=int, default=5_000, help="rows per chunk of the store")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--large", action="store_true", help="also N = 1e7 in memory")
+    parser.add_argument("--part", choices=("all", "streamed", "memory"), default="all")
+    args = parser.parse_args()
+    if args.quick:
+        args.n = min(args.n, 100_000)
+    print(f"CPU: {cpu_description()}; dask {dask.__version__}, numpy {np.__version__}")
+    if args.part in ("all", "streamed"):
+        streamed(args)
+    if args.part in ("all", "memory"):
+        in_memory(args)
+
+
+if __name__ == "__main__":
+    main()
