@@ -1,7 +1,9 @@
 """The command line's progress bar and log output (stderr), kept out of each other's way."""
 
+import contextlib
 import logging
 import sys
+import warnings
 
 
 class ProgressBar:
@@ -19,17 +21,27 @@ class ProgressBar:
     def __init__(self, total, stream=None, enabled=None):
         self.total, self.stream = max(int(total), 1), stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
-        self.text = ""
+        self.text = self.quality = ""
 
     def __call__(self, iteration, results):
         best = max(results, key=lambda r: r.lower_bound)
         done = min(iteration / self.total, 1.0)
         fill = int(round(30 * done))
-        self.text = (
-            f"[{'#' * fill}{'.' * (30 - fill)}] iteration {iteration}/{self.total}  "
-            f"mean log-likelihood {best.lower_bound:.6g}"
-        )
+        self.quality = f"mean log-likelihood {best.lower_bound:.6g}"
+        self.text = f"[{'#' * fill}{'.' * (30 - fill)}] iteration {iteration}/{self.total}  {self.quality}"
         self.draw()
+
+    def status(self, text):
+        """Show ``text`` (e.g. what happens before the first iteration) on the bar's line."""
+        self.text = f"[{'.' * 30}] {text}"
+        self.draw()
+
+    def finish(self, n_iter, converged):
+        """Draw the bar full: EM stopped at iteration ``n_iter``, converged or at ``total``."""
+        if self.text:
+            state = f"converged at iteration {n_iter}" if converged else f"iteration {n_iter}/{self.total}"
+            self.text = f"[{'#' * 30}] {state}  {self.quality}".rstrip()
+            self.draw()
 
     def draw(self):
         if self.enabled and self.text:
@@ -45,7 +57,7 @@ class ProgressBar:
         if self.enabled and self.text:
             self.stream.write("\n")
             self.stream.flush()
-        self.text = ""
+        self.text = self.quality = ""
 
 
 class BarAwareHandler(logging.StreamHandler):
@@ -61,6 +73,23 @@ class BarAwareHandler(logging.StreamHandler):
         super().emit(record)
         if self.bar is not None:
             self.bar.draw()
+
+
+@contextlib.contextmanager
+def warnings_to_log(logger_name="dask_em.warnings"):
+    """Route ``warnings.warn`` through the log for the duration (one line each, above the
+    progress bar) instead of letting Python print them into the bar's line."""
+    log = logging.getLogger(logger_name)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        log.warning("%s: %s", category.__name__, " ".join(str(message).split()))
+
+    saved = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
 
 
 def setup_logging(level, bar=None):

@@ -20,10 +20,14 @@ run with one line on stderr and exit status 2 (``--verbose`` shows the traceback
 import argparse
 import contextlib
 import logging
+import os
 import sys
+import textwrap
 import time
+import warnings
 
-from dask_em._progress import ProgressBar, setup_logging
+from dask_em._progress import ProgressBar, setup_logging, warnings_to_log
+from dask_em._version import __version__
 
 logger = logging.getLogger("dask_em.cli")
 
@@ -49,23 +53,42 @@ def _out(message):
     print(message, flush=True)
 
 
+def scheduler_target(scheduler):
+    """``Client`` keyword arguments for ``--scheduler``: an address, or a scheduler file.
+
+    A scheduler file is the JSON that ``dask scheduler --scheduler-file PATH`` (and
+    dask-jobqueue, dask-mpi) write; a value that names an existing file, or ends in
+    ``.json``, is read as one. A missing file is an error here, before any connection
+    is tried (``Client`` would wait for it to appear).
+    """
+    if os.path.isfile(scheduler):
+        return {"scheduler_file": scheduler}
+    if scheduler.endswith(".json") or (os.sep in scheduler and "://" not in scheduler):
+        raise ValueError(
+            f"--scheduler {scheduler!r}: no such scheduler file. Give the file that "
+            f"`dask scheduler --scheduler-file PATH` wrote, or an address such as tcp://host:8786."
+        )
+    return {"address": scheduler}
+
+
 @contextlib.contextmanager
 def dask_client(scheduler, *, n_workers=None, memory_limit="auto", quiet=False):
-    """A ``distributed.Client`` on ``scheduler``, or on a new LocalCluster.
+    """A ``distributed.Client`` on ``scheduler`` (address or scheduler file), or on a new LocalCluster.
 
     Prints the dashboard link (stderr) unless ``quiet``.
     """
     from distributed import Client, LocalCluster
 
     if scheduler:
-        with Client(scheduler, timeout="20s") as client:
+        with Client(**scheduler_target(scheduler), timeout="20s") as client:
             if not quiet:
                 print(f"dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
             yield client
         return
     kwargs = {"n_workers": n_workers, "threads_per_worker": 1} if n_workers else {}
     with LocalCluster(
-        processes=True, dashboard_address=":0", memory_limit=memory_limit, silence_logs=logging.ERROR, **kwargs
+        # a task's error reaches the client, which reports it in one line: no worker tracebacks
+        processes=True, dashboard_address=":0", memory_limit=memory_limit, silence_logs=logging.CRITICAL, **kwargs
     ) as cluster, Client(cluster) as client:
         if not quiet:
             print(f"local cluster: {len(cluster.workers)} workers; dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
@@ -75,6 +98,25 @@ def dask_client(scheduler, *, n_workers=None, memory_limit="auto", quiet=False):
 # ------------------------------------------------------------------ sub-commands
 def _source_kwargs(args):
     return {"array": args.array, "feature_dim": args.feature_dim}
+
+
+def check_input(args):
+    """Open the input store (metadata only) before a cluster starts, so a mistyped path,
+    array or dimension fails in a moment instead of after the cluster's start-up."""
+    from dask_em.data import as_source
+
+    if args.scheduler:
+        scheduler_target(args.scheduler)
+    log = logging.getLogger("dask_em")
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))  # the fit logs what it finds; say it once
+    try:
+        as_source(args.store, **_source_kwargs(args))
+    finally:
+        log.setLevel(level)
+
+
+NAN_HINT = "hint: rows with NaN or infinite values can be left out with --nan-policy omit"
 
 
 def build_model(args):
@@ -106,13 +148,16 @@ def build_model(args):
 
 def cmd_fit(args):
     model = build_model(args)
+    check_input(args)
     max_iter = model.max_iter
     bar = args.bar = ProgressBar(max_iter, enabled=None if args.level <= logging.INFO else False)
     args.handler.bar = bar
     with dask_client(args.scheduler, quiet=args.quiet):
         start = time.perf_counter()
         try:
+            bar.status("initialising: one pass draws a sample of rows, every start is set up on it")
             model.fit(args.store, checkpoint=args.checkpoint, callback=bar, **_source_kwargs(args))
+            bar.finish(model.n_iter_, model.converged_)
         finally:
             bar.close()
         seconds = time.perf_counter() - start
@@ -139,6 +184,7 @@ def _load(args):
 
 def cmd_predict(args):
     from dask_em.io import write_zarr
+    from dask_em.io.xarray_source import result_dataset
 
     model = _load(args)
     methods = {"labels": "predict", "proba": "predict_proba", "score": "score_samples"}
@@ -147,17 +193,21 @@ def cmd_predict(args):
             f"--what {args.what} needs a model with {methods[args.what]}; {type(model).__name__} has "
             f"none (use --what labels)."
         )
+    check_input(args)
     with dask_client(args.scheduler, quiet=args.quiet):
         method = getattr(model, methods[args.what])
         result = method(args.store, **_source_kwargs(args))
-        fill = -1 if args.what == "labels" else None
-        write_zarr(result, args.output, name=WHAT_NAMES[args.what], fill_value=fill)
+        n_labels = getattr(model, "n_clusters", None) or model.n_components
+        with warnings.catch_warnings():  # xarray's default, not a problem of the user's
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            write_zarr(result_dataset(result, args.what, n_labels), args.output)
     _out(f"{WHAT_NAMES[args.what]} written to {args.output}")
     return 0
 
 
 def cmd_score(args):
     model = _load(args)
+    check_input(args)
     with dask_client(args.scheduler, quiet=args.quiet):
         value = model.score(args.store, **_source_kwargs(args))
     if type(model).__name__ == "KMeans":
@@ -188,25 +238,79 @@ def _persist(text):
         raise argparse.ArgumentTypeError(f"must be auto, yes or no, got {text!r}") from None
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (unless it is None or the help already says it) and
+    keeps the layout of the description and the example (epilog)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and not any(default is skip for skip in (None, False, argparse.SUPPRESS))
+            and "default" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+EXAMPLES = {
+    "fit": """example:
+  dask-em fit pixels.zarr -k 8 --covariance-type diag --output model.npz
+  dask-em fit s2.zarr --array reflectance --feature-dim band --model kmeans -k 6 \\
+      --scheduler scheduler.json --output landcover.npz""",
+    "predict": """example:
+  dask-em predict model.npz pixels.zarr --output labels.zarr
+  dask-em predict model.npz pixels.zarr --what proba --output proba.zarr
+
+Labels are stored as the smallest signed integer type that holds them (int8 up to
+127 components), -1 (the Zarr fill value) where a row was left out (NaN, with
+--nan-policy omit); xarray.open_zarr reads them as floats with NaN there.
+Probabilities are float with NaN there, over the dimensions (sample, component).""",
+    "score": """example:
+  dask-em score model.npz pixels.zarr --scheduler tcp://10.0.0.5:8786""",
+    "demo": """example:
+  dask-em demo --workers 2 --memory-limit 300MiB""",
+}
+
+
 def build_parser():
     common = argparse.ArgumentParser(add_help=False)
     noise = common.add_mutually_exclusive_group()
     noise.add_argument("-q", "--quiet", action="store_true", help="only results and errors")
     noise.add_argument("-v", "--verbose", action="store_true", help="debug log and tracebacks")
-    common.add_argument("--scheduler", help="address of a running Dask scheduler (default: start a LocalCluster)")
+    common.add_argument(
+        "--scheduler", metavar="ADDRESS|FILE",
+        help="a running Dask scheduler: its address (tcp://host:8786) or the scheduler file that "
+        "`dask scheduler --scheduler-file` wrote (default: start a LocalCluster)",
+    )
 
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument("store", help="Zarr store: path or URL (format 2 or 3)")
     data.add_argument("--array", help="array (or xarray variable) inside the store's group")
     data.add_argument("--feature-dim", help="dimension holding the features (reads the store with xarray)")
-    data.add_argument("--nan-policy", choices=("raise", "omit"), help="rows with NaN: error or leave out")
+    data.add_argument("--nan-policy", choices=("raise", "omit"),
+                      help="rows with NaN or infinity: an error, or left out (default: omit for a store "
+                      "read with --feature-dim, else raise; predict: the model's)")
 
-    parser = argparse.ArgumentParser(prog="dask-em", description="Mixture models by EM on larger-than-memory data.")
+    parser = argparse.ArgumentParser(
+        prog="dask-em", description="Mixture models by EM on larger-than-memory data.", formatter_class=HelpFormatter,
+        epilog="Run `dask-em COMMAND --help` for a command's options and an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fit = sub.add_parser(
+    def add_command(name, description, **kwargs):
+        return sub.add_parser(
+            name, formatter_class=HelpFormatter, description=textwrap.fill(description, 80),
+            epilog=EXAMPLES[name], **kwargs,
+        )
+
+    fit = add_command(
         "fit", parents=[common, data], help="fit a model (Gaussian mixture, K-means, Bernoulli, Poisson or "
         "categorical mixture) and save it",
+        description="Fit a mixture model (or K-means) to a Zarr store by EM, one pass over the store "
+        "per iteration, and save it.",
     )
     fit.add_argument(
         "--model", choices=tuple(MODELS), default="gaussian",
@@ -228,32 +332,44 @@ def build_parser():
         help="initialisation: init_params of the mixtures (default kmeans), init of kmeans "
         "(k-means||, k-means++ or random; default k-means||)",
     )
-    fit.add_argument("--random-state", type=int, default=0)
+    fit.add_argument("--random-state", type=int, default=0, help="seed of the initialisation")
     fit.add_argument("--persist", type=_persist, default="auto", choices=("auto", True, False), metavar="{auto,yes,no}",
                      help="keep the data in cluster memory between passes (default auto: when they fit)")
     fit.add_argument("--checkpoint", help="checkpoint file; re-running with it resumes an interrupted fit")
     fit.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
     fit.set_defaults(func=cmd_fit)
 
-    predict = sub.add_parser("predict", parents=[common], help="write labels (or probabilities) to Zarr")
+    predict = add_command(
+        "predict", parents=[common], help="write labels (or probabilities) to Zarr",
+        description="Write the labels, probabilities or log-likelihoods of a saved model for every row "
+        "of a store to a new Zarr store.",
+    )
     predict.add_argument("model", help="model file written by `dask-em fit`")
     for action in data._actions:
         predict._add_action(action)
-    predict.add_argument("--what", choices=tuple(WHAT_NAMES), default="labels")
+    predict.add_argument("--what", choices=tuple(WHAT_NAMES), default="labels",
+                         help="labels, probabilities of every component, or per-row log-likelihood")
     predict.add_argument("-o", "--output", required=True, help="Zarr store to write")
     predict.set_defaults(func=cmd_predict)
 
-    score = sub.add_parser("score", parents=[common], help="mean log-likelihood of a store under a model")
-    score.add_argument("model")
+    score = add_command(
+        "score", parents=[common], help="mean log-likelihood of a store under a model",
+        description="Print the mean log-likelihood of a store under a saved model (the inertia for K-means).",
+    )
+    score.add_argument("model", help="model file written by `dask-em fit`")
     for action in data._actions:
         score._add_action(action)
     score.set_defaults(func=cmd_score)
 
-    demo = sub.add_parser("demo", parents=[common], help="fit a dataset larger than a small cluster's memory")
-    demo.add_argument("--workers", type=_positive_int, default=2)
-    demo.add_argument("--memory-limit", default="300MiB", help="per worker (default 300MiB)")
+    demo = add_command(
+        "demo", parents=[common], help="fit a dataset larger than a small cluster's memory",
+        description="Write a Zarr store larger than a small local cluster's memory, fit a Gaussian "
+        "mixture to it (streaming it every iteration) and report against the true parameters.",
+    )
+    demo.add_argument("--workers", type=_positive_int, default=2, help="worker processes of the local cluster")
+    demo.add_argument("--memory-limit", default="300MiB", help="memory limit per worker")
     demo.add_argument("--size-factor", type=float, default=1.1, help="dataset size / total memory limit")
-    demo.add_argument("--n-components", type=_positive_int, default=3)
+    demo.add_argument("--n-components", type=_positive_int, default=3, help="components of the true mixture")
     demo.add_argument("--keep", help="folder to keep the generated store in (default: a temporary one)")
     demo.set_defaults(func=cmd_demo)
     return parser
@@ -265,7 +381,8 @@ def main(argv=None):
     args.level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     args.handler = setup_logging(args.level)
     try:
-        return args.func(args)
+        with warnings_to_log():
+            return args.func(args)
     except KeyboardInterrupt:
         print("dask-em: interrupted", file=sys.stderr)
         return 130
@@ -274,6 +391,8 @@ def main(argv=None):
             logger.exception("failed")
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"dask-em: error: {message}", file=sys.stderr)
+        if "NaN or infinite" in message and getattr(args, "nan_policy", "omit") != "omit":
+            print(f"dask-em: {NAN_HINT}", file=sys.stderr)
         return 2
     finally:
         logging.getLogger("dask_em").removeHandler(args.handler)

@@ -42,6 +42,8 @@ class XarrayLayout:
     feature_names : list or None
         Data variables of a Dataset, or the values of a DataArray's feature
         coordinate, in feature order.
+    attrs : dict
+        Attributes of the input, given to the results.
     """
 
     sample_dims: tuple
@@ -50,6 +52,7 @@ class XarrayLayout:
     coords: dict
     feature_dim: str
     feature_names: list = None
+    attrs: dict = None
 
     def flatten(self, values, what="sample_weight"):
         """Per-sample values as (N,), in the row order of the 2-D view of the data.
@@ -98,21 +101,27 @@ class XarrayLayout:
     def wrap(self, result, what):
         """Lazy ``xarray.DataArray`` from a per-row dask result of shape (N,) or (N, K).
 
-        Labels become floats with NaN where a row was left out (label -1).
+        Labels become floats with NaN where a row was left out (label -1). The result
+        keeps the input's coordinates (but the feature dimension's) and ``attrs``;
+        probabilities get a ``component`` dimension with coordinate ``0 .. K-1``.
         """
         import xarray as xr
 
+        coords = self.coords
         if result.ndim == 1:
             shape, chunks, dims = self.sample_shape, self.sample_chunks, self.sample_dims
         else:
             K = result.shape[1]
             shape, chunks = self.sample_shape + (K,), self.sample_chunks + ((K,),)
             dims = self.sample_dims + ("component",)
+            coords = {**self.coords, "component": np.arange(K)}
         if what == "labels":
             result = da.where(result >= 0, result, np.nan)
         if len(self.sample_dims) > 1:
             result = da.reshape_blockwise(result, shape, chunks=chunks)
-        return xr.DataArray(result, dims=dims, coords=self.coords, name=RESULT_NAMES.get(what, what))
+        return xr.DataArray(
+            result, dims=dims, coords=coords, name=RESULT_NAMES.get(what, what), attrs=dict(self.attrs or {})
+        )
 
 
 def _dataset_to_array(ds, feature_dim, feature_names):
@@ -231,5 +240,64 @@ def from_xarray(obj, feature_dim=None, feature_names=None, what="X"):
     n_rows = math.prod(sample_shape)
     X = data if data.ndim == 2 else da.reshape_blockwise(data, (n_rows, data.shape[-1]))
     coords = {k: v for k, v in obj.coords.items() if feature_dim not in v.dims}
-    layout = XarrayLayout(sample_dims, sample_shape, data.chunks[:-1], coords, feature_dim, feature_names)
+    layout = XarrayLayout(
+        sample_dims, sample_shape, data.chunks[:-1], coords, feature_dim, feature_names, dict(obj.attrs)
+    )
     return X, layout
+
+
+def label_dtype(n_labels):
+    """The smallest signed integer dtype that holds the labels ``0 .. n_labels - 1`` and -1."""
+    for dtype in (np.int8, np.int16, np.int32):
+        if n_labels - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def _regular_chunks(arr):
+    """``arr`` rechunked where its dask chunks are not what Zarr needs (equal but the last)."""
+    fix = {}
+    for dim, chunks in zip(arr.dims, arr.chunks or ()):
+        if len(set(chunks[:-1])) > 1 or chunks[-1] > chunks[0]:
+            fix[dim] = max(chunks)
+    return arr.chunk(fix) if fix else arr
+
+
+def result_dataset(result, what, n_labels):
+    """A per-row result as a Dataset that ``xarray.open_zarr`` reads back.
+
+    Parameters
+    ----------
+    result : dask.array.Array of shape (N,) or (N, K), or xarray.DataArray
+        What ``predict`` (``what="labels"``), ``predict_proba`` (``"proba"``) or
+        ``score_samples`` (``"score"``) returned. A dask array gets the dimensions
+        ``("sample",)`` or ``("sample", "component")``; a DataArray keeps its own.
+    what : {"labels", "proba", "score"}
+    n_labels : int
+        Number of components (clusters), for the labels' dtype.
+
+    Returns
+    -------
+    xarray.Dataset
+        One variable named after ``what`` (``labels``, ``probabilities``,
+        ``log_likelihood``), lazy. ``component`` has the coordinate ``0 .. K-1``.
+        Labels are stored as :func:`label_dtype` (int8 up to 127 components) with
+        -1 where a row was left out, and -1 as the Zarr fill value (``_FillValue``),
+        so xarray reads them as floats with NaN there, as the estimators' xarray
+        output; Zarr readers see the integers and -1.
+    """
+    import xarray as xr
+
+    name = RESULT_NAMES[what]
+    if isinstance(result, da.Array):
+        dims = ("sample",) if result.ndim == 1 else ("sample", "component")
+        result = xr.DataArray(result, dims=dims)
+    if "component" in result.dims:
+        result = result.assign_coords(component=np.arange(result.sizes["component"]))
+    if what == "labels":
+        if result.dtype.kind == "f":  # xarray labels: NaN where a row was left out
+            result = result.fillna(-1)
+        result = result.astype(label_dtype(n_labels))
+        result.encoding.update({"_FillValue": -1, "fill_value": -1})  # xarray's mask; Zarr's fill value
+        result.attrs["description"] = "component label; -1 (the fill value) where the row was left out"
+    return _regular_chunks(result).to_dataset(name=name)
