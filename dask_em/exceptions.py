@@ -26,5 +26,8 @@ class ConvergenceWarning(_SkConvergenceWarning):
 
 
 class ModelFileError(ValueError):
-    """A saved model or checkpoint cannot be read: not a dask-em file, corrupt, or
-    written in a format version this dask-em does not read."""
+    """A saved model or checkpoint cannot be read.
+
+    It is not a dask-em file, is corrupt, holds invalid values, or was written in
+    a format version this dask-em does not read.
+    """

@@ -69,6 +69,7 @@ def plot_convergence(model, ax=None):
         A fitted estimator (its ``history_``, else ``lower_bounds_``), a ``history_``
         list, or the values of ``lower_bounds_``.
     ax : matplotlib.axes.Axes, optional
+        Axes to draw on (default: a new figure's).
 
     Returns
     -------
@@ -163,9 +164,11 @@ def plot_components(model, X=None, *, projection=None, n_std=2.0, max_points=MAX
     n_std : float, default=2.0
         Ellipse radius in standard deviations along the projected principal axes.
     max_points : int, default=5000
+        At most this many rows are drawn as points.
     seed : int, default=0
         Seed of the point sample.
     ax : matplotlib.axes.Axes, optional
+        Axes to draw on (default: a new figure's).
 
     Returns
     -------
@@ -241,6 +244,7 @@ def plot_criterion(table, *, criteria=("bic", "aic"), ax=None):
     criteria : sequence of str, default=("bic", "aic")
         Columns to draw; each must be in the table.
     ax : matplotlib.axes.Axes, optional
+        Axes to draw on (default: a new figure's).
 
     Returns
     -------
@@ -286,8 +290,11 @@ def plot_label_map(labels, *, class_names=None, ax=None, cmap="tab10", title=Non
     class_names : sequence of str, optional
         Name of each label (index = label), shown on the colour bar.
     ax : matplotlib.axes.Axes, optional
+        Axes to draw on (default: a new figure's).
     cmap : str, default="tab10"
+        Matplotlib colormap of the labels.
     title : str, optional
+        Title of the axes.
 
     Returns
     -------

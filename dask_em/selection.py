@@ -65,12 +65,15 @@ def select_n_components(
         GaussianMixture only: candidate covariance types (default: the estimator's).
     criterion : {"bic", "aic"}, default="bic"
     sample_weight : array-like, dask array or xarray.DataArray of shape (n_samples,), optional
+        Weight of each row, as for the estimator's ``fit``.
     array, feature_dim : str, optional
         As for the estimator's ``fit``.
 
     Returns
     -------
     Selection
+        The table of every candidate's criterion and the best fitted estimator
+        (``table``, ``best_estimator``).
 
     Notes
     -----

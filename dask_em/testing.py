@@ -83,6 +83,7 @@ def check_family(
     Parameters
     ----------
     family : Family
+        The family to check.
     params : dict
         True component parameters (K components); components should be well
         separated so that check 7 is meaningful.
@@ -97,8 +98,11 @@ def check_family(
     compare : list of str, optional
         Parameter keys compared in checks 6 and 7 (default: all keys of ``params``).
     n_samples : int
+        Rows sampled from ``params`` (when ``X`` is not given).
     recover_tol : float
+        Tolerance, relative to each parameter's largest value, of checks 6 and 7.
     seed : int
+        Seed of the sampling and of the checks' random draws.
 
     Returns
     -------

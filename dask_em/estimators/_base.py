@@ -127,12 +127,20 @@ class BaseMixture(EMEstimator, DensityMixin, BaseEstimator):
     def fit_predict(self, X, y=None, **fit_params):
         """Fit, then return the label of each row (one more pass).
 
-        ``fit_params`` are those of :meth:`fit`; ``array`` and ``feature_dim``
-        also apply to the prediction.
+        Parameters
+        ----------
+        X : array-like, dask array, Zarr store or xarray object
+            The data (see :meth:`fit`).
+        y : None
+            Ignored; present for scikit-learn's API.
+        **fit_params : dict
+            Arguments of :meth:`fit` (``sample_weight``, ``array``, ``feature_dim``,
+            ``checkpoint``); ``array`` and ``feature_dim`` also apply to the prediction.
 
         Returns
         -------
         labels : ndarray, dask array or xarray.DataArray of shape (n_samples,)
+            Most probable component of each row (see :meth:`predict`).
         """
         keep = ("array", "feature_dim")
         return self.fit(X, **fit_params).predict(X, **{k: v for k, v in fit_params.items() if k in keep})
@@ -157,7 +165,8 @@ class BaseMixture(EMEstimator, DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, dask array, Zarr store or xarray object (see :meth:`fit`)
+        X : array-like, dask array, Zarr store or xarray object
+            The data (see :meth:`fit`).
         array, feature_dim : str, optional
             As for :meth:`fit`; the feature dimension defaults to the fitted one.
 
@@ -172,25 +181,41 @@ class BaseMixture(EMEstimator, DensityMixin, BaseEstimator):
     def predict_proba(self, X, *, array=None, feature_dim=None):
         """Posterior probability of each component for each row.
 
-        Parameters are those of :meth:`predict`; left-out rows hold NaN.
+        Rows left out by ``nan_policy="omit"`` hold NaN.
+
+        Parameters
+        ----------
+        X : array-like, dask array, Zarr store or xarray object
+            The data (see :meth:`fit`).
+        array, feature_dim : str, optional
+            As for :meth:`fit`; the feature dimension defaults to the fitted one.
 
         Returns
         -------
-        resp : ndarray of shape (n_samples, n_components), a lazy dask array, or a
-            lazy ``xarray.DataArray`` with the sample dimensions plus ``component``;
-            float32 for float32 data
+        resp : ndarray, dask array or xarray.DataArray of shape (n_samples, n_components)
+            A lazy dask array for dask input, or a lazy ``xarray.DataArray`` with the
+            sample dimensions plus ``component`` (coordinate ``0 .. K-1``) for xarray
+            input; float32 for float32 data.
         """
         return self._apply(X, "proba", array, feature_dim)
 
     def score_samples(self, X, *, array=None, feature_dim=None):
         """Log-likelihood of each row under the model.
 
-        Parameters are those of :meth:`predict`; left-out rows hold NaN.
+        Rows left out by ``nan_policy="omit"`` hold NaN.
+
+        Parameters
+        ----------
+        X : array-like, dask array, Zarr store or xarray object
+            The data (see :meth:`fit`).
+        array, feature_dim : str, optional
+            As for :meth:`fit`; the feature dimension defaults to the fitted one.
 
         Returns
         -------
-        log_prob : ndarray of shape (n_samples,), a lazy dask array, or a lazy
-            ``xarray.DataArray`` on the sample dimensions
+        log_prob : ndarray, dask array or xarray.DataArray of shape (n_samples,)
+            A lazy dask array for dask input, or a lazy ``xarray.DataArray`` on the
+            sample dimensions for xarray input.
         """
         return self._apply(X, "score", array, feature_dim)
 
@@ -199,9 +224,19 @@ class BaseMixture(EMEstimator, DensityMixin, BaseEstimator):
 
         Rows left out by ``nan_policy="omit"`` do not count.
 
+        Parameters
+        ----------
+        X : array-like, dask array, Zarr store or xarray object
+            The data (see :meth:`fit`).
+        y : None
+            Ignored; present for scikit-learn's API.
+        array, feature_dim : str, optional
+            As for :meth:`fit`; the feature dimension defaults to the fitted one.
+
         Returns
         -------
         float
+            Mean of :meth:`score_samples` over the rows counted.
         """
         scores = self.score_samples(X, array=array, feature_dim=feature_dim)
         scores = getattr(scores, "data", scores)  # xarray -> its dask array
@@ -230,9 +265,15 @@ class BaseMixture(EMEstimator, DensityMixin, BaseEstimator):
     def bic(self, X):
         """Bayesian information criterion for ``X`` (lower is better).
 
+        Parameters
+        ----------
+        X : array-like, dask array, Zarr store or xarray object
+            The data (see :meth:`fit`).
+
         Returns
         -------
         float
+            ``-2 log L + p log n``, with ``p`` free parameters and ``n`` rows counted.
         """
         total, n = self._total_loglik(X)
         return -2 * total + self._n_parameters() * np.log(n)
@@ -240,9 +281,15 @@ class BaseMixture(EMEstimator, DensityMixin, BaseEstimator):
     def aic(self, X):
         """Akaike information criterion for ``X`` (lower is better).
 
+        Parameters
+        ----------
+        X : array-like, dask array, Zarr store or xarray object
+            The data (see :meth:`fit`).
+
         Returns
         -------
         float
+            ``-2 log L + 2 p``, with ``p`` free parameters.
         """
         total, _ = self._total_loglik(X)
         return -2 * total + 2 * self._n_parameters()
@@ -253,10 +300,12 @@ class BaseMixture(EMEstimator, DensityMixin, BaseEstimator):
         Parameters
         ----------
         n_samples : int, default=1
+            Number of samples to draw.
 
         Returns
         -------
         X : ndarray of shape (n_samples, n_features)
+            The samples, grouped by component.
         y : ndarray of shape (n_samples,)
             Component of each sample, in order.
         """

@@ -158,7 +158,8 @@ class EMEstimator:
             xarray ``DataArray`` / ``Dataset`` whose ``feature_dim`` holds the
             features and whose other dimensions are samples (a Dataset's data
             variables are the features).
-        y : ignored
+        y : None
+            Ignored; present for scikit-learn's API.
         sample_weight : array-like or dask array of shape (n_samples,), default=None
             Weight of each row (initialisation included): an integer weight counts
             as that many copies of the row, a weight of 0 drops it. Negative or
@@ -184,7 +185,8 @@ class EMEstimator:
 
         Returns
         -------
-        self
+        self : object
+            The fitted estimator.
         """
         self._validate_params()
         prepared = self._prepare(X, sample_weight, reset=True, array=array, feature_dim=feature_dim)
@@ -211,14 +213,17 @@ class EMEstimator:
         ----------
         X : array-like, dask array, Zarr store or xarray object
             One batch of rows (see :meth:`fit`).
-        y : ignored
+        y : None
+            Ignored; present for scikit-learn's API.
         sample_weight : array-like or dask array of shape (n_samples,), default=None
+            Weight of each row of the batch (see :meth:`fit`).
         array, feature_dim : str, optional
             As for :meth:`fit`.
 
         Returns
         -------
-        self
+        self : object
+            The updated estimator.
         """
         from dask_em.fitting import partial_fit_step
 
@@ -272,6 +277,11 @@ class EMEstimator:
 
         Load it with :func:`dask_em.load`. The format is documented in
         :mod:`dask_em.persistence`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            File to write (replaced if it exists).
 
         Returns
         -------

@@ -71,6 +71,7 @@ def load(path):
     Parameters
     ----------
     path : str or os.PathLike
+        File written by ``save``.
 
     Returns
     -------

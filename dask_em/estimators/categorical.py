@@ -50,8 +50,11 @@ class CategoricalMixture(DiscreteMixture):
         Initial probabilities; each ``probs_init[k, d, :C_d]`` sums to 1, entries
         past ``C_d`` are 0. When given, no initialisation pass is made.
     random_state : int, RandomState, Generator or None, default=None
+        Seed of the initialisation and of :meth:`sample`.
     warm_start : bool, default=False
+        Start ``fit`` from the current parameters when fitted.
     verbose : int, default=0
+        1: one log line per iteration on stderr; 2: also initialisation details.
     {edge}
 
     Attributes

@@ -147,12 +147,13 @@ class BernoulliMixture(_IndependentMixture):
         verbose=0,
         nan_policy=None,
         persist="auto",
+        algorithm="auto",
         binarize=0.0,
     ):
         super().__init__(
             n_components, tol=tol, alpha=alpha, max_iter=max_iter, n_init=n_init, init_params=init_params,
             weights_init=weights_init, means_init=means_init, random_state=random_state, warm_start=warm_start,
-            verbose=verbose, nan_policy=nan_policy, persist=persist,
+            verbose=verbose, nan_policy=nan_policy, persist=persist, algorithm=algorithm,
         )
         self.binarize = binarize
 

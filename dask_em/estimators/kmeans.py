@@ -88,6 +88,7 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
     Parameters
     ----------
     n_clusters : int, default=8
+        Number of clusters (centres).
     init : {"k-means||", "k-means++", "random"} or array of shape (n_clusters, n_features), default="k-means||"
         Every string seeds in memory on one sample of ``max(1000 K, 100_000)`` rows
         drawn in one pass (:mod:`dask_em.sample_init`; the same whatever the
@@ -107,6 +108,7 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
     verbose : int, default=0
         1: one log line per iteration on stderr.
     random_state : int, RandomState, Generator or None, default=None
+        Seed of the initialisation.
     {edge}
 
     Attributes
@@ -271,9 +273,21 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
     def fit_predict(self, X, y=None, sample_weight=None, **fit_params):
         """Fit, then return ``labels_``.
 
+        Parameters
+        ----------
+        X : array-like, dask array, Zarr store or xarray object
+            The data (see :meth:`fit`).
+        y : None
+            Ignored; present for scikit-learn's API.
+        sample_weight : array-like or dask array of shape (n_samples,), default=None
+            Weight of each row (see :meth:`fit`).
+        **fit_params : dict
+            Other arguments of :meth:`fit` (``array``, ``feature_dim``, ``checkpoint``).
+
         Returns
         -------
         labels : ndarray, dask array or xarray.DataArray of shape (n_samples,)
+            Index of each row's cluster (-1 for a row left out).
         """
         return self.fit(X, y, sample_weight, **fit_params).labels_
 
@@ -281,6 +295,13 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         """Index of the closest centre for each row.
 
         Rows with NaN or infinity are an error, or under ``nan_policy="omit"`` get -1.
+
+        Parameters
+        ----------
+        X : array-like, dask array, Zarr store or xarray object
+            The data (see :meth:`fit`).
+        array, feature_dim : str, optional
+            As for :meth:`fit`; the feature dimension defaults to the fitted one.
 
         Returns
         -------
@@ -295,10 +316,18 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
     def transform(self, X, *, array=None, feature_dim=None):
         """Euclidean distance of each row to each centre.
 
+        Parameters
+        ----------
+        X : array-like, dask array, Zarr store or xarray object
+            The data (see :meth:`fit`).
+        array, feature_dim : str, optional
+            As for :meth:`fit`; the feature dimension defaults to the fitted one.
+
         Returns
         -------
-        ndarray of shape (n_samples, n_clusters), a lazy dask array, or a lazy
-            ``xarray.DataArray`` with the sample dimensions plus ``component``
+        distances : ndarray, dask array or xarray.DataArray of shape (n_samples, n_clusters)
+            A lazy dask array for dask input, or a lazy ``xarray.DataArray`` with the
+            sample dimensions plus ``component`` for xarray input.
         """
         return self._map(
             X, _distance_block, self._payload(), "distance", name="transform-kmeans", dtype=np.float64,
@@ -306,17 +335,47 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         )
 
     def fit_transform(self, X, y=None, sample_weight=None, **fit_params):
-        """Fit, then return the distances of ``X`` to the centres (see :meth:`transform`)."""
+        """Fit, then return the distances of ``X`` to the centres (see :meth:`transform`).
+
+        Parameters
+        ----------
+        X : array-like, dask array, Zarr store or xarray object
+            The data (see :meth:`fit`).
+        y : None
+            Ignored; present for scikit-learn's API.
+        sample_weight : array-like or dask array of shape (n_samples,), default=None
+            Weight of each row (see :meth:`fit`).
+        **fit_params : dict
+            Other arguments of :meth:`fit` (``array``, ``feature_dim``, ``checkpoint``).
+
+        Returns
+        -------
+        distances : ndarray, dask array or xarray.DataArray of shape (n_samples, n_clusters)
+            Euclidean distance of each row to each fitted centre.
+        """
         return self.fit(X, y, sample_weight, **fit_params).transform(X, **{
             k: v for k, v in fit_params.items() if k in ("array", "feature_dim")
         })
 
     def score(self, X, y=None, sample_weight=None):
-        """Minus the (weighted) inertia of ``X`` for the fitted centres (computes for dask).
+        """Return minus the (weighted) inertia of ``X`` for the fitted centres.
+
+        Computes when ``X`` is lazy.
+
+        Parameters
+        ----------
+        X : array-like, dask array, Zarr store or xarray object
+            The data (see :meth:`fit`).
+        y : None
+            Ignored; present for scikit-learn's API.
+        sample_weight : array-like or dask array of shape (n_samples,), default=None
+            Weight of each row's squared distance.
 
         Returns
         -------
         float
+            Minus the sum of (weighted) squared distances to the closest centre;
+            rows left out by ``nan_policy="omit"`` do not count.
         """
         neg_d2 = self._map(
             X, score_block, self._payload("score"), "score", name="score-kmeans", dtype=np.float64,
