@@ -174,7 +174,10 @@ def plot_components(model, X=None, *, projection=None, n_std=2.0, max_points=MAX
     -------
     ax : matplotlib.axes.Axes
         One ``matplotlib.patches.Ellipse`` per component in ``ax.patches``, with
-        ``gid="component-k"``.
+        ``gid="component-k"``; a legend names each component's colour and weight.
+        The axes are labelled with the feature names (``feature_names_in_``, an
+        xarray feature coordinate, else "feature 0", "feature 1") for the first two features, "PC 1", "PC 2" for
+        ``projection="pca"``.
     """
     from matplotlib.patches import Ellipse
 
@@ -187,7 +190,14 @@ def plot_components(model, X=None, *, projection=None, n_std=2.0, max_points=MAX
     ax = _axes(ax)
     if X is not None:
         pts = _sample_rows(X, max_points, seed)
-        labels = np.asarray(model.predict(pts)) if len(pts) else np.zeros(0, int)
+        names = getattr(model, "feature_names_in_", None)
+        if names is not None and len(pts):  # the sample is NumPy: give the model its columns back
+            import pandas as pd
+
+            pts_in = pd.DataFrame(pts, columns=list(names))
+        else:
+            pts_in = pts
+        labels = np.asarray(model.predict(pts_in)) if len(pts) else np.zeros(0, int)
         xy = pts @ P.T
         ax.scatter(xy[:, 0], xy[:, 1], s=3, c=colours[labels], alpha=0.35, linewidths=0, rasterized=True)
     for k in range(K):
@@ -208,9 +218,42 @@ def plot_components(model, X=None, *, projection=None, n_std=2.0, max_points=MAX
     ax.autoscale_view()
     name = "first two features" if projection is None else ("PCA of the means" if isinstance(projection, str) else "given projection")
     ax.set_title(f"{K} components ({getattr(model, 'covariance_type', '')}), {name}, {n_std:g} sd")
-    ax.set_xlabel("axis 1")
-    ax.set_ylabel("axis 2")
+    xlabel, ylabel = _projection_labels(model, projection)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    _component_legend(ax, colours, np.asarray(model.weights_, dtype=np.float64))
     return ax
+
+
+def _projection_labels(model, projection):
+    """Axis labels of :func:`plot_components`: feature names, principal axes or rows."""
+    if projection is None:
+        names = getattr(model, "feature_names_in_", None)  # DataFrame columns, Dataset variables
+        if names is None:  # an xarray feature coordinate of numbers (wavelengths, ...)
+            names = getattr(model, "feature_coords_", None)
+        if names is None:
+            return "feature 0", "feature 1"
+        dim = getattr(model, "feature_dim_", None)
+        prefix = f"{dim} " if dim and not isinstance(names[0], str) else ""
+        return f"{prefix}{names[0]}", f"{prefix}{names[1]}"
+    if isinstance(projection, str):
+        return "PC 1", "PC 2"
+    return "projection row 1", "projection row 2"
+
+
+def _component_legend(ax, colours, weights):
+    """A legend entry per component (its colour and weight), and the means' marker."""
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color=colour, linewidth=2, label=f"component {k} (weight {w:.2f})")
+        for k, (colour, w) in enumerate(zip(colours, weights))
+    ]
+    handles.append(Line2D([], [], color="black", marker="x", linestyle="none", label="means"))
+    columns = 1 if len(handles) <= 7 else 2
+    ax.legend(handles=handles, fontsize="small", ncols=columns, loc="center left", bbox_to_anchor=(1.02, 0.5),
+              frameon=False)
+    ax.figure.tight_layout()
 
 
 # --------------------------------------------------------------------------- BIC / AIC
@@ -244,13 +287,17 @@ def plot_criterion(table, *, criteria=("bic", "aic"), ax=None):
     criteria : sequence of str, default=("bic", "aic")
         Columns to draw; each must be in the table.
     ax : matplotlib.axes.Axes, optional
-        Axes to draw on (default: a new figure's).
+        Axes to draw every criterion on. By default a new figure gets one panel per
+        criterion, side by side, each with its own scale: BIC and AIC differ by far
+        less than their range, so on one scale their curves and minima overlap.
 
     Returns
     -------
     ax : matplotlib.axes.Axes
-        One line per criterion (and covariance type), labelled "BIC", "AIC" or
-        "BIC (full)", ..., and one marker line per minimum, labelled "best BIC: K=3".
+        The (first) panel. Each panel has one line per criterion (and covariance
+        type), labelled "BIC", "AIC" or "BIC (full)", ..., and one marker line per
+        minimum, labelled "best BIC: K=3"; a covariance type keeps its colour in
+        every panel. With ``ax=None``, ``ax.figure.axes`` holds the panels.
     """
     cols = _criterion_table(getattr(table, "table", table))
     missing = [c for c in criteria if c not in cols]
@@ -258,23 +305,34 @@ def plot_criterion(table, *, criteria=("bic", "aic"), ax=None):
         raise ValueError(f"The table has no column {missing[0]!r} (columns: {sorted(cols)}); pass criteria=... accordingly.")
     kinds = cols.get("covariance_type")
     groups = [None] if kinds is None or len(set(kinds.tolist())) < 2 else list(dict.fromkeys(kinds.tolist()))
-    ax = _axes(ax)
-    for name in criteria:
-        for group in groups:
+    if ax is None:
+        fig, panels = _pyplot().subplots(1, len(criteria), figsize=(4.2 * len(criteria) + 1.2, 4.2), squeeze=False)
+        panels = list(panels[0])
+    else:
+        panels = [ax] * len(criteria)
+    colours = _pyplot().get_cmap("tab10")(np.arange(len(groups)) % 10)
+    styles = {"bic": ("-", "o"), "aic": ("--", "s")}
+    for ax, name in zip(panels, criteria):
+        linestyle, marker = styles.get(name, (":", "^"))
+        for colour, group in zip(colours, groups):
             rows = np.ones(len(cols["n_components"]), bool) if group is None else kinds == group
             ks = cols["n_components"][rows].astype(int)
             values = cols[name][rows].astype(np.float64)
             suffix = "" if group is None else f" ({group})"
-            (line,) = ax.plot(ks, values, marker="o", label=name.upper() + suffix)
+            ax.plot(ks, values, marker=marker, markersize=4, linestyle=linestyle, color=colour,
+                    label=name.upper() + suffix)
             best = int(np.argmin(values))
-            ax.plot([ks[best]], [values[best]], marker="*", markersize=14, color=line.get_color(),
-                    linestyle="none", label=f"best {name.upper()}{suffix}: K={ks[best]}")
-    ax.set_xlabel("number of components K")
-    ax.set_ylabel("criterion (lower is better)")
-    ax.set_xticks(np.unique(cols["n_components"].astype(int)))
-    ax.legend()
-    ax.grid(True, alpha=0.3)
-    return ax
+            ax.plot([ks[best]], [values[best]], marker="*", markersize=15, color=colour, markeredgecolor="black",
+                    markeredgewidth=0.8, linestyle="none", zorder=4, label=f"best {name.upper()}{suffix}: K={ks[best]}")
+    for ax in dict.fromkeys(panels):  # each panel once
+        drawn = [n.upper() for p, n in zip(panels, criteria) if p is ax]
+        ax.set_xlabel("number of components K")
+        ax.set_ylabel(f"{' / '.join(drawn)} (lower is better)")
+        ax.set_xticks(np.unique(cols["n_components"].astype(int)))
+        ax.legend(fontsize="small", frameon=False)
+        ax.grid(True, alpha=0.3)
+    panels[0].figure.tight_layout()
+    return panels[0]
 
 
 # --------------------------------------------------------------------------- label map
@@ -286,7 +344,10 @@ def plot_label_map(labels, *, class_names=None, ax=None, cmap="tab10", title=Non
     labels : xarray.DataArray of shape (y, x)
         Integer labels, or float with NaN where no label exists (masked pixels);
         dask-backed arrays are computed. Dimensions named ``y`` and ``x`` are put in
-        that order; otherwise the array's own order is used (rows, columns).
+        that order; otherwise the array's own order is used (rows, columns). With
+        coordinates, the map is drawn north up (larger ``y`` at the top, whether the
+        coordinate ascends or descends) with square pixels when ``x`` and ``y``
+        have the same spacing (equal aspect in coordinate units).
     class_names : sequence of str, optional
         Name of each label (index = label), shown on the colour bar.
     ax : matplotlib.axes.Axes, optional
@@ -323,16 +384,20 @@ def plot_label_map(labels, *, class_names=None, ax=None, cmap="tab10", title=Non
     n_classes = int(present.max()) + 1 if present.size else 1
     image = np.ma.masked_array(np.where(mask, 0, values), mask=mask)
     ax = _axes(ax)
-    extent = None
+    extent, origin = None, "upper"
     ydim, xdim = labels.dims
     if ydim in labels.coords and xdim in labels.coords and labels.shape[0] > 1 and labels.shape[1] > 1:
-        xs, ys = labels[xdim].values, labels[ydim].values
-        dx, dy = (xs[1] - xs[0]) / 2, (ys[1] - ys[0]) / 2
-        extent = (xs[0] - dx, xs[-1] + dx, ys[-1] + dy, ys[0] - dy)
+        xs, ys = labels[xdim].values.astype(np.float64), labels[ydim].values.astype(np.float64)
+        dx, dy = (xs[1] - xs[0]) / 2, abs(ys[1] - ys[0]) / 2
+        if ys[-1] > ys[0]:  # ascending y: row 0 is the southernmost, drawn at the bottom
+            origin, bottom, top = "lower", ys[0] - dy, ys[-1] + dy
+        else:
+            bottom, top = ys[-1] - dy, ys[0] + dy
+        extent = (xs[0] - dx, xs[-1] + dx, bottom, top)
     cm = plt.get_cmap(cmap, n_classes)
     norm = BoundaryNorm(np.arange(n_classes + 1) - 0.5, n_classes)
-    im = ax.imshow(image, cmap=cm, norm=norm, interpolation="nearest", extent=extent, origin="upper", aspect="auto")
-    bar = ax.figure.colorbar(im, ax=ax, ticks=np.arange(n_classes))
+    im = ax.imshow(image, cmap=cm, norm=norm, interpolation="nearest", extent=extent, origin=origin, aspect="equal")
+    bar = ax.figure.colorbar(im, ax=ax, ticks=np.arange(n_classes), fraction=0.046, pad=0.04)
     bar.set_label(labels.name or "component")
     if class_names is not None:
         if len(class_names) < n_classes:

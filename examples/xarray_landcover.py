@@ -3,13 +3,16 @@
 A synthetic cube stands in for a satellite scene: four surface types (water, forest,
 grassland, bare soil) with typical reflectance spectra in six bands, sensor noise, a
 cloud and a no-data stripe filled with NaN. The steps are the ones for a real cube
-opened with ``xr.open_zarr``:
+opened with ``xr.open_zarr``, and dask-em does each of the first three for you:
 
-1. stack the sample dimensions (y, x) into rows, keep ``band`` as the features;
-2. leave out the rows with NaN (a mask, not imputed numbers);
-3. fit a GaussianMixture on the valid rows;
-4. predict lazily and unstack the labels into a DataArray (y, x), NaN where no data;
-5. plot the map and write the labels to Zarr.
+1. ``gm.fit(cube, feature_dim="band")``: ``band`` holds the features, every other
+   dimension (here y, x) is a sample dimension; each chunk is flattened to rows on its
+   own, and pixels with a NaN band are left out (``nan_policy="omit"``, the default for
+   xarray input);
+2. ``gm.predict(cube)``: a lazy DataArray (y, x) with the cube's coordinates and
+   attributes, NaN where no data;
+3. ``gm.predict_proba(cube)``: (y, x, component), for the confidence of each pixel;
+4. plot the map and write the labels to Zarr.
 
 Run: ``python examples/xarray_landcover.py [--small] [--out DIR]``
 """
@@ -18,7 +21,6 @@ import argparse
 import logging
 from pathlib import Path
 
-import dask.array as da
 import matplotlib
 
 matplotlib.use("Agg")
@@ -77,25 +79,23 @@ def cluster_cube(cube, n_components, random_state=0):
     Parameters
     ----------
     cube : xarray.DataArray with dims (..., band)
+        Reflectance; NaN where there is no data.
     n_components : int
+        Number of land-cover clusters.
+    random_state : int, default=0
+        Seed of the initialisation.
 
     Returns
     -------
     gm : GaussianMixture
-    labels : xarray.DataArray of shape (y, x), float (NaN where any band is NaN), lazy
+        Fitted on the pixels without NaN.
+    labels : xarray.DataArray of shape (y, x)
+        Lazy; float, NaN where any band is NaN; the cube's coordinates and attributes.
     """
-    stacked = cube.stack(sample=("y", "x")).transpose("sample", "band")
-    rows = stacked.data  # dask array (n_pixels, n_bands), row chunks follow the y chunks
-    valid = da.isfinite(rows).all(axis=1)
-    X = rows[valid].compute_chunk_sizes()  # one pass over the mask: sizes of the valid rows
-    logger.info("%d of %d pixels are valid; %d left out (NaN)", X.shape[0], rows.shape[0], rows.shape[0] - X.shape[0])
-    gm = GaussianMixture(n_components, covariance_type="full", random_state=random_state).fit(X)
-    # Predict on every row (NaN rows filled with 0 so the kernel sees numbers), then
-    # blank those rows again: stays lazy and aligned with the stacked coordinates.
-    filled = da.where(valid[:, None], rows, 0)
-    labels = da.where(valid, gm.predict(filled), np.nan)
-    out = xr.DataArray(labels, dims=("sample",), coords={"sample": stacked["sample"]}, name="landcover")
-    return gm, out.unstack("sample").transpose("y", "x")
+    gm = GaussianMixture(n_components, covariance_type="full", random_state=random_state)
+    gm.fit(cube, feature_dim="band")  # rows with NaN are left out, and the log says how many
+    labels = gm.predict(cube).rename("landcover")  # the feature dimension is remembered
+    return gm, labels
 
 
 def match_classes(labels, truth, k):
@@ -129,7 +129,7 @@ def main(argv=None):
     print(f"missing labels: {int(np.isnan(labels.values).sum())}")
 
     ax = plot_label_map(labels, class_names=labels.attrs["classes"], title="land-cover clusters (blank: cloud / no data)")
-    ax.figure.savefig(out / "landcover-map.png", dpi=80)
+    ax.figure.savefig(out / "landcover-map.png", dpi=80, bbox_inches="tight")
     labels.to_dataset().to_zarr(out / "landcover-labels.zarr", mode="w", consolidated=False)
     print(f"wrote {out / 'landcover-map.png'} and {out / 'landcover-labels.zarr'}")
 

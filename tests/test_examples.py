@@ -111,3 +111,29 @@ def test_batch_job_example(tmp_path):
     assert group_only.returncode == 1 and "--array (features)" in group_only.stderr
     missing = subprocess.run(cmd[:2] + [str(tmp_path / "nope.zarr"), "-k", "2"], env=_env(), capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "no Zarr store at" in missing.stderr
+
+
+def test_colour_quantisation_example(tmp_path):
+    """A real photograph shipped with scikit-learn (needs pillow), quantised by dask-em's
+    KMeans and GaussianMixture over its pixels as a chunked array, against scikit-learn's
+    on the same pixels."""
+    out = tmp_path / "q"
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLES / "colour_quantisation.py"), "--small", "--out", str(out)],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Warning" not in run.stderr, run.stderr
+    assert "china.jpg: 107 x 160 pixels in 8 row chunks; K = 16 colours" in run.stdout
+    errors = {m.group(1): float(m.group(2)) for m in re.finditer(r"(.+): quantisation error ([0-9.]+)", run.stdout)}
+    assert set(errors) == {"dask-em KMeans", "dask-em GaussianMixture", "scikit-learn KMeans",
+                           "scikit-learn GaussianMixture"}
+    # each library with its own initialisation: errors of the same size
+    assert all(e > 0 for e in errors.values())
+    assert errors["dask-em KMeans"] < 1.1 * errors["scikit-learn KMeans"]
+    assert errors["dask-em GaussianMixture"] < 1.1 * errors["scikit-learn GaussianMixture"]
+    # from the same starting colours, the same colours (0-255 units)
+    km = float(re.search(r"KMeans from the same start: largest centre difference (\S+)", run.stdout).group(1))
+    gm = float(re.search(r"GaussianMixture from the same start: largest mean difference (\S+)", run.stdout).group(1))
+    assert km < 1e-6 and gm < 1e-6
+    _check_png(out / "quantised.png")

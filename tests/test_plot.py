@@ -106,7 +106,29 @@ def test_components_ellipses_match_covariances(fitted, blobs, tmp_path):
     # data points were drawn (a scatter of the sample plus one of the means)
     offsets = [c.get_offsets() for c in ax.collections]
     assert sorted(len(o) for o in offsets) == [3, len(blobs)]
+    # axes named after the features plotted; a legend entry per component, with its weight
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("feature 0", "feature 1")
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [f"component {k} (weight {w:.2f})" for k, w in enumerate(fitted.weights_)] + ["means"]
     _save(ax, tmp_path / f"components-{fitted.covariance_type}.png")
+
+
+def test_components_axes_carry_feature_names(blobs):
+    import pandas as pd
+
+    frame = pd.DataFrame(blobs, columns=["red", "nir", "swir"])
+    gm = GaussianMixture(3, covariance_type="diag", random_state=0).fit(frame)
+    ax = plot_components(gm, frame)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("red", "nir")
+    plt.close(ax.figure)
+    ax = plot_components(gm, projection="pca")
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("PC 1", "PC 2")
+    plt.close(ax.figure)
+    cube = xr.DataArray(blobs.reshape(40, 30, 3), dims=("y", "x", "band"), coords={"band": [490, 560, 665]})
+    gm = GaussianMixture(3, covariance_type="diag", random_state=0).fit(cube, feature_dim="band")
+    ax = plot_components(gm, blobs)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("band 490", "band 560")
+    plt.close(ax.figure)
 
 
 def test_components_pca_projection(fitted, tmp_path):
@@ -142,6 +164,11 @@ def test_components_given_matrix_and_bad_projection(fitted):
         plot_components(fitted, projection="tsne")
 
 
+def _lines(ax):
+    """Every line of the figure of ``ax`` (all its panels)."""
+    return [ln for panel in ax.figure.axes for ln in panel.lines]
+
+
 def test_criterion_rows_and_columns(tmp_path):
     rows = [
         {"n_components": 3, "bic": 90.0, "aic": 70.0},
@@ -149,13 +176,23 @@ def test_criterion_rows_and_columns(tmp_path):
         {"n_components": 2, "bic": 80.0, "aic": 75.0},
     ]
     ax = plot_criterion(rows)
-    curves = [ln for ln in ax.lines if ln.get_label() in ("BIC", "AIC")]
+    # one panel per criterion, each on its own scale
+    bic_panel, aic_panel = ax.figure.axes
+    assert bic_panel is ax and bic_panel.get_ylabel().startswith("BIC") and aic_panel.get_ylabel().startswith("AIC")
+    assert [ln.get_label() for ln in aic_panel.lines] == ["AIC", "best AIC: K=3"]
+    lines = _lines(ax)
+    curves = [ln for ln in lines if ln.get_label() in ("BIC", "AIC")]
     assert [c.get_label() for c in curves] == ["BIC", "AIC"]
     np.testing.assert_array_equal(curves[0].get_xdata(), [1, 2, 3])
     np.testing.assert_array_equal(curves[0].get_ydata(), [120.0, 80.0, 90.0])
     np.testing.assert_array_equal(curves[1].get_ydata(), [110.0, 75.0, 70.0])
-    best = {ln.get_label(): (ln.get_xdata()[0], ln.get_ydata()[0]) for ln in ax.lines if ln.get_label().startswith("best")}
+    best = {ln.get_label(): (ln.get_xdata()[0], ln.get_ydata()[0]) for ln in lines if ln.get_label().startswith("best")}
     assert best == {"best BIC: K=2": (2, 80.0), "best AIC: K=3": (3, 70.0)}
+    # given one axes, every criterion is drawn on it
+    _, one = plt.subplots()
+    assert plot_criterion(rows, ax=one) is one and len(one.figure.axes) == 1
+    assert [ln.get_label() for ln in one.lines] == ["BIC", "best BIC: K=2", "AIC", "best AIC: K=3"]
+    plt.close(one.figure)
     _save(ax, tmp_path / "bic.png")
     cols = {"n_components": [1, 2, 3], "bic": [120.0, 80.0, 90.0]}
     ax = plot_criterion(cols, criteria=("bic",))
@@ -185,7 +222,7 @@ def test_criterion_from_fitted_models(blobs):
         gm = GaussianMixture(k, covariance_type="diag", random_state=0).fit(blobs)
         rows.append({"n_components": k, "bic": gm.bic(blobs), "aic": gm.aic(blobs)})
     ax = plot_criterion(rows)
-    best = [ln.get_label() for ln in ax.lines if ln.get_label().startswith("best BIC")]
+    best = [ln.get_label() for ln in _lines(ax) if ln.get_label().startswith("best BIC")]
     assert best == ["best BIC: K=3"]
     plt.close(ax.figure)
 
@@ -210,6 +247,27 @@ def test_label_map_masks_missing(tmp_path):
     plt.close(ax.figure)
     with pytest.raises(ValueError, match="class_names has 2 names"):
         plot_label_map(da_, class_names=["a", "b"])
+
+
+def test_label_map_north_up_with_square_pixels():
+    """Row 0 of an ascending y coordinate is the southernmost row: drawn at the bottom.
+    A descending y coordinate (the usual raster order) is drawn as stored. Pixels of
+    equal spacing in x and y are square (equal aspect)."""
+    lab = np.zeros((6, 8))
+    lab[0] = 1  # the row at the smallest y
+    for ys in (100.0 + 10 * np.arange(6), 150.0 - 10 * np.arange(6)):
+        da_ = xr.DataArray(lab if ys[0] < ys[-1] else lab[::-1], dims=("y", "x"),
+                           coords={"y": ys, "x": 10.0 * np.arange(8)})
+        ax = plot_label_map(da_)
+        bottom, top = ax.get_ylim()
+        assert bottom < top and (bottom, top) == (95.0, 155.0)
+        assert ax.get_aspect() == 1.0
+        image = ax.images[0]
+        # the row drawn lowest holds the label of y = 100
+        shown = np.asarray(image.get_array())
+        lowest = shown[0] if image.origin == "lower" else shown[-1]
+        assert (lowest == 1).all() and (shown.sum(axis=1) == np.where(np.arange(6) == 0, 8, 0)[::1 if image.origin == "lower" else -1]).all()
+        plt.close(ax.figure)
 
 
 def test_label_map_rejects_wrong_input():
