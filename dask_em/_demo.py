@@ -68,7 +68,9 @@ def run_demo(args, dask_client, out):
             args.handler.bar = bar
             start = time.perf_counter()
             try:
+                bar.status("initialising: one pass draws a sample of rows, every start is set up on it")
                 model.fit(store, callback=bar)
+                bar.finish(model.n_iter_, model.converged_)
             finally:
                 bar.close()
             seconds = time.perf_counter() - start

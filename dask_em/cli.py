@@ -100,9 +100,13 @@ def _source_kwargs(args):
     return {"array": args.array, "feature_dim": args.feature_dim}
 
 
-def check_input(args):
+def check_input(args, model=None):
     """Open the input store (metadata only) before a cluster starts, so a mistyped path,
-    array or dimension fails in a moment instead of after the cluster's start-up."""
+    array or dimension fails in a moment instead of after the cluster's start-up.
+
+    A saved ``model`` fitted on xarray input lends its feature dimension, as it does
+    when it predicts.
+    """
     from dask_em.data import as_source
 
     if args.scheduler:
@@ -111,7 +115,9 @@ def check_input(args):
     level = log.level
     log.setLevel(max(level, logging.WARNING))  # the fit logs what it finds; say it once
     try:
-        as_source(args.store, **_source_kwargs(args))
+        kwargs = _source_kwargs(args)
+        kwargs["feature_dim"] = kwargs["feature_dim"] or getattr(model, "feature_dim_", None)
+        as_source(args.store, **kwargs)
     finally:
         log.setLevel(level)
 
@@ -193,7 +199,7 @@ def cmd_predict(args):
             f"--what {args.what} needs a model with {methods[args.what]}; {type(model).__name__} has "
             f"none (use --what labels)."
         )
-    check_input(args)
+    check_input(args, model)
     with dask_client(args.scheduler, quiet=args.quiet):
         method = getattr(model, methods[args.what])
         result = method(args.store, **_source_kwargs(args))
@@ -207,7 +213,7 @@ def cmd_predict(args):
 
 def cmd_score(args):
     model = _load(args)
-    check_input(args)
+    check_input(args, model)
     with dask_client(args.scheduler, quiet=args.quiet):
         value = model.score(args.store, **_source_kwargs(args))
     if type(model).__name__ == "KMeans":
