@@ -231,3 +231,28 @@ def test_xarray_outputs_keep_attrs_and_name_the_components():
     for result in (proba, labels):
         assert result.attrs == {"units": "reflectance", "source": "test"}
         np.testing.assert_array_equal(result["y"].values, np.arange(8.0))
+
+
+def test_progress_bar_states():
+    """The bar's text through a fit that stops early, and through one that runs out."""
+    import io
+    from types import SimpleNamespace
+
+    from dask_em._progress import ProgressBar
+
+    stream = io.StringIO()
+    bar = ProgressBar(60, stream=stream, enabled=True)
+    bar.status("initialising")
+    assert bar.text == f"[{'.' * 30}] initialising"
+    for i, value in enumerate([-3.0, -2.5, -2.4], start=1):
+        bar(i, [SimpleNamespace(lower_bound=value), SimpleNamespace(lower_bound=value - 1)])
+    assert bar.text.startswith("[##") and "iteration 3/60" in bar.text and "-2.4" in bar.text
+    bar.finish(3, True)
+    assert bar.text == f"[{'#' * 30}] converged at iteration 3  mean log-likelihood -2.4"
+    bar.close()
+    assert stream.getvalue().endswith(f"[{'#' * 30}] converged at iteration 3  mean log-likelihood -2.4\n")
+
+    bar = ProgressBar(2, stream=io.StringIO(), enabled=True)
+    bar(2, [SimpleNamespace(lower_bound=-1.0)])
+    bar.finish(2, False)
+    assert bar.text == f"[{'#' * 30}] iteration 2/2  mean log-likelihood -1"
