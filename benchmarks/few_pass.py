@@ -62,7 +62,7 @@ def cpu_description():
     return f"{model}; numpy SIMD {simd}; {os.cpu_count()} cores"
 
 
-def overlapping_clusters(n, D=16, K=8, seed=0, spread=1.0, chunk=100_000):
+def overlapping_clusters(n, D=16, K=8, seed=0, spread=0.6, chunk=100_000):
     """Rows of K anisotropic Gaussians whose centres are about one standard deviation
     apart: batch EM needs many iterations on them."""
     rng = np.random.default_rng(seed)
@@ -127,7 +127,8 @@ def streamed(args):
             ("kmeans", lambda alg, tol: KMeans(8, algorithm="lloyd" if alg == "em" else alg,
                                                random_state=0, persist=False)),
         ]
-        for scheduler in ("threads", "LocalCluster"):
+        cases = [c for c in cases if c[0] in args.models]
+        for scheduler in args.schedulers:
             cluster = client = None
             if scheduler == "LocalCluster":
                 cluster = LocalCluster(n_workers=1, threads_per_worker=os.cpu_count(), processes=False,
@@ -213,6 +214,9 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--large", action="store_true", help="also N = 1e7 in memory")
     parser.add_argument("--part", choices=("all", "streamed", "memory"), default="all")
+    parser.add_argument("--models", nargs="+", default=["full", "diag", "kmeans"], choices=["full", "diag", "kmeans"])
+    parser.add_argument("--schedulers", nargs="+", default=["threads", "LocalCluster"],
+                        choices=["threads", "LocalCluster"])
     args = parser.parse_args()
     if args.quick:
         args.n = min(args.n, 100_000)

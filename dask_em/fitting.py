@@ -52,8 +52,14 @@ from dask_em.weights import bad_weight_error
 
 #: The fit algorithms (``algorithm`` of the estimators).
 ALGORITHMS = ("auto", "em", "stepwise")
-#: Most EM iterations on the initialisation sample before a stepwise fit.
-SAMPLE_EM_MAX_ITER = 50
+#: Most EM iterations on the initialisation sample before a stepwise fit (in memory).
+SAMPLE_EM_MAX_ITER = 200
+
+
+def sample_em_tol(tol):
+    """Tolerance of EM on the initialisation sample: 100 times finer than the fit's, since
+    iterations in memory cost no pass and the closer the start, the fewer passes follow."""
+    return tol / 100.0
 
 
 def stepwise_setting(name):
