@@ -218,11 +218,30 @@ def test_refusals(data):
     X, _ = data
     with pytest.raises(ValueError, match="stepwise"):
         BayesianGaussianMixture(2, algorithm="stepwise").fit(X)
-    with pytest.raises(NotImplementedError, match="partial_fit"):
-        BayesianGaussianMixture(2).partial_fit(X)
+    assert not hasattr(BayesianGaussianMixture(2), "partial_fit")
     with pytest.raises(ValueError, match="degrees_of_freedom_prior"):
         BayesianGaussianMixture(2, degrees_of_freedom_prior=1.0).fit(X)
     with pytest.raises(ValueError, match="weight_concentration_prior_type"):
         BayesianGaussianMixture(2, weight_concentration_prior_type="stick").fit(X)
     with pytest.raises(ValueError, match="covariance_prior"):
         BayesianGaussianMixture(2, covariance_prior=np.eye(2)).fit(X)
+
+
+def test_command_line_fit_and_predict(tmp_path, data, cluster_client):
+    """``dask-em fit --model bayesian-gaussian`` on a Zarr store, then ``predict``."""
+    import zarr
+
+    from dask_em.cli import main
+
+    X, _ = data
+    store = tmp_path / "x.zarr"
+    da.from_array(X, chunks=(150, 3)).to_zarr(str(store))
+    address = cluster_client.scheduler.address
+    assert main(["fit", str(store), "--model", "bayesian-gaussian", "-k", "5", "--covariance-type", "diag",
+                 "--random-state", "0", "--scheduler", address, "--output", str(tmp_path / "m.npz"), "-q"]) == 0
+    model = dask_em.load(tmp_path / "m.npz")
+    assert isinstance(model, BayesianGaussianMixture) and model.covariance_type == "diag"
+    assert main(["predict", str(tmp_path / "m.npz"), str(store), "--scheduler", address,
+                 "--output", str(tmp_path / "labels.zarr"), "-q"]) == 0
+    labels = zarr.open_group(str(tmp_path / "labels.zarr"), mode="r")["labels"][:]
+    np.testing.assert_array_equal(labels, model.predict(X))

@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from sklearn.utils.metaestimators import available_if
+
 from dask_em._validation import Interval, Options
 from dask_em.engine import EMResult, MixtureState, estep_block, m_step, run_pass
 from dask_em.estimators._base import MIXTURE_CONSTRAINTS, BaseMixture
@@ -315,6 +317,12 @@ default="dirichlet_process"
             extra=prepared.weights, row_wise=True,
         )
         check(stats_list[0])
+        n_rows = float(np.sum(stats_list[0]["nk"]))
+        if "covariance_prior" not in priors and n_rows < 2:
+            raise ValueError(
+                f"BayesianGaussianMixture takes covariance_prior from the data, which needs at least 2 rows, "
+                f"but got n_samples = {n_rows:g}; give more rows or a covariance_prior."
+            )
         mean, cov = vb.data_priors(stats_list[0], centers[0], self.covariance_type)
         priors.setdefault("mean_prior", mean)
         priors.setdefault("covariance_prior", cov)
@@ -343,17 +351,10 @@ default="dirichlet_process"
         spec.complete_starts = self._complete_starts
         return spec
 
+    @available_if(lambda self: False)
     def partial_fit(self, X, y=None, sample_weight=None, **kwargs):
-        """Not implemented for this model (stochastic variational inference is future work).
-
-        Raises
-        ------
-        NotImplementedError
-        """
-        raise NotImplementedError(
-            "BayesianGaussianMixture has no partial_fit: stochastic variational inference is not "
-            "implemented; fit the data with fit()."
-        )
+        """Not available for this model: stochastic variational inference is not
+        implemented (``hasattr(model, "partial_fit")`` is False)."""
 
     def _set_fitted(self, result, prepared):
         super()._set_fitted(result, prepared)
