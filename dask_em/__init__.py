@@ -5,6 +5,7 @@
 
 from dask_em._version import __version__
 from dask_em.estimators import (
+    BayesianGaussianMixture,
     BernoulliMixture,
     CategoricalMixture,
     GaussianMixture,
@@ -16,6 +17,7 @@ from dask_em.exceptions import ConvergenceWarning, ModelFileError, NotFittedErro
 from dask_em.selection import select_n_components
 
 __all__ = [
+    "BayesianGaussianMixture",
     "BernoulliMixture",
     "CategoricalMixture",
     "ConvergenceWarning",

@@ -32,6 +32,7 @@ WHAT_NAMES = {"labels": "labels", "proba": "probabilities", "score": "log_likeli
 #: ``--model`` names and their estimator classes (in :mod:`dask_em`).
 MODELS = {
     "gaussian": "GaussianMixture",
+    "bayesian-gaussian": "BayesianGaussianMixture",
     "kmeans": "KMeans",
     "bernoulli": "BernoulliMixture",
     "poisson": "PoissonMixture",
@@ -39,7 +40,7 @@ MODELS = {
 }
 #: Options of ``dask-em fit`` that only some models take, and the parameter they set.
 MODEL_OPTIONS = {
-    "covariance_type": ("covariance_type", ("gaussian",)),
+    "covariance_type": ("covariance_type", ("gaussian", "bayesian-gaussian")),
     "alpha": ("alpha", ("bernoulli", "poisson", "categorical")),
     "n_categories": ("n_categories", ("categorical",)),
 }
@@ -120,6 +121,8 @@ def cmd_fit(args):
     state = "converged" if model.converged_ else "did not converge"
     if args.model == "kmeans":
         quality = f"inertia {model.inertia_:.6g}"
+    elif args.model == "bayesian-gaussian":
+        quality = f"lower bound {model.lower_bound_:.6g}"
     else:
         quality = f"mean log-likelihood {model.lower_bound_:.6g}"
     _out(f"{state} after {model.n_iter_} iterations in {seconds:.1f} s; {quality}")

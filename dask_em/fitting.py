@@ -151,6 +151,12 @@ class ModelSpec:
     verbose : int
     identity : object
         The estimator, whose class and parameters a checkpoint must match.
+    complete_starts : callable, optional
+        ``complete_starts(prepared, results, check) -> results``: one pass over the
+        data that completes the starting results before EM, cold or warm (a
+        variational model: its initial responsibilities over all rows and the
+        priors taken from the data); ``check`` is the pass check. Not called
+        when a checkpoint is resumed.
     """
 
     family: Family
@@ -172,6 +178,7 @@ class ModelSpec:
     init_name: str = ""
     verbose: int = 0
     identity: object = None
+    complete_starts: Callable | None = None
 
     def rule(self):
         return self.stopping if self.stopping is not None else LikelihoodChange(self.tol)
@@ -335,6 +342,8 @@ def _fit_group(prepared, specs, sample, checkpoint, callback):
         results, owner = [], []
         for j, spec in enumerate(specs):
             starts = _starts(spec, sample)
+            if spec.complete_starts is not None:
+                starts = spec.complete_starts(prepared, starts, check)
             results += starts
             owner += [j] * len(starts)
         if specs[0].algorithm == "stepwise":

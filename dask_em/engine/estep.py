@@ -69,7 +69,10 @@ def weighted_log_prob(X, family, state, **kwargs):
     """``log pi_k + log p(x | theta_k)`` (n, K); hard families ignore the weights."""
     if family.hard:
         return family.log_prob(X, state.params, **kwargs)
-    log_weights = np.log(state.weights)
+    if family.log_weights is not None:
+        log_weights = family.log_weights(state.params)
+    else:
+        log_weights = np.log(state.weights)
     if family.takes_offset:
         return family.log_prob(X, state.params, offset=log_weights, **kwargs)
     lp = family.log_prob(X, state.params, **kwargs)
@@ -266,10 +269,11 @@ def _valid_slab(X, w, family):
 
 def m_step(family, stats, state, options):
     """New :class:`MixtureState` from summed statistics: weights here, the rest by the family."""
-    nk = stats["nk"] + _NK_EPS
-    weights = nk / nk.sum()
     params = family.m_step(stats, state.params, **options)
-    return MixtureState(weights=weights, params=params)
+    if family.mixing_weights is not None:
+        return MixtureState(weights=family.mixing_weights(params), params=params)
+    nk = stats["nk"] + _NK_EPS
+    return MixtureState(weights=nk / nk.sum(), params=params)
 
 
 def score_block(X, payload):

@@ -127,6 +127,14 @@ class Family:
         dict, the other keys passed through. Stepwise EM uses it to add statistics
         taken under different parameters. ``None``: the statistics do not depend on
         the parameters' reference point (they are not shifted); nothing to do.
+    log_weights : callable or None
+        ``log_weights(params) -> (K,)``: the log mixing weights the E-step adds to
+        the log-densities, from the parameters (a variational family's expected
+        log weights ``E[log pi_k]``). ``None``: ``log(weights)``.
+    mixing_weights : callable or None
+        ``mixing_weights(params) -> (K,)``: the mixing weights after an M-step,
+        from the new parameters (a variational family's posterior mean weights);
+        they sum to 1. ``None``: the normalised summed responsibilities.
 
     Notes
     -----
@@ -149,3 +157,5 @@ class Family:
     check_data: Callable = None
     check_params: Callable = None
     recentre: Callable = None
+    log_weights: Callable = None
+    mixing_weights: Callable = None
