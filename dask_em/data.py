@@ -273,13 +273,16 @@ def count_nonfinite_rows(X):
 
 
 # ----------------------------------------------------------------- the fit's data edge
-NAN_POLICIES = ("raise", "omit")
+#: What a fit does with rows holding NaN: refuse them, leave them out, or marginalise the
+#: missing features (rows with every feature missing, or an infinite value, left out).
+NAN_POLICIES = ("raise", "omit", "marginalize")
 #: ``persist="auto"`` keeps the data in memory when they take at most this share of it.
 PERSIST_FRACTION = 0.5
 
 
 def resolve_nan_policy(nan_policy, source):
-    """``"omit"`` or ``"raise"``; ``None`` means omit for xarray input, raise otherwise."""
+    """``"omit"``, ``"raise"`` or ``"marginalize"``; ``None`` means omit for xarray input,
+    raise otherwise."""
     if nan_policy is None:
         return "omit" if source.layout is not None else "raise"
     if nan_policy not in NAN_POLICIES:
@@ -348,7 +351,8 @@ def nonfinite_rows_error(n_bad, n_total, fix):
     """The error for rows holding NaN or infinity under ``nan_policy="raise"``."""
     return ValueError(
         f"Input X contains {n_bad} rows with NaN or infinite values (of {n_total} rows); "
-        f"{fix}, or pass nan_policy='omit' to leave them out."
+        f"{fix}, or pass nan_policy='omit' to leave them out (or 'marginalize' to fit "
+        f"rows with NaN on their observed features)."
     )
 
 
@@ -364,7 +368,7 @@ class Prepared:
         Row-chunked data; in memory between passes after :meth:`load` when decided.
     weights : dask.array.Array of shape (N,) or None
         Sample weights chunked like the rows.
-    nan_policy : {"raise", "omit"}
+    nan_policy : {"raise", "omit", "marginalize"}
         Resolved policy for rows with NaN or infinity.
     persist : {"auto", True, False}
         The requested persist policy; :meth:`load` decides and applies it.
@@ -435,7 +439,7 @@ def prepare(
         See :func:`as_source`.
     feature_labels : list, optional
         Labels of the features of a fitted model (xarray input is matched to them).
-    nan_policy : {"raise", "omit"} or None
+    nan_policy : {"raise", "omit", "marginalize"} or None
         None: ``"omit"`` for xarray input, ``"raise"`` otherwise.
     persist : {"auto", True, False}
     check_data : callable, optional

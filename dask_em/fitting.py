@@ -43,6 +43,7 @@ from dask_em.checkpoint import Checkpointer, chain_callbacks
 from dask_em.data import Prepared, nonfinite_rows_error
 from dask_em.engine import EMResult, MixtureState, estep_block, m_step, run_em, run_pass
 from dask_em.engine.loop import LikelihoodChange
+from dask_em.engine.marginal import marginalizing
 from dask_em.engine.stepwise import blend_stats, recentred, run_stepwise, scale_stats
 from dask_em.exceptions import ConvergenceWarning
 from dask_em.families import Family
@@ -216,15 +217,37 @@ def pass_check(nan_policy: str, specs: list[ModelSpec]):
     """The check run on the row counts of every pass of a fit.
 
     Rows with NaN or infinity are an error under ``"raise"``; under ``"omit"``
-    they are left out and their number is logged once. Bad sample weights and
-    fewer rows than components are errors.
+    they are left out and their number is logged once. Under ``"marginalize"``
+    the EM passes leave out (and count) only rows with every feature missing or
+    an infinite value; the sampling pass (its counts hold ``n_sample``) draws
+    from the rows without gaps, so they must number at least K. Bad sample
+    weights and fewer rows than components are errors.
     """
     largest = max(specs, key=lambda s: s.n_components)
     logged = []
 
     def check(stats):
         n_bad, n_rows = stats["n_nonfinite"], stats["n_rows"]
-        if n_bad and nan_policy == "omit":
+        if nan_policy == "marginalize" and "n_sample" in stats:
+            if n_rows < largest.n_components:
+                raise ValueError(
+                    f"nan_policy='marginalize' initialises on the rows without NaN, and only "
+                    f"{n_rows} of {n_rows + n_bad} rows have no NaN (fewer than "
+                    f"n_components={largest.n_components}); give every starting parameter "
+                    f"(weights_init, means_init, precisions_init), or use fewer components."
+                )
+            logger.info("initialisation sample drawn from the %d rows without NaN (of %d rows)",
+                        n_rows, n_rows + n_bad)
+            n_bad = 0
+        elif n_bad and nan_policy == "marginalize":
+            if not logged:
+                logger.info(
+                    "left out %d rows with every feature missing or an infinite value (of %d rows); "
+                    "rows with some features missing are fitted on the others",
+                    n_bad, n_rows + n_bad,
+                )
+                logged.append(n_bad)
+        elif n_bad and nan_policy == "omit":
             if not logged:
                 logger.info(
                     "left out %d rows with NaN or infinite values (of %d rows); they get no label",
@@ -415,6 +438,9 @@ def fit_models(prepared: Prepared, specs: list[ModelSpec], *, checkpoint=None, c
             raise ValueError(spec.few_rows_message(n))
     if checkpoint is not None and len(specs) != 1:
         raise ValueError("checkpoint applies to the fit of one model, not to a selection of several.")
+    if prepared.nan_policy == "marginalize":
+        for spec in specs:
+            spec.family = marginalizing(spec.family)
     out = [None] * len(specs)
     with verbosity(max(spec.verbose for spec in specs)):
         prepared.load()
@@ -482,6 +508,8 @@ def partial_fit_step(prepared: Prepared, spec: ModelSpec, stream: StreamState | 
         ``lower_bound`` the batch's mean log-likelihood under the parameters before
         the update; ``final_stats`` the batch's statistics.
     """
+    if prepared.nan_policy == "marginalize":
+        spec.family = marginalizing(spec.family)
     family = spec.family
     check = pass_check(prepared.nan_policy, [spec])
     with verbosity(spec.verbose):

@@ -233,6 +233,11 @@ def estep_block(X, w, payload, index):
     step = slab_rows(max(len(m.weights) for m, _ in mixtures), X.shape[1], itemsize)
     totals = None
     counts = {"weight": 0.0, "n_rows": 0, "n_nonfinite": 0, "n_bad_weight": 0}
+    gaps = None
+    if family.marginalize:  # rows with gaps go to engine/marginal.py; the others stay below
+        from dask_em.engine.marginal import split_gaps
+
+        X, w, gaps = split_gaps(X, w)
     for i in range(0, max(X.shape[0], 1), step):
         # rows are checked slab by slab: the check leaves the slab in the CPU's
         # caches for the kernels, instead of reading the whole block twice
@@ -249,6 +254,10 @@ def estep_block(X, w, payload, index):
             totals = slab
         else:
             totals = [{key: t[key] + value for key, value in s.items()} for t, s in zip(totals, slab)]
+    if gaps is not None:
+        from dask_em.engine.marginal import add_gap_stats
+
+        totals, counts = add_gap_stats(totals, counts, gaps, family, mixtures)
     for stats in totals:
         stats.update(counts)
     return totals

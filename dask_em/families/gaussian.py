@@ -791,6 +791,8 @@ def recentre(stats, old_params, new_params, covariance_type):
 
 
 def _make(covariance_type):
+    from dask_em.families.gaussian_missing import missing_ops
+
     # partial keeps the functions pure and picklable for dask workers
     bind = partial
     return Family(
@@ -806,6 +808,7 @@ def _make(covariance_type):
         sample=bind(sample, covariance_type=covariance_type),
         check_params=bind(check_params, covariance_type=covariance_type),
         recentre=bind(recentre, covariance_type=covariance_type),
+        missing=missing_ops(covariance_type),
     )
 
 
