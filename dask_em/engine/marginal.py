@@ -79,13 +79,20 @@ def patterns(X):
         ``observed``: bool (D,); ``rows``: indices (increasing) of the rows with it.
     """
     observed = ~np.isnan(X)
-    if X.shape[0] == 0:
+    n, D = observed.shape
+    if n == 0:
         return []
-    keys, inverse = np.unique(observed, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(keys.shape[0] + 1))
-    return [(keys[j], order[bounds[j] : bounds[j + 1]]) for j in range(keys.shape[0])]
+    if D <= 62:  # one integer per pattern: an integer sort, ~20x faster than rows of bools
+        codes = observed @ (np.int64(1) << np.arange(D, dtype=np.int64))
+        order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[order]
+        starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    else:
+        keys, inverse = np.unique(observed, axis=0, return_inverse=True)
+        order = np.argsort(inverse.reshape(-1), kind="stable")
+        starts = np.searchsorted(inverse.reshape(-1)[order], np.arange(keys.shape[0]))
+    bounds = np.r_[starts, n]
+    return [(observed[order[bounds[j]]], order[bounds[j] : bounds[j + 1]]) for j in range(starts.size)]
 
 
 def _log_weights(family, state):
