@@ -61,9 +61,14 @@ def split_gaps(X, w=None):
         when there is no row with gaps.
     gaps : tuple (X_gaps, w_gaps) or None
     """
-    if X.shape[0] == 0 or np.isfinite(X @ np.ones(X.shape[1], dtype=X.dtype)).all():
+    if X.shape[0] == 0:
         return X, w, None
-    gap = gap_rows(X)
+    # a NaN or inf makes the row sum non-finite (one GEMV): only those rows are looked at
+    suspects = np.flatnonzero(~np.isfinite(X @ np.ones(X.shape[1], dtype=X.dtype)))
+    if suspects.size == 0:
+        return X, w, None
+    gap = np.zeros(X.shape[0], dtype=bool)
+    gap[suspects] = gap_rows(X[suspects])
     if not gap.any():
         return X, w, None
     rest = ~gap
