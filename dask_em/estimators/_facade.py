@@ -28,11 +28,11 @@ _EDGE_DOC = """nan_policy : {"raise", "omit", "marginalize"} or None, default=No
         Rows holding NaN or infinity: ``"omit"`` leaves them out of the fit and
         logs their number (``predict`` gives them label -1, other outputs NaN);
         ``"raise"`` is an error. ``"marginalize"`` (GaussianMixture, all
-        covariance types) treats NaN as missing features: each row is fitted and
-        scored on its observed features (missing ones integrated out; the E-step
-        adds the complete row's expected statistics), and ``impute`` fills them;
-        rows with every feature missing, or an infinite value, are left out as
-        under ``"omit"``. The initialisation sample is drawn from the rows without
+        covariance types, and the discrete mixtures) treats NaN as missing
+        features: each row is fitted and scored on its observed features (missing
+        ones integrated out; the E-step adds the complete row's expected
+        statistics), and ``impute`` fills them; rows with every feature missing,
+        or an infinite value, are left out as under ``"omit"``. The initialisation sample is drawn from the rows without
         NaN. None: ``"omit"`` for xarray input, ``"raise"`` otherwise.
     persist : {"auto", True, False}, default="auto"
         Keep the data in (cluster) memory between passes (True) or stream them from
