@@ -13,11 +13,11 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from dask.callbacks import Callback
 from sklearn.mixture import BayesianGaussianMixture as SkBGM
 
 import dask_em
 from dask_em import BayesianGaussianMixture
+from tests._counting import CountComputes
 from tests.conftest import make_blobs
 
 PRIOR_TYPES = ["dirichlet_process", "dirichlet_distribution"]
@@ -150,13 +150,7 @@ def test_passes_one_per_iteration(data):
     iteration (``persist=False``: every compute is a pass over the data)."""
     X, means = data
 
-    class Count(Callback):
-        def __init__(self):
-            super().__init__()
-            self.count = 0
-
-        def _start(self, dsk):
-            self.count += 1
+    Count = CountComputes
 
     with Count() as counter:
         quiet_fit(BayesianGaussianMixture(4, means_init=means, tol=0.0, max_iter=5, persist=False), da.from_array(X, chunks=150))

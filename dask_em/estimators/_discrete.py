@@ -3,7 +3,6 @@ starting points, and the support check of in-memory data."""
 
 import numpy as np
 
-from dask_em._math import as_float64
 from dask_em._validation import Interval, Options
 from dask_em.engine import MixtureState
 from dask_em.estimators._base import MIXTURE_CONSTRAINTS, BaseMixture
