@@ -173,17 +173,3 @@ def test_algorithm_is_validated_before_any_pass():
         KMeans(3, algorithm="elkan").fit(Xd)
     assert calls == []
 
-
-def test_partial_fit_inside_dask_ml_incremental():
-    from dask_ml.wrappers import Incremental
-
-    X, _ = _blobs(n=30_000, seed=1)
-    Xd = da.from_array(X, chunks=(1_500, -1))
-    inc = Incremental(GaussianMixture(3, random_state=0)).fit(Xd)  # partial_fit on each block in turn
-    gm = inc.estimator_
-    assert isinstance(gm, GaussianMixture) and gm.n_iter_ == Xd.numblocks[0]
-    sk = SkGaussianMixture(3, random_state=0, tol=1e-8).fit(X)
-    assert abs(gm.score(X) - sk.score(X)) < 1e-3
-    km = Incremental(KMeans(3, random_state=0, n_init=3)).fit(Xd).estimator_
-    full = SkKMeans(3, random_state=0, n_init=3).fit(X)
-    assert -km.score(X) <= full.inertia_ * 1.01
