@@ -168,3 +168,66 @@ def test_em_on_the_sample_is_accelerated():
         assert a.seed == b.seed and a.converged and b.converged
         assert a.n_iter < b.n_iter / 3
         assert abs(a.sample_loglik - b.sample_loglik) < 1e-8
+
+
+# --------------------------------------------------------------------------- batch EM passes
+def test_accelerated_batch_em_needs_fewer_passes_for_the_same_fit():
+    import dask.array as da
+
+    from dask_em.engine import run_em
+
+    X, family, start = _slow_problem()
+    Xd = da.from_array(X, chunks=(500, -1))
+    kw = dict(tol=1e-10, max_iter=5000, options=OPTIONS)
+    (plain,) = run_em(Xd, family, [start], **kw)
+    (fast,) = run_em(Xd, family, [start], accelerate=True, **kw)
+    assert plain.converged and fast.converged
+    assert fast.n_iter < plain.n_iter / 3
+    assert abs(_mean_loglik(X, family, fast.state) - _mean_loglik(X, family, plain.state)) < 1e-8
+    kinds = [h["squarem"] for h in fast.history]
+    assert len(kinds) == fast.n_iter and "extrapolated" in kinds
+    # converged and lower_bound mean what they mean for EM: the last pass was a plain
+    # EM step whose change met tol, and lower_bound is its mean log-likelihood
+    last = fast.history[-1]
+    assert last["squarem"] == "em" and abs(last["change"]) < 1e-10
+    assert fast.lower_bound == last["mean_loglik"]
+    accepted = [h["mean_loglik"] for h in fast.history if h["squarem"] == "em"]
+    assert all(b >= a for a, b in zip(accepted, accepted[1:]))
+
+
+def test_accelerate_setting_in_a_fit_and_a_resumed_checkpoint(tmp_path):
+    import warnings
+
+    import dask
+
+    from dask_em import GaussianMixture
+
+    X = _overlapping(3000, 3, 4, 0, 0.8)
+
+    def fit(accelerate, **kw):
+        with dask.config.set({"dask_em.accelerate": accelerate}), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return GaussianMixture(4, covariance_type="diag", algorithm="em", tol=1e-10, max_iter=5000,
+                                   random_state=0).fit(X, **kw)
+
+    plain, fast = fit(False), fit(True)
+    assert plain.converged_ and fast.converged_
+    assert fast.n_iter_ < plain.n_iter_ / 2
+    assert abs(fast.score(X) - plain.score(X)) < 1e-8
+    assert "squarem" in fast.history_[-1] and "squarem" not in plain.history_[-1]
+    assert fast.lower_bound_ == fast.history_[-1]["mean_loglik"]
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(iteration, results):
+        if iteration == 8:
+            raise Stop
+
+    ckpt = tmp_path / "fit.ckpt"
+    with pytest.raises(Stop):
+        fit(True, checkpoint=ckpt, callback=interrupt)
+    resumed = fit(True, checkpoint=ckpt)
+    assert resumed.converged_ and resumed.n_iter_ > 8
+    assert resumed.history_[7]["iteration"] == 8 and resumed.history_[8]["iteration"] == 9
+    assert abs(resumed.score(X) - fast.score(X)) < 1e-8

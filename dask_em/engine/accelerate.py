@@ -229,7 +229,7 @@ class Squarem:
         step ``theta_d`` while ``state`` is an unevaluated extrapolation."""
         return self._pending[0] if self._pending is not None else self.state
 
-    def update(self, stats):
+    def update(self, stats, stop=None):
         """Take the statistics of an E-step at ``self.state``; choose the next state.
 
         Parameters
@@ -237,6 +237,9 @@ class Squarem:
         stats : dict
             The E-step's summed statistics (with ``loglik`` and ``weight``), taken
             with ``self.state``.
+        stop : callable, optional
+            ``stop(change) -> bool``, the convergence test of an accepted EM step
+            (default: ``abs(change) < tol``).
 
         Returns
         -------
@@ -278,7 +281,9 @@ class Squarem:
         if accepted:
             self.lower_bound = mean_ll
         following = m_step(self.family, stats, evaluated, self.options)
-        if kind == EM and accepted and self.tol is not None and abs(change) < self.tol:
+        if stop is None:
+            stop = self._below_tol
+        if kind == EM and accepted and stop(change):
             self.converged = True
             self.state = following
             return mean_ll, change, kind
@@ -289,6 +294,9 @@ class Squarem:
             return mean_ll, change, kind
         self.state = self._extrapolated(stats, evaluated, following)
         return mean_ll, change, kind
+
+    def _below_tol(self, change):
+        return self.tol is not None and abs(change) < self.tol
 
     def _extrapolated(self, stats_c, theta_c, theta_d):
         """The next state after ``theta_c``: ``theta'``, or ``theta_d`` if there is no valid one."""
