@@ -4,6 +4,7 @@
     python benchmarks/few_pass.py --n 2000000     # a larger store
     python benchmarks/few_pass.py --quick         # small sizes, a smoke run
     python benchmarks/few_pass.py --part memory   # only the in-memory comparison
+    python benchmarks/few_pass.py --accelerate    # batch EM passes with SQUAREM (dask_em.accelerate)
 
 Part 1 (streamed): a float32 Zarr store of overlapping clusters (D=16, K=8) on disk,
 fitted with ``persist=False`` so every pass reads the store, on dask's threaded
@@ -219,16 +220,20 @@ def main():
     parser.add_argument("--large", action="store_true", help="also N = 1e7 in memory")
     parser.add_argument("--part", choices=("all", "streamed", "memory"), default="all")
     parser.add_argument("--models", nargs="+", default=["full", "diag", "kmeans"], choices=["full", "diag", "kmeans"])
+    parser.add_argument("--accelerate", action="store_true",
+                        help="accelerate the batch EM passes with SQUAREM (dask.config dask_em.accelerate)")
     parser.add_argument("--schedulers", nargs="+", default=["threads", "LocalCluster"],
                         choices=["threads", "LocalCluster"])
     args = parser.parse_args()
     if args.quick:
         args.n = min(args.n, 100_000)
     print(f"CPU: {cpu_description()}; dask {dask.__version__}, numpy {np.__version__}")
-    if args.part in ("all", "streamed"):
-        streamed(args)
-    if args.part in ("all", "memory"):
-        in_memory(args)
+    with dask.config.set({"dask_em.accelerate": args.accelerate}):
+        print(f"dask_em.accelerate: {dask.config.get('dask_em.accelerate')}")
+        if args.part in ("all", "streamed"):
+            streamed(args)
+        if args.part in ("all", "memory"):
+            in_memory(args)
 
 
 if __name__ == "__main__":
