@@ -97,6 +97,16 @@ def accelerate_setting():
     return bool(dask.config.get("dask_em.accelerate", False))
 
 
+def checkpoint_settings():
+    """The ``dask.config`` settings a checkpoint must match to be resumed: those that
+    change a fit's result (the reduction's fan-in, the stepwise-EM settings)."""
+    from dask_em.engine import split_every_default
+
+    settings = {"split_every": split_every_default()}
+    settings.update({f"stepwise.{name}": stepwise_setting(name) for name in ("passes", "alpha", "t0", "batch_chunks")})
+    settings["accelerate"] = accelerate_setting()
+    return settings
+
 logger = logging.getLogger("dask_em")
 
 
@@ -327,6 +337,56 @@ def _draw_sample(prepared, specs, check):
     return Sample(rows, estimation_weights(weights, counts["threshold"]), counts["n_rows"])
 
 
+def distinct_rows(rows, enough):
+    """Number of distinct rows of ``rows`` (n, D): exact when below ``enough``, else a
+    number >= ``enough``.
+
+    Rows are projected on a fixed random direction first: equal rows project alike,
+    so as many distinct projections as ``enough`` prove as many distinct rows, in
+    one GEMV and a 1-D sort; only fewer call for the exact (row-wise) count.
+    """
+    if rows.shape[0] == 0:
+        return 0
+    direction = np.random.default_rng(0).standard_normal(rows.shape[1])
+    n = np.unique(rows @ direction).size
+    return n if n >= enough else np.unique(rows, axis=0).shape[0]
+
+
+def _warn_few_distinct(sample, specs):
+    """Warn when a model has more components than the data have distinct rows, or the
+    data are one repeated row, as seen in the initialisation sample (no extra pass)."""
+    rows = sample.rows
+    d = distinct_rows(rows, max(2, max(spec.n_components for spec in specs)))
+    whole = rows.shape[0] >= sample.n_valid  # the sample holds every row that enters the fit
+    seen = (
+        "X" if whole else f"the initialisation sample ({rows.shape[0]} of the {sample.n_valid} rows of X)"
+    )
+    for spec in specs:
+        K, hard = spec.n_components, spec.family.hard
+        name = "n_clusters" if hard else "n_components"
+        parts = []
+        if d < K and hard and whole:  # scikit-learn's KMeans warning, in its words
+            parts.append(
+                f"Number of distinct clusters ({d}) found smaller than n_clusters ({K}). "
+                f"Possibly due to duplicate points in X."
+            )
+        elif d < K and d > 1:
+            parts.append(
+                f"{seen[0].upper() + seen[1:]} holds only {d} distinct rows, fewer than {name} ({K}): "
+                f"several {'clusters' if hard else 'components'} will coincide or be empty. Use {name} <= {d}, "
+                f"or remove the duplicate rows."
+            )
+        if d == 1:
+            parts.append(
+                f"Every row of {seen} is the same ({np.array2string(rows[0], threshold=8)}): the data are "
+                f"one repeated row, so every {'cluster' if hard else 'component'} describes that point "
+                f"{'' if hard else '(covariances are reg_covar alone) '}and the fit says nothing else; "
+                f"check the input."
+            )
+        if parts:
+            warnings.warn(" ".join(parts), ConvergenceWarning, stacklevel=4)
+
+
 def _starts(spec, sample):
     """Starting results of ``spec``: its warm start, or its starts on the sample."""
     if spec.warm is not None:
@@ -379,7 +439,7 @@ def _fit_group(prepared, specs, sample, checkpoint, callback):
     check = pass_check(prepared.nan_policy, specs)
     saver = None
     if checkpoint is not None:
-        saver = Checkpointer(checkpoint, specs[0].identity, X)
+        saver = Checkpointer(checkpoint, specs[0], prepared, checkpoint_settings())
     resume = saver.resume() if saver is not None else None
     if resume is not None:
         results, owner = resume, [0] * len(resume)
@@ -472,6 +532,8 @@ def fit_models(prepared: Prepared, specs: list[ModelSpec], *, checkpoint=None, c
         cold = [spec for spec in specs if spec.warm is None and spec.needs_sample]
         # one sampling pass initialises every start of every model
         sample = _draw_sample(prepared, cold, pass_check(prepared.nan_policy, specs)) if cold and not resumable else None
+        if sample is not None:
+            _warn_few_distinct(sample, cold)
         for group in groups:
             results = _fit_group(prepared, [specs[i] for i in group], sample, checkpoint, callback)
             for i, res in zip(group, results):

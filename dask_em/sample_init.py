@@ -74,6 +74,42 @@ class SampleStart:
     converged: bool = False
 
 
+#: Largest spread (max - min) of a feature the initialisation accepts: its squares,
+#: summed over up to 2**40 rows, stay finite in float64.
+SPREAD_LIMIT = float(np.sqrt(np.finfo(np.float64).max)) * 2.0**-20
+
+
+def check_magnitudes(rows, what="X"):
+    """Raise a ``ValueError`` naming the feature whose values are too large to square.
+
+    Squared distances, variances and sums of squares overflow float64 when a
+    feature's values spread over more than :data:`SPREAD_LIMIT` (about 1e148); the
+    fit would then fail on infinite statistics, which look like collapsed components.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (n, D)
+        Finite rows (a sample of the data).
+    what : str
+        Name of the data in the message.
+    """
+    if rows.size == 0:
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        spread = rows.max(axis=0) - rows.min(axis=0)
+    bad = ~(spread <= SPREAD_LIMIT)
+    if not bad.any():
+        return
+    size = np.abs(rows).max(axis=0)
+    j = int(np.argmax(np.where(bad, size, -1.0)))
+    raise ValueError(
+        f"Feature {j} of {what} holds values of magnitude up to {size[j]:.3g} (they spread over "
+        f"{spread[j]:.3g}): too large to square in float64, so squared distances and covariances "
+        f"would overflow (spreads up to about {SPREAD_LIMIT:.1e} work). Scale the features first, "
+        f"e.g. X / X.std(axis=0) or sklearn.preprocessing.StandardScaler."
+    )
+
+
 def default_sample_size(n_components):
     """Rows of the initialisation sample: ``max(1000 K, 100_000)``."""
     return max(SAMPLE_ROWS_PER_COMPONENT * n_components, SAMPLE_MIN_ROWS)
@@ -275,6 +311,7 @@ def initialize_on_sample(
         raise ValueError(f"rows must be 2-D (n, D), got shape {rows.shape}.")
     if not np.isfinite(rows).all():
         raise ValueError("rows hold NaN or infinite values; leave those rows out (sample_rows does).")
+    check_magnitudes(rows)
     if rows.shape[0] < K:
         raise ValueError(
             f"The sample holds {rows.shape[0]} rows, fewer than n_components={K}; "

@@ -181,10 +181,14 @@ class EMEstimator:
             ``fit`` (remembered as ``feature_dim_`` for the other methods).
         checkpoint : str or os.PathLike, optional
             File to save the EM state to after every iteration. If it exists and was
-            written by the same fit (settings and data shape and chunks; ``max_iter``
-            may differ), the fit resumes from it and ends as an uninterrupted fit
-            would. A path of one run, not a setting of the model, so it is an
-            argument of ``fit`` (``clone`` and grid searches do not share it).
+            written by the same fit (settings, array-valued ones such as
+            ``means_init`` by value, ``max_iter`` may differ; the same data: shape,
+            dtype, row chunks, source; see :mod:`dask_em.checkpoint`), the fit
+            resumes from it and ends as an uninterrupted fit would; a file of
+            another fit, edited or invalid is a
+            :class:`~dask_em.exceptions.ModelFileError` saying what differs. A path
+            of one run, not a setting of the model, so it is an argument of ``fit``
+            (``clone`` and grid searches do not share it).
         callback : callable, optional
             ``callback(iteration, results)`` after every iteration, where ``results``
             is a list of :class:`~dask_em.engine.EMResult` (one per start).

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from dask_em.exceptions import ModelFileError
-from dask_em.families._checks import check_values
+from dask_em.families._checks import check_mixture_weights
 from dask_em.persistence import (
     MODEL_FORMAT,
     decode_params,
@@ -144,11 +144,7 @@ def check_state(estimator, state):
     for name in _COMPONENT_PARAMS:
         if name in given and given[name] != K:
             raise ValueError(f"{name} is {given[name]!r} but weights_ has {K} entries")
-    if np.isnan(weights).any():
-        raise ValueError("weights_ holds NaN")
-    check_values("weights_", weights, ~(np.isfinite(weights) & (weights >= 0)), "must be finite and >= 0")
-    if not abs(weights.sum() - 1.0) <= _WEIGHTS_ATOL:
-        raise ValueError(f"weights_ sums to {weights.sum():.9g}, not 1")
+    check_mixture_weights(weights, K, _WEIGHTS_ATOL)
     n_features = getattr(estimator, "n_features_in_", None)
     if not isinstance(n_features, int) or isinstance(n_features, bool) or n_features < 1:
         raise ValueError(f"n_features_in_ is {n_features!r}, not a positive int")
