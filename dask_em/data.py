@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import dask.array as da
 import numpy as np
 
-from dask_em.io import from_xarray, is_xarray, is_zarr, open_zarr_array
+from dask_em.io import from_xarray, is_xarray, is_zarr, open_zarr_array, zarr_to_dask
 from dask_em.weights import as_row_weights
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def _from_zarr(source, array, feature_dim, what):
             f"that holds the features with feature_dim='name' (--feature-dim name), or give a "
             f"2-D (n_samples, n_features) array."
         )
-    X = da.from_zarr(arr)
+    X = zarr_to_dask(arr, source if isinstance(source, (str, os.PathLike)) else None)
     if X.numblocks[1] != 1:
         logger.info(
             "the Zarr array has %d chunks along the features; rechunking to one chunk of %d "

@@ -5,14 +5,17 @@
 """
 
 from dask_em.io.xarray_source import XarrayLayout, from_xarray, is_xarray
-from dask_em.io.zarr_source import is_zarr, open_zarr_array, replace_path, write_zarr
+from dask_em.io.locations import check_output
+from dask_em.io.zarr_source import is_zarr, open_zarr_array, replace_path, write_zarr, zarr_to_dask
 
 __all__ = [
     "XarrayLayout",
+    "check_output",
     "from_xarray",
     "is_xarray",
     "is_zarr",
     "open_zarr_array",
     "replace_path",
     "write_zarr",
+    "zarr_to_dask",
 ]
