@@ -88,6 +88,13 @@ def test_fit_from_s3_then_labels_model_and_checkpoint_back(data, tmp_path, monke
     write_zarr(gm.predict(url), f"s3://{BUCKET}/labels.zarr", name="labels", fill_value=-1)
     labels = zarr.open_group(f"s3://{BUCKET}/labels.zarr", mode="r")["labels"]
     assert_array_equal(labels[:], local.predict(X))
+    import xarray as xr  # an xarray result (consolidated metadata) goes the same way
+
+    cube = xr.DataArray(gm.predict(X).reshape(20, 40), dims=("y", "x"), coords={"y": np.arange(20) * 10.0})
+    write_zarr(cube.chunk({"y": 5}), f"s3://{BUCKET}/map.zarr", name="labels")
+    back_map = xr.open_zarr(f"s3://{BUCKET}/map.zarr")["labels"]
+    assert_array_equal(back_map.values, cube.values)
+    assert_array_equal(back_map["y"].values, cube["y"].values)
     gm.save(f"s3://{BUCKET}/model.npz")
     back = dask_em.load(f"s3://{BUCKET}/model.npz")
     assert_array_equal(back.means_, gm.means_)

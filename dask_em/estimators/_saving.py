@@ -81,6 +81,7 @@ def load(path):
     Parameters
     ----------
     path : str or os.PathLike
+        A local path or a URL (``s3://bucket/model.npz``, ``file://...``).
 
     Returns
     -------

@@ -1,7 +1,8 @@
 """Data edges for stores and labelled arrays: Zarr in and out, xarray in and out.
 
 :func:`dask_em.data.as_source` dispatches here; the writers put per-row results
-(labels, probabilities, scores) back into Zarr stores chunk by chunk.
+(labels, probabilities, scores) back into Zarr stores chunk by chunk, at local
+paths or URLs (:mod:`dask_em.io.locations`: where outputs go, checked before any pass).
 """
 
 from dask_em.io.xarray_source import XarrayLayout, from_xarray, is_xarray

@@ -100,19 +100,35 @@ def _store_name(arr, given=None):
     return str(getattr(arr, "store_path", "") or getattr(arr, "store", "") or "a Zarr store")
 
 
+def _underlying_zarr(obj):
+    """The ``zarr.Array`` under ``obj`` (itself, or under xarray's lazy-indexing wrappers)."""
+    for _ in range(8):
+        if obj is None or is_zarr(obj):
+            return obj
+        inner = getattr(obj, "array", None)
+        obj = inner if inner is not None else getattr(obj, "_array", None)
+    return None
+
+
 def _chunk_message(arr, key, where, exc):
     """What a failed block read says: store, array, chunk index, rows, and the cause."""
-    starts = [k.start or 0 for k in key if isinstance(k, slice)]
-    chunks = getattr(arr, "chunks", None) or [1] * len(starts)
-    index = tuple(int(s // c) for s, c in zip(starts, chunks))
-    rows = ""
-    if key and isinstance(key[0], slice):
-        stop = key[0].stop if key[0].stop is not None else arr.shape[0]
-        rows = f", rows {starts[0]}..{stop - 1}"
-    name = getattr(arr, "path", "") or ""
+    z = _underlying_zarr(arr)
+    shape = getattr(arr, "shape", ())
+    slices = [k if isinstance(k, slice) else slice(k, k + 1) for k in (key if isinstance(key, tuple) else (key,))]
+    bounds = [s.indices(n)[:2] for s, n in zip(slices, shape)]
+    if z is not None:
+        index = tuple(int(start // c) for (start, _), c in zip(bounds, z.chunks))
+        place = f"chunk {index}"
+    else:
+        place = "a block"
+    if len(bounds) == 2:
+        place += f", rows {bounds[0][0]}..{bounds[0][1] - 1}"
+    elif bounds:
+        place += ", region [" + ", ".join(f"{a}:{b}" for a, b in bounds) + "]"
+    name = getattr(z, "path", "") or ""
     inside = f" (array {name!r})" if name else ""
     return (
-        f"Could not read chunk {index}{rows} of the Zarr store {where!r}{inside}: "
+        f"Could not read {place} of the Zarr store {where!r}{inside}: "
         f"{type(exc).__name__}: {exc}. The chunk is corrupt, truncated or unreachable; "
         f"restore the store (or rewrite that chunk) from the original data."
     )
@@ -123,7 +139,7 @@ def read_block(arr, key, asarray=True, lock=None, *, where):
 
     Parameters
     ----------
-    arr : zarr.Array
+    arr : zarr.Array, or xarray's lazily indexed wrapper of one
     key : tuple of slice
         The block's region (one Zarr chunk).
     asarray, lock
@@ -182,13 +198,30 @@ def warn_missing_chunks(arr, where=None):
     except Exception:  # listing is a courtesy; the read will say what is wrong
         return None
     if missing > 0:
+        fill = getattr(arr.fill_value, "item", lambda: arr.fill_value)()  # 0.0, not np.float64(0.0)
         logger.warning(
             "the Zarr array %r lacks %d of its %d chunks; Zarr reads a missing chunk as the fill "
             "value (%r). That is expected for chunks that held only the fill value (stores "
             "written with write_empty_chunks=False), otherwise the store is incomplete.",
-            _store_name(arr, where), missing, int(arr.nchunks), arr.fill_value,
+            _store_name(arr, where), missing, int(arr.nchunks), fill,
         )
     return missing
+
+
+def warn_missing_chunks_in(where, names):
+    """:func:`warn_missing_chunks` for the arrays ``names`` of the Zarr group at ``where``
+    (a store read through xarray)."""
+    import zarr
+
+    if "://" in where and not where.startswith(("file://", "memory://")):
+        return  # listing an object store is not cheap
+    try:
+        group = zarr.open_group(where, mode="r")
+        arrays = [group[name] for name in names]
+    except Exception:  # not a plain group (xarray opened it): nothing to count
+        return
+    for name, arr in zip(names, arrays):
+        warn_missing_chunks(arr, f"{where}/{name}")
 
 
 def zarr_to_dask(arr, where=None):
