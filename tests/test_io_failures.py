@@ -22,26 +22,15 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from dask.callbacks import Callback
 from numpy.testing import assert_array_equal
 
 from dask_em import CategoricalMixture, GaussianMixture, StoreReadError
 from dask_em.data import as_source
 from dask_em.io import write_zarr
+from tests._counting import CountComputes
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-
-
-class CountComputes(Callback):
-    """Counts ``compute`` calls on dask's local schedulers."""
-
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def _start(self, dsk):
-        self.n += 1
 
 
 def blobs(n=800, seed=0):
@@ -154,7 +143,7 @@ def test_bad_checkpoint_path_fails_before_any_pass(tmp_path, fitted):
             data = Xd if isinstance(model, GaussianMixture) else da.floor(abs(Xd))
             with CountComputes() as count, pytest.raises(ValueError) as info:
                 model.fit(data, checkpoint=path)
-            assert count.n == 0  # CategoricalMixture would otherwise infer its categories in a pass
+            assert count.count == 0  # CategoricalMixture would otherwise infer its categories in a pass
             assert f"Cannot write the checkpoint to {path!r}" in str(info.value) and why in str(info.value)
     assert not (tmp_path / "missing").exists()
 
@@ -184,7 +173,7 @@ def test_predict_onto_a_file_or_a_foreign_folder_is_refused_before_computing(tmp
     for target, why in cases.items():
         with CountComputes() as count, pytest.raises(ValueError, match=why):
             write_zarr(gm.predict(Xd), target, name="labels")
-        assert count.n == 0
+        assert count.count == 0
     assert notes.read_text() == "keep me" and os.listdir(folder) == ["a.jpg"]
     # an existing Zarr store is replaced, and an empty folder is fine
     (tmp_path / "empty.zarr").mkdir()
