@@ -105,8 +105,21 @@ def build_model(args):
     return model
 
 
+def _check_output(target, kind, what):
+    """Refuse an output that cannot be written before a cluster starts or a pass runs."""
+    from dask_em.io.locations import check_output, is_url
+
+    if is_url(target) and target.split("://", 1)[0] == "memory":
+        raise ValueError(f"Cannot write the {what} to {target!r}: memory:// is lost when dask-em exits; "
+                         f"give a path or an object-store URL (s3://...).")
+    check_output(target, kind, what)
+
+
 def cmd_fit(args):
     model = build_model(args)
+    _check_output(args.output, "file", "model file")
+    if args.checkpoint:
+        _check_output(args.checkpoint, "file", "checkpoint")
     max_iter = model.max_iter
     bar = args.bar = ProgressBar(max_iter, enabled=None if args.level <= logging.INFO else False)
     args.handler.bar = bar
@@ -143,6 +156,7 @@ def _load(args):
 def cmd_predict(args):
     from dask_em.io import write_zarr
 
+    _check_output(args.output, "zarr", "output store")
     model = _load(args)
     methods = {"labels": "predict", "proba": "predict_proba", "score": "score_samples"}
     if not hasattr(model, methods[args.what]):

@@ -28,3 +28,11 @@ class ConvergenceWarning(_SkConvergenceWarning):
 class ModelFileError(ValueError):
     """A saved model or checkpoint cannot be read: not a dask-em file, corrupt, or
     written in a format version this dask-em does not read."""
+
+
+class StoreReadError(OSError):
+    """A chunk of an input store could not be read (corrupt, truncated, unreachable).
+
+    The message names the store, the array, the chunk index and the rows it holds;
+    the original error is its ``__cause__``.
+    """

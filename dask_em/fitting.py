@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -47,6 +46,8 @@ from dask_em.engine.marginal import marginalizing
 from dask_em.engine.stepwise import blend_stats, recentred, run_stepwise, scale_stats
 from dask_em.exceptions import ConvergenceWarning
 from dask_em.families import Family
+from dask_em.io.locations import check_output
+from dask_em.io.locations import exists as output_exists
 from dask_em.sample_init import default_sample_size
 from dask_em.sampling import estimation_weights, sample_rows
 from dask_em.weights import bad_weight_error
@@ -524,11 +525,13 @@ def fit_models(prepared: Prepared, specs: list[ModelSpec], *, checkpoint=None, c
     if prepared.nan_policy == "marginalize":
         for spec in specs:
             spec.family = marginalizing(spec.family)
+    if checkpoint is not None:  # before any pass: a bad path fails now, not after the first iteration
+        check_output(checkpoint, "file", "checkpoint")
     out = [None] * len(specs)
     with verbosity(max(spec.verbose for spec in specs)):
         prepared.load()
         groups = _groups(specs, prepared.in_memory)
-        resumable = checkpoint is not None and os.path.exists(checkpoint)
+        resumable = checkpoint is not None and output_exists(checkpoint)
         cold = [spec for spec in specs if spec.warm is None and spec.needs_sample]
         # one sampling pass initialises every start of every model
         sample = _draw_sample(prepared, cold, pass_check(prepared.nan_policy, specs)) if cold and not resumable else None

@@ -30,8 +30,9 @@ A file is a ZIP archive in NumPy's ``.npz`` layout (``numpy.load`` opens it):
     One array per entry named in the metadata, in ``.npy`` format, read with
     ``allow_pickle=False``.
 
-Files are written to a temporary sibling and renamed, so an interrupted write
-never replaces a good file with a broken one.
+Files are written to a temporary sibling and renamed (at a URL such as
+``s3://bucket/model.npz``: in one request, which an object store shows whole or
+not at all), so an interrupted write never replaces a good file with a broken one.
 """
 
 import hashlib
@@ -88,31 +89,34 @@ def write_archive(path, metadata, arrays):
     Parameters
     ----------
     path : str or os.PathLike
+        A local path (written to a temporary sibling, then renamed) or a URL such
+        as ``s3://bucket/model.npz`` (written in one request; see
+        :func:`dask_em.io.locations.write_bytes`).
     metadata : dict
         JSON-able, non-finite floats allowed (written as strings).
     arrays : dict of str to ndarray
         Written as ``<name>.npy``, without pickle.
     """
-    from dask_em.io.zarr_source import temporary_sibling
+    from dask_em.io.locations import write_bytes
 
-    path = os.fspath(path)
-    tmp = temporary_sibling(path)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            zf.writestr("metadata.json", json.dumps(_encode(metadata), indent=1, allow_nan=False))
-            for name, arr in arrays.items():
-                buf = io.BytesIO()
-                np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
-                zf.writestr(f"{name}.npy", buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("metadata.json", json.dumps(_encode(metadata), indent=1, allow_nan=False))
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+            zf.writestr(f"{name}.npy", buf.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def read_archive(path, expected_format):
     """Metadata and arrays of a dask-em file of the format ``expected_format``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A local path or a URL (``s3://...``, ``file://...``).
+    expected_format : str
 
     Returns
     -------
@@ -124,11 +128,17 @@ def read_archive(path, expected_format):
     ModelFileError
         No file, not a readable ZIP, not a dask-em file, another format or format version.
     """
+    from dask_em.io.locations import read_bytes
+
     where = os.fspath(path)
-    if not os.path.isfile(where):
-        raise ModelFileError(f"No dask-em file at {where!r}; check the path.")
     try:
-        with zipfile.ZipFile(where) as zf:
+        content = read_bytes(where)
+    except (FileNotFoundError, IsADirectoryError):
+        raise ModelFileError(f"No dask-em file at {where!r}; check the path.") from None
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"Could not read {where!r} ({type(exc).__name__}: {exc}).") from exc
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as zf:
             metadata = json.loads(zf.read("metadata.json").decode("utf-8"))
             arrays = {}
             for name in zf.namelist():
@@ -389,8 +399,10 @@ def read_checkpoint(path, estimator, fingerprint):
     """
     from dask_em.engine import EMResult
 
+    from dask_em.io.locations import exists
+
     where = os.fspath(path)
-    if not os.path.exists(where):
+    if not exists(where):
         return None
     metadata, arrays = read_archive(where, CHECKPOINT_FORMAT)
     if metadata.get("digest") != _checksum(metadata, arrays):

@@ -17,6 +17,7 @@ from dask_em._validation import Options, check_is_fitted, validate_params
 from dask_em.data import NAN_POLICIES, prepare
 from dask_em.engine import map_rows
 from dask_em.fitting import as_float64_state, fit_models
+from dask_em.io.locations import check_output
 
 #: Constraints of the data-edge parameters every estimator has.
 EDGE_CONSTRAINTS = {
@@ -189,6 +190,8 @@ class EMEstimator:
             :class:`~dask_em.exceptions.ModelFileError` saying what differs. A path
             of one run, not a setting of the model, so it is an argument of ``fit``
             (``clone`` and grid searches do not share it).
+            A local path or a URL (``s3://bucket/fit.ckpt``); checked before any
+            pass (a missing folder or a folder at that path is an error).
         callback : callable, optional
             ``callback(iteration, results)`` after every iteration, where ``results``
             is a list of :class:`~dask_em.engine.EMResult` (one per start).
@@ -198,6 +201,8 @@ class EMEstimator:
         self
         """
         self._validate_params()
+        if checkpoint is not None:  # before any pass (inferring categories is one)
+            check_output(checkpoint, "file", "checkpoint")
         prepared = self._prepare(X, sample_weight, reset=True, array=array, feature_dim=feature_dim)
         spec = self._model_spec(prepared)
         (result,) = fit_models(prepared, [spec], checkpoint=checkpoint, callback=callback)
@@ -287,7 +292,9 @@ class EMEstimator:
         """Write the fitted model to ``path`` (a plain NPZ + JSON file, never pickle).
 
         Load it with :func:`dask_em.load`. The format is documented in
-        :mod:`dask_em.persistence`.
+        :mod:`dask_em.persistence`. ``path`` is a local path or a URL
+        (``s3://bucket/model.npz``, ``file://...``); a missing folder or bucket, or
+        a folder at ``path``, is a ``ValueError`` naming ``path``.
 
         Returns
         -------

@@ -13,6 +13,7 @@ import numpy as np
 
 from dask_em.exceptions import ModelFileError
 from dask_em.families._checks import check_mixture_weights
+from dask_em.io.locations import check_output
 from dask_em.persistence import (
     MODEL_FORMAT,
     decode_params,
@@ -39,12 +40,21 @@ def save_model(estimator, path):
     estimator : estimator with ``_get_state`` and ``_saved_attributes``
         Fitted; the caller checks that.
     path : str or os.PathLike
+        A local path or a URL (``s3://bucket/model.npz``, ``file://...``); its folder
+        (or bucket) must exist.
 
     Returns
     -------
     str
         ``path``.
+
+    Raises
+    ------
+    ValueError
+        ``path`` cannot be written (a missing folder, an existing folder there),
+        naming ``path``.
     """
+    check_output(path, "file", "model file")
     arrays = {}
     attributes = {}
     for name in estimator._saved_attributes:
@@ -71,6 +81,7 @@ def load(path):
     Parameters
     ----------
     path : str or os.PathLike
+        A local path or a URL (``s3://bucket/model.npz``, ``file://...``).
 
     Returns
     -------
