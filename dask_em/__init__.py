@@ -5,6 +5,7 @@
 
 from dask_em._version import __version__
 from dask_em.estimators import (
+    BayesianGaussianMixture,
     BernoulliMixture,
     CategoricalMixture,
     GaussianMixture,
@@ -12,10 +13,11 @@ from dask_em.estimators import (
     PoissonMixture,
 )
 from dask_em.estimators._saving import load
-from dask_em.exceptions import ConvergenceWarning, ModelFileError, NotFittedError
+from dask_em.exceptions import ConvergenceWarning, ModelFileError, NotFittedError, StoreReadError
 from dask_em.selection import select_n_components
 
 __all__ = [
+    "BayesianGaussianMixture",
     "BernoulliMixture",
     "CategoricalMixture",
     "ConvergenceWarning",
@@ -24,6 +26,7 @@ __all__ = [
     "ModelFileError",
     "NotFittedError",
     "PoissonMixture",
+    "StoreReadError",
     "__version__",
     "load",
     "select_n_components",

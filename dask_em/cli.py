@@ -36,6 +36,7 @@ WHAT_NAMES = {"labels": "labels", "proba": "probabilities", "score": "log_likeli
 #: ``--model`` names and their estimator classes (in :mod:`dask_em`).
 MODELS = {
     "gaussian": "GaussianMixture",
+    "bayesian-gaussian": "BayesianGaussianMixture",
     "kmeans": "KMeans",
     "bernoulli": "BernoulliMixture",
     "poisson": "PoissonMixture",
@@ -43,7 +44,7 @@ MODELS = {
 }
 #: Options of ``dask-em fit`` that only some models take, and the parameter they set.
 MODEL_OPTIONS = {
-    "covariance_type": ("covariance_type", ("gaussian",)),
+    "covariance_type": ("covariance_type", ("gaussian", "bayesian-gaussian")),
     "alpha": ("alpha", ("bernoulli", "poisson", "categorical")),
     "n_categories": ("n_categories", ("categorical",)),
 }
@@ -152,8 +153,21 @@ def build_model(args):
     return model
 
 
+def _check_output(target, kind, what):
+    """Refuse an output that cannot be written before a cluster starts or a pass runs."""
+    from dask_em.io.locations import check_output, is_url
+
+    if is_url(target) and target.split("://", 1)[0] == "memory":
+        raise ValueError(f"Cannot write the {what} to {target!r}: memory:// is lost when dask-em exits; "
+                         f"give a path or an object-store URL (s3://...).")
+    check_output(target, kind, what)
+
+
 def cmd_fit(args):
     model = build_model(args)
+    _check_output(args.output, "file", "model file")
+    if args.checkpoint:
+        _check_output(args.checkpoint, "file", "checkpoint")
     check_input(args)
     max_iter = model.max_iter
     bar = args.bar = ProgressBar(max_iter, enabled=None if args.level <= logging.INFO else False)
@@ -171,6 +185,8 @@ def cmd_fit(args):
     state = "converged" if model.converged_ else "did not converge"
     if args.model == "kmeans":
         quality = f"inertia {model.inertia_:.6g}"
+    elif args.model == "bayesian-gaussian":
+        quality = f"lower bound {model.lower_bound_:.6g}"
     else:
         quality = f"mean log-likelihood {model.lower_bound_:.6g}"
     _out(f"{state} after {model.n_iter_} iterations in {seconds:.1f} s; {quality}")
@@ -192,6 +208,7 @@ def cmd_predict(args):
     from dask_em.io import write_zarr
     from dask_em.io.xarray_source import result_dataset
 
+    _check_output(args.output, "zarr", "output store")
     model = _load(args)
     methods = {"labels": "predict", "proba": "predict_proba", "score": "score_samples"}
     if not hasattr(model, methods[args.what]):

@@ -6,6 +6,7 @@ xarray ``DataArray`` / ``Dataset`` objects with a named feature dimension (see
 :mod:`dask_em.io`). Every problem gets an error that says how to fix it.
 """
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 import dask.array as da
 import numpy as np
 
-from dask_em.io import from_xarray, is_xarray, is_zarr, open_zarr_array
+from dask_em.io import from_xarray, is_xarray, is_zarr, open_zarr_array, zarr_to_dask
+from dask_em.io.zarr_source import read_block, warn_missing_chunks_in
 from dask_em.weights import as_row_weights
 
 logger = logging.getLogger(__name__)
@@ -128,8 +130,10 @@ def _from_zarr(source, array, feature_dim, what):
             )
         import xarray as xr
 
-        try:
-            ds = xr.open_zarr(os.fspath(source), consolidated=None)
+        where = os.fspath(source)
+        try:  # block reads name the store and region when they fail
+            ds = xr.open_zarr(where, consolidated=None,
+                              from_array_kwargs={"getitem": functools.partial(read_block, where=where)})
         except Exception as exc:
             raise ValueError(
                 f"Could not open {os.fspath(source)!r} with xarray ({type(exc).__name__}: {exc}); "
@@ -140,6 +144,7 @@ def _from_zarr(source, array, feature_dim, what):
                 f"The store {os.fspath(source)!r} has no variable {array!r}; its variables are: "
                 f"{', '.join(ds.data_vars) or 'none'}."
             )
+        warn_missing_chunks_in(where, [array] if array is not None else list(ds.data_vars))
         return ds[array] if array is not None else ds
     arr = open_zarr_array(source, array)
     if arr.ndim != 2:
@@ -148,7 +153,7 @@ def _from_zarr(source, array, feature_dim, what):
             f"that holds the features with feature_dim='name' (--feature-dim name), or give a "
             f"2-D (n_samples, n_features) array."
         )
-    X = da.from_zarr(arr)
+    X = zarr_to_dask(arr, source if isinstance(source, (str, os.PathLike)) else None)
     if X.numblocks[1] != 1:
         logger.info(
             "the Zarr array has %d chunks along the features; rechunking to one chunk of %d "
@@ -273,13 +278,16 @@ def count_nonfinite_rows(X):
 
 
 # ----------------------------------------------------------------- the fit's data edge
-NAN_POLICIES = ("raise", "omit")
+#: What a fit does with rows holding NaN: refuse them, leave them out, or marginalise the
+#: missing features (rows with every feature missing, or an infinite value, left out).
+NAN_POLICIES = ("raise", "omit", "marginalize")
 #: ``persist="auto"`` keeps the data in memory when they take at most this share of it.
 PERSIST_FRACTION = 0.5
 
 
 def resolve_nan_policy(nan_policy, source):
-    """``"omit"`` or ``"raise"``; ``None`` means omit for xarray input, raise otherwise."""
+    """``"omit"``, ``"raise"`` or ``"marginalize"``; ``None`` means omit for xarray input,
+    raise otherwise."""
     if nan_policy is None:
         return "omit" if source.layout is not None else "raise"
     if nan_policy not in NAN_POLICIES:
@@ -348,7 +356,8 @@ def nonfinite_rows_error(n_bad, n_total, fix):
     """The error for rows holding NaN or infinity under ``nan_policy="raise"``."""
     return ValueError(
         f"Input X contains {n_bad} rows with NaN or infinite values (of {n_total} rows); "
-        f"{fix}, or pass nan_policy='omit' to leave them out."
+        f"{fix}, or pass nan_policy='omit' to leave them out (or 'marginalize' to fit "
+        f"rows with NaN on their observed features)."
     )
 
 
@@ -364,7 +373,7 @@ class Prepared:
         Row-chunked data; in memory between passes after :meth:`load` when decided.
     weights : dask.array.Array of shape (N,) or None
         Sample weights chunked like the rows.
-    nan_policy : {"raise", "omit"}
+    nan_policy : {"raise", "omit", "marginalize"}
         Resolved policy for rows with NaN or infinity.
     persist : {"auto", True, False}
         The requested persist policy; :meth:`load` decides and applies it.
@@ -435,7 +444,7 @@ def prepare(
         See :func:`as_source`.
     feature_labels : list, optional
         Labels of the features of a fitted model (xarray input is matched to them).
-    nan_policy : {"raise", "omit"} or None
+    nan_policy : {"raise", "omit", "marginalize"} or None
         None: ``"omit"`` for xarray input, ``"raise"`` otherwise.
     persist : {"auto", True, False}
     check_data : callable, optional

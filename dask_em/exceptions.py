@@ -31,3 +31,11 @@ class ModelFileError(ValueError):
     It is not a dask-em file, is corrupt, holds invalid values, or was written in
     a format version this dask-em does not read.
     """
+
+
+class StoreReadError(OSError):
+    """A chunk of an input store could not be read (corrupt, truncated, unreachable).
+
+    The message names the store, the array, the chunk index and the rows it holds;
+    the original error is its ``__cause__``.
+    """

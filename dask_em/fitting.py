@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -43,17 +42,36 @@ from dask_em.checkpoint import Checkpointer, chain_callbacks
 from dask_em.data import Prepared, nonfinite_rows_error
 from dask_em.engine import EMResult, MixtureState, estep_block, m_step, run_em, run_pass
 from dask_em.engine.loop import LikelihoodChange
+from dask_em.engine.marginal import marginalizing
 from dask_em.engine.stepwise import blend_stats, recentred, run_stepwise, scale_stats
 from dask_em.exceptions import ConvergenceWarning
 from dask_em.families import Family
+from dask_em.io.locations import check_output
+from dask_em.io.locations import exists as output_exists
 from dask_em.sample_init import default_sample_size
 from dask_em.sampling import estimation_weights, sample_rows
 from dask_em.weights import bad_weight_error
 
 #: The fit algorithms (``algorithm`` of the estimators).
 ALGORITHMS = ("auto", "em", "stepwise")
-#: Most EM iterations on the initialisation sample before a stepwise fit.
-SAMPLE_EM_MAX_ITER = 50
+#: Most Lloyd iterations on the initialisation sample of a stepwise KMeans fit (in memory).
+SAMPLE_EM_MAX_ITER = 200
+#: Most E-steps of (SQUAREM-accelerated) EM on the initialisation sample of a stepwise
+#: mixture fit (in memory).
+SAMPLE_EM_MAX_STEPS = 500
+
+
+def sample_em_tol(tol):
+    """Tolerance of EM on the initialisation sample: ``max(tol * 1e-6, 1e-12)``.
+
+    E-steps on the sample cost no pass and, accelerated by SQUAREM, little time
+    (25 ms on 100,000 x 16 rows, K=8 diagonal); the closer the start, the fewer
+    passes follow. A tolerance far below the fit's also carries EM across the
+    plateaus of overlapping clusters, where the mean log-likelihood rises by less
+    than 1e-7 per iteration for a hundred iterations before climbing again (by 1e-2
+    on the benchmark of benchmarks/few_pass.py): tol / 100 stopped there.
+    """
+    return max(tol * 1e-6, 1e-12)
 
 
 def stepwise_setting(name):
@@ -67,6 +85,28 @@ def stepwise_setting(name):
     """
     defaults = {"passes": 1, "alpha": 0.6, "t0": 2.0, "batch_chunks": None}
     return dask.config.get(f"dask_em.stepwise.{name}", defaults[name])
+
+
+def accelerate_setting():
+    """Whether batch EM passes are accelerated with SQUAREM (``dask_em.accelerate``).
+
+    Off by default (see :mod:`dask_em.engine.accelerate` and benchmarks/README.md
+    for the measurements). Set it with ``dask.config.set({"dask_em.accelerate": True})``;
+    hard-assignment models (KMeans) are never accelerated. EM on the
+    initialisation sample is accelerated whatever this setting.
+    """
+    return bool(dask.config.get("dask_em.accelerate", False))
+
+
+def checkpoint_settings():
+    """The ``dask.config`` settings a checkpoint must match to be resumed: those that
+    change a fit's result (the reduction's fan-in, the stepwise-EM settings)."""
+    from dask_em.engine import split_every_default
+
+    settings = {"split_every": split_every_default()}
+    settings.update({f"stepwise.{name}": stepwise_setting(name) for name in ("passes", "alpha", "t0", "batch_chunks")})
+    settings["accelerate"] = accelerate_setting()
+    return settings
 
 logger = logging.getLogger("dask_em")
 
@@ -145,6 +185,12 @@ class ModelSpec:
     verbose : int
     identity : object
         The estimator, whose class and parameters a checkpoint must match.
+    complete_starts : callable, optional
+        ``complete_starts(prepared, results, check) -> results``: one pass over the
+        data that completes the starting results before EM, cold or warm (a
+        variational model: its initial responsibilities over all rows and the
+        priors taken from the data); ``check`` is the pass check. Not called
+        when a checkpoint is resumed.
     """
 
     family: Family
@@ -166,6 +212,7 @@ class ModelSpec:
     init_name: str = ""
     verbose: int = 0
     identity: object = None
+    complete_starts: Callable | None = None
 
     def rule(self):
         return self.stopping if self.stopping is not None else LikelihoodChange(self.tol)
@@ -203,15 +250,37 @@ def pass_check(nan_policy: str, specs: list[ModelSpec]):
     """The check run on the row counts of every pass of a fit.
 
     Rows with NaN or infinity are an error under ``"raise"``; under ``"omit"``
-    they are left out and their number is logged once. Bad sample weights and
-    fewer rows than components are errors.
+    they are left out and their number is logged once. Under ``"marginalize"``
+    the EM passes leave out (and count) only rows with every feature missing or
+    an infinite value; the sampling pass (its counts hold ``n_sample``) draws
+    from the rows without gaps, so they must number at least K. Bad sample
+    weights and fewer rows than components are errors.
     """
     largest = max(specs, key=lambda s: s.n_components)
     logged = []
 
     def check(stats):
         n_bad, n_rows = stats["n_nonfinite"], stats["n_rows"]
-        if n_bad and nan_policy == "omit":
+        if nan_policy == "marginalize" and "n_sample" in stats:
+            if n_rows < largest.n_components:
+                raise ValueError(
+                    f"nan_policy='marginalize' initialises on the rows without NaN, and only "
+                    f"{n_rows} of {n_rows + n_bad} rows have no NaN (fewer than "
+                    f"n_components={largest.n_components}); give every starting parameter "
+                    f"(weights_init, means_init, precisions_init), or use fewer components."
+                )
+            logger.info("initialisation sample drawn from the %d rows without NaN (of %d rows)",
+                        n_rows, n_rows + n_bad)
+            n_bad = 0
+        elif n_bad and nan_policy == "marginalize":
+            if not logged:
+                logger.info(
+                    "left out %d rows with every feature missing or an infinite value (of %d rows); "
+                    "rows with some features missing are fitted on the others",
+                    n_bad, n_rows + n_bad,
+                )
+                logged.append(n_bad)
+        elif n_bad and nan_policy == "omit":
             if not logged:
                 logger.info(
                     "left out %d rows with NaN or infinite values (of %d rows); they get no label",
@@ -269,6 +338,56 @@ def _draw_sample(prepared, specs, check):
     return Sample(rows, estimation_weights(weights, counts["threshold"]), counts["n_rows"])
 
 
+def distinct_rows(rows, enough):
+    """Number of distinct rows of ``rows`` (n, D): exact when below ``enough``, else a
+    number >= ``enough``.
+
+    Rows are projected on a fixed random direction first: equal rows project alike,
+    so as many distinct projections as ``enough`` prove as many distinct rows, in
+    one GEMV and a 1-D sort; only fewer call for the exact (row-wise) count.
+    """
+    if rows.shape[0] == 0:
+        return 0
+    direction = np.random.default_rng(0).standard_normal(rows.shape[1])
+    n = np.unique(rows @ direction).size
+    return n if n >= enough else np.unique(rows, axis=0).shape[0]
+
+
+def _warn_few_distinct(sample, specs):
+    """Warn when a model has more components than the data have distinct rows, or the
+    data are one repeated row, as seen in the initialisation sample (no extra pass)."""
+    rows = sample.rows
+    d = distinct_rows(rows, max(2, max(spec.n_components for spec in specs)))
+    whole = rows.shape[0] >= sample.n_valid  # the sample holds every row that enters the fit
+    seen = (
+        "X" if whole else f"the initialisation sample ({rows.shape[0]} of the {sample.n_valid} rows of X)"
+    )
+    for spec in specs:
+        K, hard = spec.n_components, spec.family.hard
+        name = "n_clusters" if hard else "n_components"
+        parts = []
+        if d < K and hard and whole:  # scikit-learn's KMeans warning, in its words
+            parts.append(
+                f"Number of distinct clusters ({d}) found smaller than n_clusters ({K}). "
+                f"Possibly due to duplicate points in X."
+            )
+        elif d < K and d > 1:
+            parts.append(
+                f"{seen[0].upper() + seen[1:]} holds only {d} distinct rows, fewer than {name} ({K}): "
+                f"several {'clusters' if hard else 'components'} will coincide or be empty. Use {name} <= {d}, "
+                f"or remove the duplicate rows."
+            )
+        if d == 1:
+            parts.append(
+                f"Every row of {seen} is the same ({np.array2string(rows[0], threshold=8)}): the data are "
+                f"one repeated row, so every {'cluster' if hard else 'component'} describes that point "
+                f"{'' if hard else '(covariances are reg_covar alone) '}and the fit says nothing else; "
+                f"check the input."
+            )
+        if parts:
+            warnings.warn(" ".join(parts), ConvergenceWarning, stacklevel=4)
+
+
 def _starts(spec, sample):
     """Starting results of ``spec``: its warm start, or its starts on the sample."""
     if spec.warm is not None:
@@ -321,7 +440,7 @@ def _fit_group(prepared, specs, sample, checkpoint, callback):
     check = pass_check(prepared.nan_policy, specs)
     saver = None
     if checkpoint is not None:
-        saver = Checkpointer(checkpoint, specs[0].identity, X)
+        saver = Checkpointer(checkpoint, specs[0], prepared, checkpoint_settings())
     resume = saver.resume() if saver is not None else None
     if resume is not None:
         results, owner = resume, [0] * len(resume)
@@ -329,6 +448,8 @@ def _fit_group(prepared, specs, sample, checkpoint, callback):
         results, owner = [], []
         for j, spec in enumerate(specs):
             starts = _starts(spec, sample)
+            if spec.complete_starts is not None:
+                starts = spec.complete_starts(prepared, starts, check)
             results += starts
             owner += [j] * len(starts)
         if specs[0].algorithm == "stepwise":
@@ -347,6 +468,7 @@ def _fit_group(prepared, specs, sample, checkpoint, callback):
         check=check,
         callback=chain_callbacks(saver, callback),
         resume=results,
+        accelerate=accelerate_setting(),
     )
     per_spec = [[r for r, j in zip(results, owner) if j == k] for k in range(len(specs))]
     # the final parameters are scored in one pass for every start that needs it
@@ -400,14 +522,21 @@ def fit_models(prepared: Prepared, specs: list[ModelSpec], *, checkpoint=None, c
             raise ValueError(spec.few_rows_message(n))
     if checkpoint is not None and len(specs) != 1:
         raise ValueError("checkpoint applies to the fit of one model, not to a selection of several.")
+    if prepared.nan_policy == "marginalize":
+        for spec in specs:
+            spec.family = marginalizing(spec.family)
+    if checkpoint is not None:  # before any pass: a bad path fails now, not after the first iteration
+        check_output(checkpoint, "file", "checkpoint")
     out = [None] * len(specs)
     with verbosity(max(spec.verbose for spec in specs)):
         prepared.load()
         groups = _groups(specs, prepared.in_memory)
-        resumable = checkpoint is not None and os.path.exists(checkpoint)
+        resumable = checkpoint is not None and output_exists(checkpoint)
         cold = [spec for spec in specs if spec.warm is None and spec.needs_sample]
         # one sampling pass initialises every start of every model
         sample = _draw_sample(prepared, cold, pass_check(prepared.nan_policy, specs)) if cold and not resumable else None
+        if sample is not None:
+            _warn_few_distinct(sample, cold)
         for group in groups:
             results = _fit_group(prepared, [specs[i] for i in group], sample, checkpoint, callback)
             for i, res in zip(group, results):
@@ -467,6 +596,8 @@ def partial_fit_step(prepared: Prepared, spec: ModelSpec, stream: StreamState | 
         ``lower_bound`` the batch's mean log-likelihood under the parameters before
         the update; ``final_stats`` the batch's statistics.
     """
+    if prepared.nan_policy == "marginalize":
+        spec.family = marginalizing(spec.family)
     family = spec.family
     check = pass_check(prepared.nan_policy, [spec])
     with verbosity(spec.verbose):

@@ -16,19 +16,26 @@ A file is a ZIP archive in NumPy's ``.npz`` layout (``numpy.load`` opens it):
       ``attributes`` (fitted values: ``n_iter_``, ``converged_``,
       ``lower_bound_``, ``lower_bounds_``, ``history_``, ``n_features_in_``, ...;
       an array-valued one, e.g. ``n_categories_``, as ``{"__array__": "<entry>"}``);
-    - checkpoint: ``fingerprint`` (shape, dtype and row chunks of the data) and
-      ``starts``: one object per EM start with ``state``, ``n_iter``,
-      ``converged``, ``lower_bound``, ``history``.
+    - checkpoint: ``params`` with array-valued ones (``means_init``, ...) as
+      ``{"__array__": {"sha256": ..., "shape": [...]}}`` (a digest of their
+      values, :func:`array_digest`), ``fingerprint`` (the data: shape, dtype,
+      row chunks, dask name of the source and of the sample weights; the NaN
+      policy and the dask settings that change the result), ``starts``: one
+      object per EM start with ``state``, ``n_iter``, ``converged``,
+      ``lower_bound``, ``history``, and ``digest``: a SHA-256 of the rest of
+      the metadata and of the arrays, so a file edited by hand is refused.
 
     Non-finite floats are written as the strings ``"inf"``, ``"-inf"``, ``"nan"``.
 ``<entry>.npy``
     One array per entry named in the metadata, in ``.npy`` format, read with
     ``allow_pickle=False``.
 
-Files are written to a temporary sibling and renamed, so an interrupted write
-never replaces a good file with a broken one.
+Files are written to a temporary sibling and renamed (at a URL such as
+``s3://bucket/model.npz``: in one request, which an object store shows whole or
+not at all), so an interrupted write never replaces a good file with a broken one.
 """
 
+import hashlib
 import io
 import json
 import logging
@@ -82,31 +89,34 @@ def write_archive(path, metadata, arrays):
     Parameters
     ----------
     path : str or os.PathLike
+        A local path (written to a temporary sibling, then renamed) or a URL such
+        as ``s3://bucket/model.npz`` (written in one request; see
+        :func:`dask_em.io.locations.write_bytes`).
     metadata : dict
         JSON-able, non-finite floats allowed (written as strings).
     arrays : dict of str to ndarray
         Written as ``<name>.npy``, without pickle.
     """
-    from dask_em.io.zarr_source import temporary_sibling
+    from dask_em.io.locations import write_bytes
 
-    path = os.fspath(path)
-    tmp = temporary_sibling(path)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            zf.writestr("metadata.json", json.dumps(_encode(metadata), indent=1, allow_nan=False))
-            for name, arr in arrays.items():
-                buf = io.BytesIO()
-                np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
-                zf.writestr(f"{name}.npy", buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("metadata.json", json.dumps(_encode(metadata), indent=1, allow_nan=False))
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+            zf.writestr(f"{name}.npy", buf.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def read_archive(path, expected_format):
     """Metadata and arrays of a dask-em file of the format ``expected_format``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A local path or a URL (``s3://...``, ``file://...``).
+    expected_format : str
 
     Returns
     -------
@@ -118,11 +128,17 @@ def read_archive(path, expected_format):
     ModelFileError
         No file, not a readable ZIP, not a dask-em file, another format or format version.
     """
+    from dask_em.io.locations import read_bytes
+
     where = os.fspath(path)
-    if not os.path.isfile(where):
-        raise ModelFileError(f"No dask-em file at {where!r}; check the path.")
     try:
-        with zipfile.ZipFile(where) as zf:
+        content = read_bytes(where)
+    except (FileNotFoundError, IsADirectoryError):
+        raise ModelFileError(f"No dask-em file at {where!r}; check the path.") from None
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"Could not read {where!r} ({type(exc).__name__}: {exc}).") from exc
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as zf:
             metadata = json.loads(zf.read("metadata.json").decode("utf-8"))
             arrays = {}
             for name in zf.namelist():
@@ -251,6 +267,44 @@ def read_state(spec, arrays, where):
 
 
 # ------------------------------------------------------------------ checkpoints
+def array_digest(value):
+    """What identifies an array-valued setting by value: SHA-256 of its float64 bytes
+    (numbers; other dtypes as they are), its shape and dtype kind."""
+    arr = np.asarray(value)
+    if arr.dtype.kind in "biuf":
+        arr = arr.astype(np.float64)
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype.kind == "O":
+        raise TypeError(f"cannot fingerprint an array of objects ({arr.shape})")
+    digest = hashlib.sha256(str(arr.dtype).encode() + str(arr.shape).encode() + arr.tobytes()).hexdigest()
+    return {"sha256": digest, "shape": list(arr.shape)}
+
+
+def params_identity(estimator):
+    """Constructor parameters of ``estimator`` as JSON-able values that identify a fit:
+    an array-valued one (``means_init``, ...) as :func:`array_digest` of its values."""
+    out = {}
+    for key, value in estimator.get_params(deep=False).items():
+        if isinstance(value, (np.random.RandomState, np.random.Generator)):
+            value = None  # not a reproducible identity; saved as None, as in models
+        elif isinstance(value, (np.ndarray, list, tuple)) and key != "random_state":
+            value = {"__array__": array_digest(value)}
+        out[key] = value
+    return _encode(out)
+
+
+def _checksum(metadata, arrays):
+    """SHA-256 of a checkpoint's metadata (less ``digest``) and arrays."""
+    h = hashlib.sha256()
+    body = {k: v for k, v in _encode(metadata).items() if k != "digest"}
+    h.update(json.dumps(body, sort_keys=True, allow_nan=False).encode())
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{arr.dtype.str}:{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
 def write_checkpoint(path, estimator, fingerprint, results):
     """Save every EM start (state, iteration count, history) after an iteration.
 
@@ -258,17 +312,24 @@ def write_checkpoint(path, estimator, fingerprint, results):
     ----------
     path : str or os.PathLike
     estimator : scikit-learn style estimator
-        Its class name and ``get_params()`` identify the fit.
+        Its class name and ``get_params()`` identify the fit (array-valued
+        parameters by a digest of their values, :func:`params_identity`).
     fingerprint : dict
-        JSON-able description of the data (shape, dtype, row chunks).
+        JSON-able description of the data and settings of the fit (shape, dtype,
+        row chunks, source).
     results : sequence of :class:`~dask_em.engine.EMResult`
         One per EM start.
+
+    Notes
+    -----
+    The file carries ``digest``, a SHA-256 of its metadata and arrays, so that
+    :func:`read_checkpoint` refuses a file edited by hand.
     """
     arrays = {}
     starts = [
         {
             "state": write_state(res.state, arrays, f"start{i}"),
-            "n_iter": res.n_iter,
+            "n_iter": int(res.n_iter),
             "converged": bool(res.converged),
             "lower_bound": res.lower_bound,
             "history": res.history,
@@ -277,15 +338,41 @@ def write_checkpoint(path, estimator, fingerprint, results):
     ]
     metadata = {
         **header(CHECKPOINT_FORMAT, type(estimator).__name__),
-        "params": encode_params(estimator, {}),
+        "params": params_identity(estimator),
         "fingerprint": fingerprint,
         "starts": starts,
     }
+    metadata["digest"] = _checksum(metadata, arrays)
     write_archive(path, metadata, arrays)
 
 
 #: Settings that may change between an interrupted fit and its resumption.
 RESUMABLE_CHANGES = ("max_iter", "verbose", "warm_start")
+
+
+def _differences(mine, theirs, ignore=()):
+    """Sorted keys whose values differ between two dicts (missing counts as None)."""
+    return sorted(k for k in set(mine) | set(theirs) if k not in ignore and mine.get(k) != theirs.get(k))
+
+
+def _start_fields(s, where):
+    """``n_iter``, ``converged``, ``lower_bound``, ``history`` of a saved start, with their types checked."""
+    def bad(what):
+        return ModelFileError(f"The checkpoint {where!r} is invalid: {what}; it is corrupt or was edited. "
+                              f"Delete it to start afresh.")
+
+    n_iter, converged = s.get("n_iter"), s.get("converged")
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
+        raise bad(f"n_iter is {n_iter!r}, not an int >= 0")
+    if not isinstance(converged, bool):
+        raise bad(f"converged is {converged!r}, not true or false")
+    lower_bound = s.get("lower_bound")
+    if isinstance(lower_bound, bool) or not isinstance(lower_bound, (int, float)):
+        raise bad(f"lower_bound is {lower_bound!r}, not a number")
+    history = s.get("history")
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise bad("history is not a list of objects")
+    return n_iter, converged, float(lower_bound), history
 
 
 def read_checkpoint(path, estimator, fingerprint):
@@ -295,7 +382,8 @@ def read_checkpoint(path, estimator, fingerprint):
     ----------
     path, estimator, fingerprint
         As for :func:`write_checkpoint`; ``estimator`` and ``fingerprint`` must
-        match the file's (only :data:`RESUMABLE_CHANGES` may differ).
+        match the file's (only :data:`RESUMABLE_CHANGES` may differ; array-valued
+        parameters are compared by value).
 
     Returns
     -------
@@ -304,36 +392,52 @@ def read_checkpoint(path, estimator, fingerprint):
     Raises
     ------
     ModelFileError
-        The file is unreadable, or belongs to another fit (other settings or data).
+        The file is unreadable, was edited after it was written (its checksum does
+        not match), holds fields of the wrong type, or belongs to another fit (other
+        settings, initial parameters or data). The values of the saved parameters
+        are the caller's to check (:class:`dask_em.checkpoint.Checkpointer` does).
     """
     from dask_em.engine import EMResult
 
+    from dask_em.io.locations import exists
+
     where = os.fspath(path)
-    if not os.path.exists(where):
+    if not exists(where):
         return None
     metadata, arrays = read_archive(where, CHECKPOINT_FORMAT)
-    mine = _encode(encode_params(estimator, {}))
-    theirs = metadata.get("params", {})
-    differ = sorted(k for k in set(mine) | set(theirs) if k not in RESUMABLE_CHANGES and mine.get(k) != theirs.get(k))
+    if metadata.get("digest") != _checksum(metadata, arrays):
+        raise ModelFileError(
+            f"The checkpoint {where!r} was modified after dask-em wrote it (its checksum does not match), "
+            f"or was written by a dask-em without checksums; it cannot be trusted to resume from. "
+            f"Delete it to start afresh."
+        )
+    differ = _differences(params_identity(estimator), metadata.get("params") or {}, RESUMABLE_CHANGES)
     if metadata.get("estimator") != type(estimator).__name__:
         differ.insert(0, "estimator")
-    if _encode(fingerprint) != metadata.get("fingerprint"):
-        differ.append("data (shape, dtype or chunks)")
+    saved = metadata.get("fingerprint") or {}
+    data = _differences(_encode(fingerprint), saved)
+    if data:
+        differ.append(f"data or settings ({', '.join(data)})")
     if differ:
         raise ModelFileError(
             f"The checkpoint {where!r} belongs to a different fit (differs in: {', '.join(differ)}); "
             f"delete it to start afresh, or use another checkpoint path."
         )
     try:
-        return [
-            EMResult(
-                state=read_state(s["state"], arrays, where),
-                converged=bool(s["converged"]),
-                n_iter=int(s["n_iter"]),
-                lower_bound=float(s["lower_bound"]),
-                history=list(s["history"]),
+        results = []
+        for s in metadata["starts"]:
+            n_iter, converged, lower_bound, history = _start_fields(s, where)
+            results.append(
+                EMResult(
+                    state=read_state(s["state"], arrays, where),
+                    converged=converged,
+                    n_iter=n_iter,
+                    lower_bound=lower_bound,
+                    history=history,
+                )
             )
-            for s in metadata["starts"]
-        ]
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelFileError(f"The checkpoint {where!r} is corrupt ({type(exc).__name__}: {exc}).") from exc
+    if not results:
+        raise ModelFileError(f"The checkpoint {where!r} holds no EM start; delete it to start afresh.")
+    return results

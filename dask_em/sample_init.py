@@ -17,10 +17,11 @@ given ``centers``
     The hard assignment to them.
 
 Weights and component parameters come from the hard (or random) assignment of the
-sample, through the family's ``suff_stats`` and ``m_step``; a few EM iterations on
-the sample (the engine's ``estep_block`` and ``m_step`` on NumPy arrays) then rank
-the starts by their log-likelihood on the sample, so a caller can keep the best
-before the full data are read again. One pass in all, whatever ``n_init``.
+sample, through the family's ``suff_stats`` and ``m_step``; EM iterations on the
+sample (the engine's ``estep_block`` and ``m_step`` on NumPy arrays, accelerated
+by SQUAREM, :mod:`dask_em.engine.accelerate`) then rank the starts by their
+log-likelihood on the sample, so a caller can keep the best before the full data
+are read again. One pass in all, whatever ``n_init``.
 """
 
 import logging
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dask_em.engine import MixtureState, add_stats, estep_block, m_step
+from dask_em.engine.accelerate import run_squarem
 from dask_em.initialization import INIT_METHODS, KMEANSPP_SAMPLE, kmeans_plusplus, min_sq_dist
 from dask_em.sampling import SAMPLE_MAX_BYTES, estimation_weights, sample_rows
 
@@ -60,7 +62,7 @@ class SampleStart:
         Mean log-likelihood of ``state`` per (weighted) row of the sample; for
         K-means, minus the mean squared distance to the nearest centre.
     n_iter : int
-        EM iterations run on the sample.
+        EM iterations (E-steps, SQUAREM's included) run on the sample.
     converged : bool
         Whether EM on the sample met ``tol`` within ``max_iter_sample``.
     """
@@ -70,6 +72,42 @@ class SampleStart:
     sample_loglik: float
     n_iter: int = 0
     converged: bool = False
+
+
+#: Largest spread (max - min) of a feature the initialisation accepts: its squares,
+#: summed over up to 2**40 rows, stay finite in float64.
+SPREAD_LIMIT = float(np.sqrt(np.finfo(np.float64).max)) * 2.0**-20
+
+
+def check_magnitudes(rows, what="X"):
+    """Raise a ``ValueError`` naming the feature whose values are too large to square.
+
+    Squared distances, variances and sums of squares overflow float64 when a
+    feature's values spread over more than :data:`SPREAD_LIMIT` (about 1e148); the
+    fit would then fail on infinite statistics, which look like collapsed components.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (n, D)
+        Finite rows (a sample of the data).
+    what : str
+        Name of the data in the message.
+    """
+    if rows.size == 0:
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        spread = rows.max(axis=0) - rows.min(axis=0)
+    bad = ~(spread <= SPREAD_LIMIT)
+    if not bad.any():
+        return
+    size = np.abs(rows).max(axis=0)
+    j = int(np.argmax(np.where(bad, size, -1.0)))
+    raise ValueError(
+        f"Feature {j} of {what} holds values of magnitude up to {size[j]:.3g} (they spread over "
+        f"{spread[j]:.3g}): too large to square in float64, so squared distances and covariances "
+        f"would overflow (spreads up to about {SPREAD_LIMIT:.1e} work). Scale the features first, "
+        f"e.g. X / X.std(axis=0) or sklearn.preprocessing.StandardScaler."
+    )
 
 
 def default_sample_size(n_components):
@@ -174,12 +212,23 @@ def _centers_on_sample(rows, weights, K, method, rng):
     return lloyd(rows, centers, weights)
 
 
-def _em_on_sample(rows, weights, family, starts, options, tol, max_iter):
-    """EM in memory on the sample for every start, in lock-step (as :func:`run_em`)."""
+def _em_on_sample(rows, weights, family, starts, options, tol, max_iter, accelerate=True):
+    """EM in memory on the sample for every start, in lock-step (as :func:`run_em`):
+    SQUAREM-accelerated (:mod:`dask_em.engine.accelerate`) unless ``accelerate`` is
+    false or the family assigns hard (K-means: plain Lloyd iterations)."""
+
+    def estep(states):
+        return estep_block(rows, weights, (family, states), 0)
+
+    if accelerate and not family.hard:
+        accs = run_squarem(estep, family, [s.state for s in starts], options=options, tol=tol, max_iter=max_iter)
+        for start, acc in zip(starts, accs):
+            start.state, start.n_iter, start.converged = acc.safe_state, acc.n_iter, acc.converged
+        return
     lower = [-math.inf] * len(starts)
     active = list(range(len(starts)))
     for iteration in range(1, max_iter + 1):
-        stats_list = estep_block(rows, weights, (family, [starts[i].state for i in active]), 0)
+        stats_list = estep([starts[i].state for i in active])
         still = []
         for i, stats in zip(active, stats_list):
             mean_ll = stats["loglik"] / stats["weight"]
@@ -208,6 +257,7 @@ def initialize_on_sample(
     em_on_sample=True,
     tol=1e-3,
     max_iter_sample=SAMPLE_EM_MAX_ITER,
+    accelerate=True,
 ):
     """Starting points computed in memory on a sample of rows, best first.
 
@@ -242,7 +292,10 @@ def initialize_on_sample(
     tol : float
         Convergence threshold of EM on the sample (change of the mean log-likelihood).
     max_iter_sample : int
-        Most EM iterations on the sample.
+        Most EM iterations (E-steps) on the sample.
+    accelerate : bool
+        Accelerate EM on the sample with SQUAREM (:mod:`dask_em.engine.accelerate`;
+        not for hard-assignment families): the same fixed point in fewer E-steps.
 
     Returns
     -------
@@ -258,6 +311,7 @@ def initialize_on_sample(
         raise ValueError(f"rows must be 2-D (n, D), got shape {rows.shape}.")
     if not np.isfinite(rows).all():
         raise ValueError("rows hold NaN or infinite values; leave those rows out (sample_rows does).")
+    check_magnitudes(rows)
     if rows.shape[0] < K:
         raise ValueError(
             f"The sample holds {rows.shape[0]} rows, fewer than n_components={K}; "
@@ -284,7 +338,7 @@ def initialize_on_sample(
             state = _start_from_assignment(rows, weights, family, c, None, c, options)
         starts.append(SampleStart(state=state, seed=seed, sample_loglik=-math.inf))
     if em_on_sample and max_iter_sample > 0:
-        _em_on_sample(rows, weights, family, starts, options, tol, max_iter_sample)
+        _em_on_sample(rows, weights, family, starts, options, tol, max_iter_sample, accelerate)
     for start, stats in zip(starts, estep_block(rows, weights, (family, [s.state for s in starts]), 0)):
         start.sample_loglik = float(stats["loglik"] / stats["weight"])
     starts.sort(key=lambda s: -s.sample_loglik if math.isfinite(s.sample_loglik) else math.inf)

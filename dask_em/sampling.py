@@ -19,8 +19,11 @@ kept with probability ``1 - exp(-w tau)`` given the others (Cohen & Kaplan 2007,
 rank conditioning), so :func:`estimation_weights` gives each kept row the weight
 that makes sums over the sample unbiased estimates of sums over the data.
 
-Memory: a block's partial result holds at most ``n + 1`` of its rows in the data's
-dtype, and the final sample is float64, capped at ``max_bytes``.
+Memory: a block is read in slabs (:func:`_sample_block` needs ``O(n + slab)``
+beside the block, whatever its size); a block's partial result holds at most
+``n + 1`` of its rows in the data's dtype; a combine takes as many partial results
+as fit in a quarter of a block (:func:`sample_split_every`); and the final sample is
+float64, capped at ``max_bytes``.
 """
 
 import logging
@@ -29,7 +32,7 @@ import math
 import numpy as np
 
 from dask_em.engine.estep import valid_rows
-from dask_em.engine.passes import run_pass
+from dask_em.engine.passes import run_pass, split_every_default
 
 logger = logging.getLogger(__name__)
 
@@ -117,46 +120,67 @@ def _by_key(keys, index):
 
 
 # --------------------------------------------------------------------------- the pass
+def _slab_steps(X, m):
+    """Rows of a block whose keys are drawn at once (at least ``m``, so that the
+    running selection of ``m`` rows costs no more than the keys drawn beside it),
+    and rows checked for NaN / inf at once (at most :data:`_SLAB_BYTES` of data)."""
+    key_step = max(m, _HASH_ROWS)
+    check = max(1024, _SLAB_BYTES // max(X.shape[1] * X.dtype.itemsize, 1))
+    return min(check, key_step), key_step
+
+
 def _sample_block(X, w, payload, index):
     """The ``m`` rows of one block with the smallest keys, and the block's row counts.
 
     ``payload`` is ``(state, m, starts)``: the hash state, how many rows to keep, and
-    the global index of the first row of every block. Rows are checked for NaN / inf
-    slab by slab; only the kept rows are copied.
+    the global index of the first row of every block. The block is read in slabs:
+    each slab's keys are drawn, its rows checked for NaN / inf, and the ``m``
+    smallest keys seen so far kept; memory beyond the block is ``O(m + slab)``,
+    whatever the block's size. Only the kept rows are copied.
     """
     state, m, starts = payload
-    n = X.shape[0]
-    rows_index = np.arange(starts[index], starts[index] + n, dtype=np.int64)
-    keys = row_uniforms(state, int(starts[index]), n)
-    if w is not None:
-        w = np.asarray(w, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            # exponential race, Exp(w) keys; 1 - v is exact on the 2**-53 grid
-            np.subtract(1.0, keys, out=keys)
-            np.log(keys, out=keys)
-            keys /= -w
+    n, start = X.shape[0], int(starts[index])
+    check_step, key_step = _slab_steps(X, m)
+    best_keys, best_pos = np.empty(0), np.empty(0, dtype=np.int64)
     counts = {"n_rows": 0, "n_nonfinite": 0, "n_bad_weight": 0}
-    step = max(1024, _SLAB_BYTES // max(X.shape[1] * X.dtype.itemsize, 1))
-    for i in range(0, n, step):
-        mask, n_nonfinite, n_bad_weight = valid_rows(X[i : i + step], None if w is None else w[i : i + step])
-        keys[i : i + step][~mask] = np.inf
-        counts["n_rows"] += int(np.count_nonzero(mask))
-        counts["n_nonfinite"] += n_nonfinite
-        counts["n_bad_weight"] += n_bad_weight
-    keep = _smallest(keys, rows_index, m)
-    whole = keep.size == n  # every row kept, in order: no copy
+    for i in range(0, n, key_step):
+        size = min(key_step, n - i)
+        keys = row_uniforms(state, start + i, size)
+        ws = None if w is None else np.asarray(w[i : i + size], dtype=np.float64)
+        if ws is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                # exponential race, Exp(w) keys; 1 - v is exact on the 2**-53 grid
+                np.subtract(1.0, keys, out=keys)
+                np.log(keys, out=keys)
+                keys /= -ws
+        for j in range(0, size, check_step):
+            part = slice(j, j + check_step)
+            mask, n_nonfinite, n_bad_weight = valid_rows(X[i + j : i + j + check_step], None if ws is None else ws[part])
+            keys[part][~mask] = np.inf
+            counts["n_rows"] += int(np.count_nonzero(mask))
+            counts["n_nonfinite"] += n_nonfinite
+            counts["n_bad_weight"] += n_bad_weight
+        # positions increase along the block, so they break ties as the global index does
+        keys = np.concatenate([best_keys, keys])
+        pos = np.concatenate([best_pos, np.arange(i, i + size, dtype=np.int64)])
+        keep = _smallest(keys, pos, m)
+        best_keys, best_pos = keys[keep], pos[keep]
+    whole = best_pos.size == n  # every row kept, in order: no copy
     return {
-        "rows": X if whole else X[keep],
-        "keys": keys[keep],
-        "index": rows_index[keep],
-        "weights": None if w is None else (w if whole else w[keep]),
+        "rows": X if whole else X[best_pos],
+        "keys": best_keys,
+        "index": best_pos + start,
+        "weights": None if w is None else (w if whole else np.asarray(w)[best_pos]),
         "m": m,
         **counts,
     }
 
 
 def _combine_samples(parts):
-    """Keep the ``m`` smallest keys of several partial samples (associative)."""
+    """Keep the ``m`` smallest keys of several partial samples (associative).
+
+    The kept rows are copied once, straight into the result.
+    """
     m = parts[0]["m"]
     keys = np.concatenate([p["keys"] for p in parts])
     index = np.concatenate([p["index"] for p in parts])
@@ -165,18 +189,43 @@ def _combine_samples(parts):
     bounds = np.cumsum([0] + [len(p["keys"]) for p in parts])
     cuts = np.searchsorted(keep, bounds)
     local = [keep[cuts[j] : cuts[j + 1]] - bounds[j] for j in range(len(parts))]
-    out = {
-        "rows": np.concatenate([p["rows"][loc] for p, loc in zip(parts, local)]),
-        "keys": keys[keep],
-        "index": index[keep],
-        "weights": None,
-        "m": m,
-    }
+    width = parts[0]["rows"].shape[1]
+    rows = np.empty((keep.size, width), dtype=np.result_type(*[p["rows"] for p in parts]))
+    at = 0
+    for p, loc in zip(parts, local):
+        target = rows[at : at + loc.size]
+        if p["rows"].dtype == rows.dtype:  # no temporary copy ("clip": the indices are valid)
+            np.take(p["rows"], loc, axis=0, out=target, mode="clip")
+        else:
+            target[...] = p["rows"][loc]
+        at += loc.size
+    out = {"rows": rows, "keys": keys[keep], "index": index[keep], "weights": None, "m": m}
     if parts[0]["weights"] is not None:
-        out["weights"] = np.concatenate([p["weights"][loc] for p, loc in zip(parts, local)])
+        out["weights"] = np.concatenate([np.asarray(p["weights"])[loc] for p, loc in zip(parts, local)])
     for key in ("n_rows", "n_nonfinite", "n_bad_weight"):
         out[key] = sum(p[key] for p in parts)
     return out
+
+
+def sample_split_every(X, n_keep, split_every=None):
+    """Fan-in of the sample's tree of combines.
+
+    A combine holds its inputs' kept rows at once, so it takes as many as fit in a
+    quarter of a row block: at least 2, at most ``split_every`` (the pass's
+    default when None). A worker then needs little more memory for a combine
+    than for reading a block.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (N, D)
+    n_keep : int
+        Rows a partial sample keeps (``n + 1``).
+    split_every : int, optional
+    """
+    most = split_every or split_every_default()
+    block_rows = max(X.chunks[0], default=1)
+    part_rows = max(min(n_keep, block_rows), 1)
+    return int(max(2, min(most, block_rows // (4 * part_rows))))
 
 
 def _check_input(X, sample_weight):
@@ -232,7 +281,7 @@ def sample_rows(
     max_bytes : int, optional
         Cap on the size of the float64 sample (256 MiB by default).
     split_every : int, optional
-        Fan-in of the tree of combines.
+        Largest fan-in of the tree of combines (see :func:`sample_split_every`).
     return_index : bool, optional
         Also return the global row index of every sampled row.
 
@@ -267,7 +316,7 @@ def sample_rows(
         name="sample-rows",
         combine=_combine_samples,
         extra=sample_weight,
-        split_every=split_every,
+        split_every=sample_split_every(X, n + 1, split_every),
     )
     order = _by_key(res["keys"], res["index"])
     keys = res["keys"][order]

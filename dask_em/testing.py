@@ -11,6 +11,7 @@ a family (see :class:`dask_em.families.Family`) can run it on theirs::
 import collections
 import os
 import threading
+import weakref
 
 import dask.array as da
 import numpy as np
@@ -195,12 +196,35 @@ def is_chunk_key(key):
     return key.rsplit("/", 1)[-1] not in ZARR_METADATA_KEYS
 
 
+#: Live counters by id, so that a counter pickled and unpickled in the same process
+#: (a ``distributed`` cluster with worker threads serialises its tasks) is the same one.
+_COUNTERS = weakref.WeakValueDictionary()
+
+
+def _counter_by_id(key):
+    try:
+        return _COUNTERS[key]
+    except KeyError:
+        raise RuntimeError(
+            "A ChunkReadCounter was unpickled in another process: chunk reads are counted in the "
+            "process that made it only. Use dask's threaded scheduler or LocalCluster(processes=False)."
+        ) from None
+
+
 class ChunkReadCounter:
-    """Thread-safe tally of reads per chunk key (shared by a store and its copies)."""
+    """Thread-safe tally of reads per chunk key (shared by a store and its copies).
+
+    Pickled and unpickled in the same process it stays the same counter, so it also
+    counts on a ``distributed.LocalCluster(processes=False)``.
+    """
 
     def __init__(self):
         self._lock = threading.Lock()
         self._reads = collections.Counter()
+        _COUNTERS[id(self)] = self
+
+    def __reduce__(self):
+        return _counter_by_id, (id(self),)
 
     def record(self, key):
         if is_chunk_key(key):

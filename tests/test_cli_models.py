@@ -174,7 +174,7 @@ def test_fit_help_and_options_a_model_does_not_take(tmp_path):
     )
     help_run, errors = runs[0], runs[1:]
     assert help_run.returncode == 0
-    assert "--model {gaussian,kmeans,bernoulli,poisson,categorical}" in " ".join(help_run.stdout.split())
+    assert "--model {gaussian,bayesian-gaussian,kmeans,bernoulli,poisson,categorical}" in " ".join(help_run.stdout.split())
     bad_persist = errors.pop()  # a usage error from argparse: usage lines, then the error, status 2
     assert bad_persist.returncode == 2, bad_persist.stderr
     assert "Traceback" not in bad_persist.stderr

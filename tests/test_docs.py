@@ -28,9 +28,10 @@ def public_objects():
         obj = getattr(dask_em, name)
         yield f"dask_em.{name}"
         if inspect.isclass(obj) and not issubclass(obj, BaseException):
+            instance = obj()
             for member, value in inspect.getmembers(obj):
-                if member.startswith("_") or not callable(value):
-                    continue
+                if member.startswith("_") or not callable(value) or not hasattr(instance, member):
+                    continue  # (a method a model does not offer, e.g. partial_fit, is hidden)
                 # inherited scikit-learn methods (get_params, set_output, ...) keep its docstrings
                 if (getattr(value, "__module__", "") or "").startswith("dask_em"):
                     yield f"dask_em.{name}.{member}"

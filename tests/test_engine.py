@@ -12,18 +12,8 @@ from dask.utils import key_split
 from dask_em import GaussianMixture
 from dask_em.engine import MixtureState, add_stats, estep_block, tree_pass
 from dask_em.families import get_family
+from tests._counting import CountComputes
 from tests.conftest import make_blobs
-
-
-class CountComputes(Callback):
-    """Counts calls into the (local) scheduler: one per dask.compute."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def _start(self, dsk):
-        self.count += 1
 
 
 def _given_init(X, K=3):

@@ -172,3 +172,4 @@ def test_algorithm_is_validated_before_any_pass():
     with Count(), pytest.raises(ValueError, match=r"'algorithm' parameter of KMeans must be a str among"):
         KMeans(3, algorithm="elkan").fit(Xd)
     assert calls == []
+

@@ -2,7 +2,6 @@
 
 import warnings
 
-import dask
 import dask.array as da
 import numpy as np
 import pytest

@@ -15,28 +15,23 @@ import dask.array as da
 import numpy as np
 import pytest
 import scipy.sparse
-from dask.callbacks import Callback
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy.special import logsumexp
 
-from dask_em import BernoulliMixture, CategoricalMixture, GaussianMixture, KMeans, PoissonMixture
+from dask_em import (
+    BernoulliMixture,
+    CategoricalMixture,
+    GaussianMixture,
+    KMeans,
+    PoissonMixture,
+)
 from dask_em.exceptions import ConvergenceWarning
-from tests._pipeline_data import ALPHA, K, TOL, estimator, pixels, start, truth_of
+from tests._counting import CountComputes
+from tests._pipeline_data import ALPHA, TOL, K, estimator, pixels, start, truth_of
 from tests._references import FAMILIES, reference_em, reference_labels
 
 ALL = [GaussianMixture, KMeans, BernoulliMixture, PoissonMixture, CategoricalMixture]
 DISCRETE = ["bernoulli", "poisson", "categorical"]
-
-
-class ComputeCounter(Callback):
-    """Counts the graphs run by dask's local schedulers (every ``dask.compute`` / ``persist``)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def _start(self, dsk):
-        self.count += 1
 
 
 def k_param(cls):
@@ -87,7 +82,7 @@ def test_omit_nan_rows_of_numpy_input(model):
     assert est.score(X) == pytest.approx(expected.mean(), rel=1e-9)
 
     # the default policy for NumPy input is "raise", before any pass
-    with ComputeCounter() as counter, pytest.raises(ValueError, match=r"nan_policy='omit'"):
+    with CountComputes() as counter, pytest.raises(ValueError, match=r"nan_policy='omit'"):
         estimator(model, truth, max_iter=300).fit(X)
     assert counter.count == 0
     with pytest.raises(ValueError, match="NaN"):
@@ -114,7 +109,7 @@ def _valid_data(cls, n=60):
 
 def _refused(cls, X, exc, match, **params):
     est = cls(**{k_param(cls): 2, **params})
-    with ComputeCounter() as counter:
+    with CountComputes() as counter:
         with pytest.raises(exc, match=match):
             est.fit(X)
     assert counter.count == 0, f"{counter.count} computes before the error"
@@ -124,7 +119,7 @@ def _refused(cls, X, exc, match, **params):
 def test_compute_counter_counts_a_fit():
     """The counter used below sees the passes of a fit on dask input."""
     X = da.from_array(_valid_data(KMeans), chunks=(20, -1))
-    with ComputeCounter() as counter:
+    with CountComputes() as counter:
         KMeans(2, init=np.asarray(X[:2])).fit(X)
     assert counter.count >= 2
 

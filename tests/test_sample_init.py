@@ -5,27 +5,23 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from dask.callbacks import Callback
 from scipy import optimize, stats
 from sklearn.cluster import KMeans as SkKMeans
 
 from dask_em.families import get_family
 from dask_em.sample_init import initialize_from_sample, initialize_on_sample, lloyd
-from dask_em.sampling import _combine_samples, _smallest, estimation_weights, row_uniforms, sample_rows, seed_state
+from dask_em.sampling import (
+    _combine_samples,
+    _smallest,
+    estimation_weights,
+    row_uniforms,
+    sample_rows,
+    seed_state,
+)
 from dask_em.testing import CountingStore
+from tests._counting import CountComputes
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-
-
-class CountComputes(Callback):
-    """Counts calls into the local scheduler: one per dask.compute."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def _start(self, dsk):
-        self.count += 1
 
 
 def _splitmix64_reference(state, index):

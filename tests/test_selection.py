@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.mixture import GaussianMixture as SkGM
 
-from dask_em import GaussianMixture, KMeans, PoissonMixture, select_n_components
+from dask_em import GaussianMixture, PoissonMixture, select_n_components
 
 
 @pytest.fixture(scope="module")

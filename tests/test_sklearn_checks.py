@@ -21,7 +21,14 @@ import sklearn.cluster
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import check_sample_weight_equivalence_on_dense_data, parametrize_with_checks
 
-from dask_em import BernoulliMixture, CategoricalMixture, GaussianMixture, KMeans, PoissonMixture
+from dask_em import (
+    BayesianGaussianMixture,
+    BernoulliMixture,
+    CategoricalMixture,
+    GaussianMixture,
+    KMeans,
+    PoissonMixture,
+)
 
 ESTIMATORS = [
     GaussianMixture(n_init=2, max_iter=5),
@@ -29,6 +36,7 @@ ESTIMATORS = [
     BernoulliMixture(n_init=2, max_iter=5),
     PoissonMixture(n_init=2, max_iter=5),
     CategoricalMixture(n_init=2, max_iter=5),
+    BayesianGaussianMixture(n_init=2, max_iter=5),
     # rows with NaN left out: the allow_nan tag, and the checks' NaN input
     GaussianMixture(n_init=2, max_iter=5, nan_policy="omit"),
     KMeans(n_clusters=2, n_init=2, max_iter=5, nan_policy="omit"),

@@ -7,27 +7,23 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from dask.callbacks import Callback
 from dask.utils import key_split
 
-from dask_em.engine import MixtureState, estep_block, finish_with_em, run_em, run_pass, run_stepwise
+from dask_em.engine import (
+    MixtureState,
+    estep_block,
+    finish_with_em,
+    run_em,
+    run_pass,
+    run_stepwise,
+)
 from dask_em.engine.stepwise import blend_stats, scale_stats
 from dask_em.families import get_family
 from dask_em.families.gaussian import COVARIANCE_TYPES
+from tests._counting import CountComputes
 from tests.conftest import make_blobs
 
 OPTIONS = {"reg_covar": 1e-6}
-
-
-class CountComputes(Callback):
-    """Counts calls into the (local) scheduler: one per dask.compute."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def _start(self, dsk):
-        self.count += 1
 
 
 # --------------------------------------------------------------------------- re-centring

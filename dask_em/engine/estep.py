@@ -69,7 +69,10 @@ def weighted_log_prob(X, family, state, **kwargs):
     """``log pi_k + log p(x | theta_k)`` (n, K); hard families ignore the weights."""
     if family.hard:
         return family.log_prob(X, state.params, **kwargs)
-    log_weights = np.log(state.weights)
+    if family.log_weights is not None:
+        log_weights = family.log_weights(state.params)
+    else:
+        log_weights = np.log(state.weights)
     if family.takes_offset:
         return family.log_prob(X, state.params, offset=log_weights, **kwargs)
     lp = family.log_prob(X, state.params, **kwargs)
@@ -230,6 +233,11 @@ def estep_block(X, w, payload, index):
     step = slab_rows(max(len(m.weights) for m, _ in mixtures), X.shape[1], itemsize)
     totals = None
     counts = {"weight": 0.0, "n_rows": 0, "n_nonfinite": 0, "n_bad_weight": 0}
+    gaps = None
+    if family.marginalize:  # rows with gaps go to engine/marginal.py; the others stay below
+        from dask_em.engine.marginal import split_gaps
+
+        X, w, gaps = split_gaps(X, w)
     for i in range(0, max(X.shape[0], 1), step):
         # rows are checked slab by slab: the check leaves the slab in the CPU's
         # caches for the kernels, instead of reading the whole block twice
@@ -246,6 +254,10 @@ def estep_block(X, w, payload, index):
             totals = slab
         else:
             totals = [{key: t[key] + value for key, value in s.items()} for t, s in zip(totals, slab)]
+    if gaps is not None:
+        from dask_em.engine.marginal import add_gap_stats
+
+        totals, counts = add_gap_stats(totals, counts, gaps, family, mixtures)
     for stats in totals:
         stats.update(counts)
     return totals
@@ -266,40 +278,112 @@ def _valid_slab(X, w, family):
 
 def m_step(family, stats, state, options):
     """New :class:`MixtureState` from summed statistics: weights here, the rest by the family."""
-    nk = stats["nk"] + _NK_EPS
-    weights = nk / nk.sum()
     params = family.m_step(stats, state.params, **options)
-    return MixtureState(weights=weights, params=params)
+    if family.mixing_weights is not None:
+        return MixtureState(weights=family.mixing_weights(params), params=params)
+    nk = stats["nk"] + _NK_EPS
+    return MixtureState(weights=nk / nk.sum(), params=params)
 
 
-def score_block(X, payload):
+#: Per-row outputs of :func:`score_block`.
+OUTPUTS = ("labels", "proba", "score")
+
+
+def rows_in_slabs(X, kernel, *, step, n_cols=None, dtype=np.float64, omit=False, fill=np.nan, what="predicting"):
+    """Apply a per-row ``kernel`` to slabs of ``step`` rows, into one output array.
+
+    Memory beyond the block and the output is that of one slab: no whole-block
+    mask, copy or conversion. Rows with NaN or infinity are an error, or with
+    ``omit`` are left out of the kernel's slab and get ``fill``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D)
+    kernel : callable
+        ``kernel(rows) -> ndarray (m,)`` or ``(m, n_cols)`` for finite ``rows`` (m, D).
+    step : int
+        Rows per slab.
+    n_cols : int, optional
+        Columns of the output; ``None`` for one value per row.
+    dtype : dtype
+        Of the output.
+    omit : bool
+        Fill rows with NaN / inf with ``fill`` instead of raising.
+    fill : scalar
+    what : str
+        For the error message ("predicting").
+
+    Returns
+    -------
+    ndarray of shape (n,) or (n, n_cols)
+
+    Raises
+    ------
+    ValueError
+        Without ``omit``, if the block holds NaN or infinite values (the message counts them).
+    """
+    n = X.shape[0]
+    out = np.empty((n,) if n_cols is None else (n, n_cols), dtype=dtype)
+    for i in range(0, n, max(int(step), 1)):
+        slab = X[i : i + step]
+        mask, n_bad, _ = valid_rows(slab)
+        if not n_bad:
+            out[i : i + step] = kernel(slab)
+            continue
+        if not omit:
+            n_bad = sum(valid_rows(X[j : j + step])[1] for j in range(0, n, step))
+            raise ValueError(
+                f"X contains {n_bad} rows with NaN or infinite values in a block of {n} rows; "
+                f"remove or impute them before {what}."
+            )
+        part = out[i : i + step]
+        part[~mask] = fill
+        if n_bad < slab.shape[0]:
+            part[mask] = kernel(slab[mask])
+    return out
+
+
+def _score_slab(X, family, state, what):
+    """:func:`score_block`'s result on finite rows."""
+    wlp = weighted_log_prob(_as_compute_dtype(X, family), family, state)
+    wlp = wlp.astype(np.float64, copy=False)  # results are float64 whatever the data
+    if what == "labels":
+        return np.argmax(wlp, axis=1)
+    resp, row_ll = responsibilities(wlp, family.hard)
+    return row_ll if what == "score" else resp
+
+
+def score_block(X, payload, omit=False):
     """Per-row results for predict / predict_proba / score_samples on one block.
+
+    Worked out in slabs of :func:`slab_rows` rows (see :func:`rows_in_slabs`), so
+    memory beyond the block is that of the output and one slab.
 
     Parameters
     ----------
     X : ndarray of shape (n, D)
     payload : tuple (family, MixtureState, what)
         ``what`` is ``"labels"`` (n,), ``"proba"`` (n, K) or ``"score"`` (n,).
+    omit : bool
+        Rows with NaN or infinity get label -1 (NaN for the other outputs)
+        instead of raising (``nan_policy="omit"``).
 
     Raises
     ------
     ValueError
-        If the block holds NaN or infinite values (the message counts them).
+        If the block holds NaN or infinite values and not ``omit`` (the message counts them).
     """
     family, state, what = payload
-    mask = np.isfinite(X).all(axis=1)
-    if not mask.all():
-        raise ValueError(
-            f"X contains {int(mask.size - mask.sum())} rows with NaN or infinite values "
-            f"in a block of {mask.size} rows; remove or impute them before predicting."
-        )
-    wlp = weighted_log_prob(_as_compute_dtype(X, family), family, state)
-    wlp = wlp.astype(np.float64, copy=False)  # results are float64 whatever the data
-    if what == "labels":
-        return np.argmax(wlp, axis=1)
-    resp, row_ll = responsibilities(wlp, family.hard)
-    if what == "score":
-        return row_ll
-    if what == "proba":
-        return resp
-    raise ValueError(f"Unknown output {what!r}; expected 'labels', 'proba' or 'score'.")
+    if what not in OUTPUTS:
+        raise ValueError(f"Unknown output {what!r}; expected 'labels', 'proba' or 'score'.")
+    K = len(state.weights)
+    step = slab_rows(K, X.shape[1], _compute_dtype(X.dtype, family).itemsize)
+    return rows_in_slabs(
+        X,
+        functools.partial(_score_slab, family=family, state=state, what=what),
+        step=step,
+        n_cols=K if what == "proba" else None,
+        dtype=np.int64 if what == "labels" else np.float64,
+        omit=omit,
+        fill=-1 if what == "labels" else np.nan,
+    )

@@ -9,6 +9,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from dask_em.engine.accelerate import Squarem
 from dask_em.engine.estep import MixtureState, estep_block, m_step
 from dask_em.engine.passes import run_pass
 
@@ -82,6 +83,7 @@ def run_em(
     label="",
     log_level=logging.INFO,
     resume=None,
+    accelerate=False,
 ):
     """Run EM from each starting state until convergence or ``max_iter``.
 
@@ -117,7 +119,17 @@ def run_em(
         Results of an interrupted run (from a checkpoint) to continue instead of
         starting from ``inits``: iterations continue from their ``n_iter``, converged
         ones stay out of the passes, and the convergence test uses their saved
-        ``lower_bound``, so the outcome equals that of an uninterrupted run.
+        ``lower_bound``, so the outcome equals that of an uninterrupted run
+        (of plain EM; an accelerated run resumes from its last plain EM step and
+        starts a new SQUAREM cycle there).
+    accelerate : bool, optional
+        Accelerate with SQUAREM (:class:`~dask_em.engine.accelerate.Squarem`; not
+        for hard-assignment families): a pass evaluates an extrapolated point or
+        an EM step. ``state`` is then always a plain EM step (the fallback while
+        an extrapolation is being evaluated), ``lower_bound`` the mean
+        log-likelihood of the last accepted point, and ``converged`` is tested on
+        plain EM steps only; history entries say which kind of point a pass
+        evaluated (``"squarem"``: ``"em"``, ``"extrapolated"`` or ``"rejected"``).
 
     Returns
     -------
@@ -135,9 +147,13 @@ def run_em(
     def prefix(i):
         return label + (f"init {i}: " if len(results) > 1 else "")
 
+    accs = {}
+    if accelerate and not family.hard:
+        accs = {i: Squarem(family, results[i].state, options, lower_bound=results[i].lower_bound) for i in active}
+
     for iteration in range(done + 1, max_iter + 1):
         start = time.perf_counter()
-        payload = (family, [results[i].state for i in active])
+        payload = (family, [accs[i].state if i in accs else results[i].state for i in active])
         stats_list = run_pass(
             X,
             estep_block,
@@ -153,16 +169,27 @@ def run_em(
         still_active = []
         for i, stats in zip(active, stats_list):
             res = results[i]
-            mean_ll = stats["loglik"] / stats["weight"]
-            change = mean_ll - res.lower_bound
-            old_state = res.state
-            res.state = m_step(family, stats, old_state, options)
-            res.lower_bound = mean_ll
+            entry = {"kind": "batch", "iteration": iteration}
+            if i in accs:
+                acc = accs[i]
+                old_state = acc.state
+
+                def stop(change, res=res, stats=stats, old_state=old_state, rule=rules[i]):
+                    return rule(res, stats, old_state, change)
+
+                mean_ll, change, entry["squarem"] = acc.update(stats, stop)
+                converged = acc.converged
+                res.state, res.lower_bound = acc.safe_state, acc.lower_bound
+            else:
+                mean_ll = stats["loglik"] / stats["weight"]
+                change = mean_ll - res.lower_bound
+                old_state = res.state
+                res.state = m_step(family, stats, old_state, options)
+                res.lower_bound = mean_ll
+                converged = rules[i](res, stats, old_state, change)
             res.n_iter = iteration
             res.last_stats = stats
-            res.history.append(
-                {"kind": "batch", "iteration": iteration, "mean_loglik": mean_ll, "change": change, "seconds": seconds}
-            )
+            res.history.append({**entry, "mean_loglik": mean_ll, "change": change, "seconds": seconds})
             logger.log(
                 log_level,
                 "%siteration %d: mean log-likelihood %.8g, change %.3g, %.3f s",
@@ -172,7 +199,7 @@ def run_em(
                 change,
                 seconds,
             )
-            if rules[i](res, stats, old_state, change):
+            if converged:
                 res.converged = True
                 logger.log(log_level, "%sconverged after %d iterations", prefix(i), iteration)
             else:

@@ -4,13 +4,18 @@ This is the map-reduce skeleton every E-step and every initialisation pass uses.
 It builds the graph only; the caller runs one ``dask.compute`` per pass.
 """
 
+import logging
+
 import dask
 import numpy as np
 from dask.base import get_scheduler, tokenize
 from dask.delayed import Delayed, delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.system import CPU_COUNT
+from dask.utils import parse_timedelta
 from threadpoolctl import threadpool_limits
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SPLIT_EVERY = 8
 
@@ -189,8 +194,17 @@ def run_pass(X, kernel, payload, **kwargs):
     of that oversubscribe the cores (about 9x slower on 2 cores). Worker processes of
     ``distributed`` are already started with one BLAS thread. Small row blocks are
     grouped into larger tasks on the threaded scheduler (:func:`blocks_per_task`).
+
+    On a ``distributed`` cluster, a pass that makes no progress for
+    :func:`stall_warning_seconds` is logged as a warning naming the cause the
+    scheduler knows of (no workers, workers paused for memory), and again after
+    every further such period; the pass keeps waiting.
     """
-    threads = _local_threads(get_scheduler(collections=[X]))
+    scheduler = get_scheduler(collections=[X])
+    client = _distributed_client(scheduler)
+    if client is not None:
+        return _compute_watched(client, tree_pass(X, kernel, payload, **kwargs), kwargs.get("name", "pass"))
+    threads = _local_threads(scheduler)
     if threads is None:
         (result,) = dask.compute(tree_pass(X, kernel, payload, **kwargs))
         return result
@@ -199,6 +213,119 @@ def run_pass(X, kernel, payload, **kwargs):
     with threadpool_limits(limits=1, user_api="blas"):
         (result,) = dask.compute(graph)
     return result
+
+
+#: Default of the ``dask.config`` key ``dask_em.stall_warning``.
+DEFAULT_STALL_WARNING = "60s"
+
+
+def stall_warning_seconds():
+    """Seconds without progress after which a pass on a cluster logs a warning:
+    ``dask.config`` key ``dask_em.stall_warning`` (``"60s"``; a number of seconds or a
+    time string; ``None`` or ``False`` turns the warning off)."""
+    value = dask.config.get("dask_em.stall_warning", DEFAULT_STALL_WARNING)
+    if value is None or value is False:
+        return None
+    try:
+        seconds = parse_timedelta(value, default="s")
+    except (TypeError, ValueError, KeyError):
+        seconds = None
+    if seconds is None or not seconds > 0:
+        raise ValueError(
+            f"dask_em.stall_warning must be a positive time such as '60s' (or None to turn the warning off), "
+            f"got {value!r}; set it with dask.config.set({{'dask_em.stall_warning': '60s'}})."
+        )
+    return float(seconds)
+
+
+def _distributed_client(scheduler):
+    """The ``distributed.Client`` whose ``get`` is ``scheduler``, or None."""
+    client = getattr(scheduler, "__self__", None)
+    if client is None or type(client).__module__.split(".")[0] != "distributed":
+        return None
+    return client
+
+
+def _cluster_state(client):
+    """The scheduler's count of task transitions (progress) and its workers' states,
+    or None when the scheduler does not answer."""
+
+    def state(dask_scheduler=None):  # local, so it is shipped by value: no dask_em import there
+        workers = list(dask_scheduler.workers.values())
+        return {
+            "transitions": dask_scheduler.transition_counter,
+            "workers": len(workers),
+            "paused": sum(1 for ws in workers if getattr(ws.status, "name", str(ws.status)) == "paused"),
+        }
+
+    try:
+        return client.run_on_scheduler(state)
+    except Exception:  # noqa: BLE001 - a scheduler gone or busy: say so rather than fail the pass
+        return None
+
+
+def stall_cause(state):
+    """What a pass waits on, in words, from :func:`_cluster_state`'s report (or None)."""
+    if state is None:
+        return "the scheduler did not answer"
+    n, paused = state["workers"], state["paused"]
+    if n == 0:
+        return "the cluster has no workers (they died or never started): start workers, or read their logs"
+    if paused == n:
+        return (
+            f"all {n} workers are paused for memory (their memory use passed distributed.worker.memory.pause): "
+            f"raise the workers' memory_limit, add workers, use smaller chunks or persist=False"
+        )
+    if paused:
+        return f"{paused} of {n} workers are paused for memory (distributed.worker.memory.pause); the others are busy"
+    return f"none of the {n} workers finished a task (busy with other work, or stuck)"
+
+
+#: Seconds a pass runs before the stall watch asks the scheduler for its state.
+_WATCH_AFTER = 1.0
+
+
+def _compute_watched(client, graph, name):
+    """Compute ``graph`` on a distributed ``client``; warn while it makes no progress.
+
+    A pass that ends within a second costs nothing more; a longer one asks the
+    scheduler for its transition count then, and after every further
+    :func:`stall_warning_seconds`.
+    """
+    from distributed import wait
+
+    period = stall_warning_seconds()
+    future = client.compute(graph)
+    try:
+        if period is None:
+            return future.result()
+        first = min(_WATCH_AFTER, period / 2)
+        try:
+            wait([future], timeout=first)
+            return future.result()
+        except TimeoutError:
+            pass
+        last = _cluster_state(client)
+        stalled, timeout = first, period - first
+        while True:
+            try:
+                wait([future], timeout=timeout)
+                return future.result()
+            except TimeoutError:
+                pass
+            state = _cluster_state(client)
+            moved = state is not None and last is not None and state["transitions"] != last["transitions"]
+            last = state if state is not None else last
+            stalled, timeout = (0.0 if moved else stalled + timeout), period
+            if not moved:
+                logger.warning(
+                    "the pass %r has made no progress for %.0f s: %s. It keeps waiting "
+                    "(dask.config 'dask_em.stall_warning' sets this delay).",
+                    name, stalled, stall_cause(state),
+                )
+    finally:
+        if not future.done():
+            future.cancel()
 
 
 def map_rows(X, kernel, payload, *, name, dtype, n_cols=None):

@@ -13,7 +13,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
 
 from dask_em._validation import Interval, Options, check_is_fitted, seed_from, seeds_from
-from dask_em.engine import EMResult, MixtureState, score_block
+from dask_em.engine import EMResult, score_block
+from dask_em.engine.marginal import score_block_marginal
 from dask_em.engine.omit import score_block_omit
 from dask_em.estimators._facade import EDGE_CONSTRAINTS, EMEstimator
 from dask_em.fitting import ALGORITHMS, ModelSpec, as_float64_state, cast_state
@@ -78,7 +79,7 @@ class BaseMixture(EMEstimator, DensityMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = self.nan_policy == "omit"
+        tags.input_tags.allow_nan = self.nan_policy in ("omit", "marginalize")
         return tags
 
     # -- the model spec -------------------------------------------------------------
@@ -155,13 +156,17 @@ class BaseMixture(EMEstimator, DensityMixin, BaseEstimator):
             dtype=np.int64 if what == "labels" else np.float64,
             n_cols=None if what in ("labels", "score") else self.n_components,
             array=array, feature_dim=feature_dim, omit_kernel=score_block_omit,
+            marginal_kernel=score_block_marginal if family.missing is not None else None,
         )
 
     def predict(self, X, *, array=None, feature_dim=None):
         """Label of the most probable component for each row.
 
         Rows with NaN or infinity are an error, or under ``nan_policy="omit"`` get
-        label -1 (NaN in xarray output).
+        label -1 (NaN in xarray output). Under ``"marginalize"`` rows with some
+        features missing (NaN) are labelled from their observed features (so are
+        their probabilities and scores); rows with every feature missing, or an
+        infinite value, get -1.
 
         Parameters
         ----------
@@ -243,6 +248,32 @@ class BaseMixture(EMEstimator, DensityMixin, BaseEstimator):
         if isinstance(scores, da.Array):
             return float(da.nanmean(scores, dtype=np.float64).compute())
         return float(np.nanmean(scores, dtype=np.float64))
+
+    def impute(self, X, *, array=None, feature_dim=None):
+        """``X`` with each NaN replaced by its conditional expectation under the mixture.
+
+        A row with some features missing gets ``sum_k p(k | x_o) E[x_m | x_o, k]``
+        (for a Gaussian, ``E[x_m | x_o, k] = mu_m + S_mo S_oo^-1 (x_o - mu_o)``); a
+        row with every feature missing gets the mixture's mean. Observed values,
+        and rows with an infinite value, are returned as they are. Works whatever
+        the ``nan_policy`` of the fit.
+
+        Parameters
+        ----------
+        X : array-like, dask array, Zarr store or xarray object
+            The data with gaps (see :meth:`fit`).
+        array, feature_dim : str, optional
+            As for :meth:`predict`.
+
+        Returns
+        -------
+        X_imputed : ndarray of shape (n_samples, n_features), a lazy dask array
+            chunked like ``X`` for dask / Zarr input, or a lazy xarray object of the
+            input's kind and dimensions for xarray input; float32 for float32 data.
+        """
+        from dask_em.estimators._impute import impute
+
+        return impute(self, X, array=array, feature_dim=feature_dim)
 
     def _n_parameters(self):
         check_is_fitted(self, self._fitted_attribute)

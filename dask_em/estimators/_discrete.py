@@ -3,12 +3,11 @@ starting points, and the support check of in-memory data."""
 
 import numpy as np
 
-from dask_em._math import as_float64
 from dask_em._validation import Interval, Options
 from dask_em.engine import MixtureState
 from dask_em.estimators._base import MIXTURE_CONSTRAINTS, BaseMixture
 from dask_em.estimators._init_checks import check_weights_init
-from dask_em.fitting import SAMPLE_EM_MAX_ITER
+from dask_em.fitting import SAMPLE_EM_MAX_STEPS, sample_em_tol
 from dask_em.initialization import INIT_METHODS
 from dask_em.sample_init import initialize_on_sample
 
@@ -76,8 +75,8 @@ class DiscreteMixture(BaseMixture):
             centers=given,
             options=options,
             em_on_sample=em_on_sample and given is None and init_weights is None,
-            tol=self.tol,
-            max_iter_sample=SAMPLE_EM_MAX_ITER,
+            tol=sample_em_tol(self.tol),
+            max_iter_sample=SAMPLE_EM_MAX_STEPS,
         )
         states = [start.state for start in starts]
         for state in states:

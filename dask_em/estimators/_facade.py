@@ -17,6 +17,7 @@ from dask_em._validation import Options, check_is_fitted, validate_params
 from dask_em.data import NAN_POLICIES, prepare
 from dask_em.engine import map_rows
 from dask_em.fitting import as_float64_state, fit_models
+from dask_em.io.locations import check_output
 
 #: Constraints of the data-edge parameters every estimator has.
 EDGE_CONSTRAINTS = {
@@ -24,11 +25,16 @@ EDGE_CONSTRAINTS = {
     "persist": [Options(("auto",)), "boolean"],
 }
 
-_EDGE_DOC = """nan_policy : {"raise", "omit"} or None, default=None
+_EDGE_DOC = """nan_policy : {"raise", "omit", "marginalize"} or None, default=None
         Rows holding NaN or infinity: ``"omit"`` leaves them out of the fit and
         logs their number (``predict`` gives them label -1, other outputs NaN);
-        ``"raise"`` is an error. None: ``"omit"`` for xarray input, ``"raise"``
-        otherwise.
+        ``"raise"`` is an error. ``"marginalize"`` (GaussianMixture, all
+        covariance types, and the discrete mixtures) treats NaN as missing
+        features: each row is fitted and scored on its observed features (missing
+        ones integrated out; the E-step adds the complete row's expected
+        statistics), and ``impute`` fills them; rows with every feature missing,
+        or an infinite value, are left out as under ``"omit"``. The initialisation sample is drawn from the rows without
+        NaN. None: ``"omit"`` for xarray input, ``"raise"`` otherwise.
     persist : {"auto", True, False}, default="auto"
         Keep the data in (cluster) memory between passes (True) or stream them from
         their source every pass (False). ``"auto"`` keeps them when they take at
@@ -68,13 +74,15 @@ class EMEstimator:
     def _learn_data_shape(self, prepared):
         """Hook for what ``fit`` infers from the data (categories per feature)."""
 
-    def _prepare(self, X, sample_weight=None, *, reset, array=None, feature_dim=None):
+    def _prepare(self, X, sample_weight=None, *, reset, array=None, feature_dim=None, nan_policy=None):
         """The data edge for ``fit`` (``reset``) or for a method of the fitted model.
 
         On ``reset`` the number of features, the xarray feature dimension and the
         feature labels (DataFrame columns, Dataset variables, the coordinate of a
         DataArray's feature dimension) are recorded; otherwise the input is checked
         against them (xarray features in another order are reordered).
+        ``nan_policy`` overrides the estimator's (``impute`` reads rows with NaN
+        whatever the policy of the fit).
         """
         if not reset:
             check_is_fitted(self, self._fitted_attribute)
@@ -87,7 +95,7 @@ class EMEstimator:
             array=array,
             feature_dim=feature_dim,
             feature_labels=labels,
-            nan_policy=self.nan_policy,
+            nan_policy=self.nan_policy if nan_policy is None else nan_policy,
             persist=self.persist,
         )
         source = prepared.source
@@ -175,10 +183,16 @@ class EMEstimator:
             ``fit`` (remembered as ``feature_dim_`` for the other methods).
         checkpoint : str or os.PathLike, optional
             File to save the EM state to after every iteration. If it exists and was
-            written by the same fit (settings and data shape and chunks; ``max_iter``
-            may differ), the fit resumes from it and ends as an uninterrupted fit
-            would. A path of one run, not a setting of the model, so it is an
-            argument of ``fit`` (``clone`` and grid searches do not share it).
+            written by the same fit (settings, array-valued ones such as
+            ``means_init`` by value, ``max_iter`` may differ; the same data: shape,
+            dtype, row chunks, source; see :mod:`dask_em.checkpoint`), the fit
+            resumes from it and ends as an uninterrupted fit would; a file of
+            another fit, edited or invalid is a
+            :class:`~dask_em.exceptions.ModelFileError` saying what differs. A path
+            of one run, not a setting of the model, so it is an argument of ``fit``
+            (``clone`` and grid searches do not share it).
+            A local path or a URL (``s3://bucket/fit.ckpt``); checked before any
+            pass (a missing folder or a folder at that path is an error).
         callback : callable, optional
             ``callback(iteration, results)`` after every iteration, where ``results``
             is a list of :class:`~dask_em.engine.EMResult` (one per start).
@@ -189,6 +203,8 @@ class EMEstimator:
             The fitted estimator.
         """
         self._validate_params()
+        if checkpoint is not None:  # before any pass (inferring categories is one)
+            check_output(checkpoint, "file", "checkpoint")
         prepared = self._prepare(X, sample_weight, reset=True, array=array, feature_dim=feature_dim)
         spec = self._model_spec(prepared)
         (result,) = fit_models(prepared, [spec], checkpoint=checkpoint, callback=callback)
@@ -243,23 +259,28 @@ class EMEstimator:
 
     # -- per-row outputs ----------------------------------------------------------
     def _map(self, X, kernel, payload, what, *, name, dtype, n_cols=None, array=None, feature_dim=None,
-             omit_kernel=None):
+             omit_kernel=None, marginal_kernel=None):
         """Lazy per-row output of ``kernel`` (eager for in-memory input), in the input's shape.
 
         ``what`` is the kind of output (``"labels"``, ``"proba"``, ``"score"``,
         ``"distance"``: the name of an xarray result); ``name`` prefixes the task
         names. ``omit_kernel`` replaces ``kernel`` under ``nan_policy="omit"`` (left-out
-        rows get label -1 or NaN). Float outputs are float32 for float32 data.
+        rows get label -1 or NaN), and ``marginal_kernel`` under ``"marginalize"`` (rows
+        with gaps scored on their observed features). Float outputs are float32 for
+        float32 data.
         """
         prepared = self._prepare(X, reset=False, array=array, feature_dim=feature_dim)
         return self._map_prepared(prepared, kernel, payload, what, name=name, dtype=dtype, n_cols=n_cols,
-                                  omit_kernel=omit_kernel)
+                                  omit_kernel=omit_kernel, marginal_kernel=marginal_kernel)
 
-    def _map_prepared(self, prepared, kernel, payload, what, *, name, dtype, n_cols=None, omit_kernel=None):
+    def _map_prepared(self, prepared, kernel, payload, what, *, name, dtype, n_cols=None, omit_kernel=None,
+                      marginal_kernel=None):
         """:meth:`_map` on data already through the data edge."""
         source = prepared.source
         if prepared.nan_policy == "omit" and omit_kernel is not None:
             kernel = omit_kernel
+        elif prepared.nan_policy == "marginalize":
+            kernel = marginal_kernel or omit_kernel or kernel
         out_dtype = np.dtype(dtype)
         if out_dtype.kind == "f":
             out_dtype = prepared.dtype
@@ -276,7 +297,9 @@ class EMEstimator:
         """Write the fitted model to ``path`` (a plain NPZ + JSON file, never pickle).
 
         Load it with :func:`dask_em.load`. The format is documented in
-        :mod:`dask_em.persistence`.
+        :mod:`dask_em.persistence`. ``path`` is a local path or a URL
+        (``s3://bucket/model.npz``, ``file://...``); a missing folder or bucket, or
+        a folder at ``path``, is a ``ValueError`` naming ``path``.
 
         Parameters
         ----------

@@ -12,7 +12,8 @@ import os
 import numpy as np
 
 from dask_em.exceptions import ModelFileError
-from dask_em.families._checks import check_values
+from dask_em.families._checks import check_mixture_weights
+from dask_em.io.locations import check_output
 from dask_em.persistence import (
     MODEL_FORMAT,
     decode_params,
@@ -39,12 +40,21 @@ def save_model(estimator, path):
     estimator : estimator with ``_get_state`` and ``_saved_attributes``
         Fitted; the caller checks that.
     path : str or os.PathLike
+        A local path or a URL (``s3://bucket/model.npz``, ``file://...``); its folder
+        (or bucket) must exist.
 
     Returns
     -------
     str
         ``path``.
+
+    Raises
+    ------
+    ValueError
+        ``path`` cannot be written (a missing folder, an existing folder there),
+        naming ``path``.
     """
+    check_output(path, "file", "model file")
     arrays = {}
     attributes = {}
     for name in estimator._saved_attributes:
@@ -71,7 +81,7 @@ def load(path):
     Parameters
     ----------
     path : str or os.PathLike
-        File written by ``save``.
+        A local path or a URL (``s3://bucket/model.npz``, ``file://...``).
 
     Returns
     -------
@@ -145,11 +155,7 @@ def check_state(estimator, state):
     for name in _COMPONENT_PARAMS:
         if name in given and given[name] != K:
             raise ValueError(f"{name} is {given[name]!r} but weights_ has {K} entries")
-    if np.isnan(weights).any():
-        raise ValueError("weights_ holds NaN")
-    check_values("weights_", weights, ~(np.isfinite(weights) & (weights >= 0)), "must be finite and >= 0")
-    if not abs(weights.sum() - 1.0) <= _WEIGHTS_ATOL:
-        raise ValueError(f"weights_ sums to {weights.sum():.9g}, not 1")
+    check_mixture_weights(weights, K, _WEIGHTS_ATOL)
     n_features = getattr(estimator, "n_features_in_", None)
     if not isinstance(n_features, int) or isinstance(n_features, bool) or n_features < 1:
         raise ValueError(f"n_features_in_ is {n_features!r}, not a positive int")

@@ -15,7 +15,7 @@ from dask_em.families.gaussian import (
     covariances_from_cholesky,
     precisions_from_cholesky,
 )
-from dask_em.fitting import SAMPLE_EM_MAX_ITER
+from dask_em.fitting import SAMPLE_EM_MAX_STEPS, sample_em_tol
 from dask_em.initialization import INIT_METHODS
 from dask_em.sample_init import initialize_on_sample
 
@@ -186,8 +186,8 @@ class GaussianMixture(BaseMixture):
                 centers=self.means_init,
                 options=options,
                 em_on_sample=em_on_sample and not any(g is not None for g in given),
-                tol=self.tol,
-                max_iter_sample=SAMPLE_EM_MAX_ITER,
+                tol=sample_em_tol(self.tol),
+                max_iter_sample=SAMPLE_EM_MAX_STEPS,
             )
             states = [start.state for start in starts]
         for state in states:

@@ -6,6 +6,7 @@ cluster (strict convergence) or when the squared shift of the centres, summed,
 is at most ``tol`` times the mean per-feature variance of the data.
 """
 
+import functools
 import logging
 import warnings
 
@@ -16,6 +17,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Cluster
 from dask_em._math import as_float64
 from dask_em._validation import Interval, Options, check_is_fitted, seeds_from
 from dask_em.engine import MixtureState, score_block
+from dask_em.engine.estep import rows_in_slabs, slab_rows
 from dask_em.engine.omit import score_block_omit
 from dask_em.estimators._facade import _EDGE_DOC, EDGE_CONSTRAINTS, EMEstimator
 from dask_em.estimators._init_checks import check_array_init
@@ -33,20 +35,25 @@ logger = logging.getLogger(__name__)
 INITS = {"k-means||": "kmeans", "k-means++": "k-means++", "random": "random_from_data"}
 
 
-def _distance_block(X, payload):
-    """Euclidean distance of each row to each centre (n, K)."""
-    family, state = payload
+def _distances(X, family, state):
+    """Euclidean distance of each (finite) row to each centre (n, K)."""
     return np.sqrt(np.maximum(-family.log_prob(as_float64(X), state.params), 0.0))
+
+
+def _distance_block(X, payload, omit=False):
+    """Euclidean distance of each row to each centre (n, K), in slabs of rows;
+    with ``omit``, NaN for rows holding NaN or infinity."""
+    family, state = payload
+    K, D = state.params["means"].shape
+    return rows_in_slabs(
+        X, functools.partial(_distances, family=family, state=state), step=slab_rows(K, D), n_cols=K,
+        omit=omit, what="transforming",
+    )
 
 
 def _distance_block_omit(X, payload):
     """:func:`_distance_block` with NaN for rows holding NaN or infinity."""
-    mask = np.isfinite(X).all(axis=1)
-    if mask.all():
-        return _distance_block(X, payload)
-    out = np.full((X.shape[0], payload[1].params["means"].shape[0]), np.nan)
-    out[mask] = _distance_block(X[mask], payload)
-    return out
+    return _distance_block(X, payload, omit=True)
 
 
 class CentreShift:

@@ -1,10 +1,11 @@
 """Component families: one NumPy-only module per distribution, found by name here."""
 
 from dask_em.families._family import Family
-from dask_em.families import bernoulli, categorical, gaussian, kmeans, poisson
+from dask_em.families import bayesian_gaussian, bernoulli, categorical, gaussian, kmeans, poisson
 
 FAMILIES = {
     **{fam.name: fam for fam in gaussian.FAMILIES.values()},
+    **{fam.name: fam for fam in bayesian_gaussian.FAMILIES.values()},
     kmeans.FAMILY.name: kmeans.FAMILY,
     bernoulli.FAMILY.name: bernoulli.FAMILY,
     poisson.FAMILY.name: poisson.FAMILY,

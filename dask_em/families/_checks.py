@@ -73,3 +73,18 @@ def check_values(name, value, bad, rule):
         f"{name}[{', '.join(map(str, index))}] is {float(value[index]):g} "
         f"({int(np.count_nonzero(bad))} bad values); {name} {rule}"
     )
+
+
+def check_mixture_weights(weights, n_components, atol=1e-6):
+    """Raise a ``ValueError`` unless ``weights`` are K mixing weights: a 1-D real array
+    of ``n_components`` finite values >= 0 that sum to 1 (within ``atol``)."""
+    weights = np.asarray(weights)
+    if weights.dtype.kind not in "fiu" or weights.ndim != 1:
+        raise ValueError(f"weights_ has the shape {weights.shape} and dtype {weights.dtype}, not a 1-D float array")
+    if weights.shape[0] != n_components:
+        raise ValueError(f"n_components is {n_components!r} but weights_ has {weights.shape[0]} entries")
+    if np.isnan(weights).any():
+        raise ValueError("weights_ holds NaN")
+    check_values("weights_", weights, ~(np.isfinite(weights) & (weights >= 0)), "must be finite and >= 0")
+    if not abs(weights.sum() - 1.0) <= atol:
+        raise ValueError(f"weights_ sums to {weights.sum():.9g}, not 1")

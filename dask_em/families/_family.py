@@ -59,6 +59,40 @@ class CheckData(Protocol):
 
 
 @dataclass(frozen=True)
+class MissingOps:
+    """A family's math for rows with missing features, one pattern at a time.
+
+    Every function works on rows ``X`` (n, D) that share one pattern of observed
+    features (``observed``, bool (D,), at least one True); the missing entries of
+    ``X`` are NaN and never read.
+
+    Attributes
+    ----------
+    factors : callable
+        ``factors(params, observed) -> object``: what the other functions need of
+        the parameters for this pattern (for a Gaussian, the marginal covariance's
+        factor and the regression of the missing on the observed features), computed
+        once per row block, per pattern, for all components.
+    log_prob : callable
+        ``log_prob(X, params, factors) -> (n, K)``: log-density of the observed
+        features of each row (the missing ones integrated out).
+    suff_stats : callable
+        ``suff_stats(X, resp, params, factors) -> dict``: the family's statistics
+        (same keys and shapes as ``Family.suff_stats``) of the complete rows, in
+        expectation over the missing features given the observed ones and the
+        component, weighted by ``resp`` (n, K).
+    expect : callable
+        ``expect(X, resp, params, factors) -> (n, n_missing)``: the expectation of
+        the missing features, ``sum_k resp_ik E[x_m | x_o, k]`` (imputation).
+    """
+
+    factors: Callable
+    log_prob: Callable
+    suff_stats: Callable
+    expect: Callable
+
+
+@dataclass(frozen=True)
 class Family:
     """The pure functions that define one kind of mixture component.
 
@@ -127,6 +161,24 @@ class Family:
         dict, the other keys passed through. Stepwise EM uses it to add statistics
         taken under different parameters. ``None``: the statistics do not depend on
         the parameters' reference point (they are not shifted); nothing to do.
+    log_weights : callable or None
+        ``log_weights(params) -> (K,)``: the log mixing weights the E-step adds to
+        the log-densities, from the parameters (a variational family's expected
+        log weights ``E[log pi_k]``). ``None``: ``log(weights)``.
+    mixing_weights : callable or None
+        ``mixing_weights(params) -> (K,)``: the mixing weights after an M-step,
+        from the new parameters (a variational family's posterior mean weights);
+        they sum to 1. ``None``: the normalised summed responsibilities.
+    missing : object or None
+        The family's math for rows with missing features (NaN), used under
+        ``nan_policy="marginalize"``: an object with ``factors(params, observed)``,
+        ``log_prob(X, params, factors)``, ``suff_stats(X, resp, params, factors)``
+        and ``expect(X, resp, params, factors)``, for rows that share one pattern
+        of observed features (see :mod:`dask_em.families.gaussian_missing`).
+        ``None``: the family cannot marginalise (``"marginalize"`` is refused).
+    marginalize : bool
+        Set by the fit pipeline when ``nan_policy="marginalize"``: the E-step
+        hands rows with gaps to :mod:`dask_em.engine.marginal` (needs ``missing``).
 
     Notes
     -----
@@ -149,3 +201,7 @@ class Family:
     check_data: Callable = None
     check_params: Callable = None
     recentre: Callable = None
+    log_weights: Callable = None
+    mixing_weights: Callable = None
+    missing: object = None
+    marginalize: bool = False

@@ -21,6 +21,7 @@ import numpy as np
 from dask_em._math import dot
 from dask_em.families._checks import check_keys, check_shape, check_values, raise_if_invalid
 from dask_em.families._family import Family, Params, Stats
+from dask_em.families.independent_missing import missing_ops
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
@@ -117,6 +118,7 @@ FAMILY = Family(
     sample=sample,
     check_data=check_data,
     check_params=check_params,
+    missing=missing_ops(log_prob, suff_stats, {"s1": "means"}),
 )
 
 
@@ -147,9 +149,12 @@ def make_family(threshold: float | None = None) -> Family:
     if threshold is None:
         return FAMILY
     t = float(threshold)
+    binarized_log_prob = partial(_on_binarized, log_prob, threshold=t)
+    binarized_suff_stats = partial(_on_binarized, suff_stats, threshold=t)
     return replace(
         FAMILY,
-        log_prob=partial(_on_binarized, log_prob, threshold=t),
-        suff_stats=partial(_on_binarized, suff_stats, threshold=t),
+        log_prob=binarized_log_prob,
+        suff_stats=binarized_suff_stats,
         check_data=None,
+        missing=missing_ops(binarized_log_prob, binarized_suff_stats, {"s1": "means"}),
     )

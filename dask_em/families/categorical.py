@@ -21,6 +21,7 @@ import numpy as np
 from dask_em._math import dot
 from dask_em.families._checks import check_keys, check_shape, check_values, raise_if_invalid
 from dask_em.families._family import Family, Params, Stats
+from dask_em.families.independent_missing import missing_ops
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
@@ -178,6 +179,13 @@ def check_params(params, n_components, n_features, n_categories=None):
         )
 
 
+def expected_codes(params: Params) -> np.ndarray:
+    """``E[code | k] = sum_c c p[k, d, c]`` (K, D): what ``impute`` gives a missing code
+    (a real number; the most probable category is ``probs`` read from ``predict_proba``)."""
+    probs = np.asarray(params["probs"], dtype=np.float64)
+    return probs @ np.arange(probs.shape[2], dtype=np.float64)
+
+
 def make_family(n_categories: Sequence[int]) -> Family:
     """The categorical :class:`Family` for ``n_categories[d]`` codes of feature ``d``."""
     C = tuple(int(c) for c in n_categories)
@@ -193,6 +201,8 @@ def make_family(n_categories: Sequence[int]) -> Family:
         sample=bind(sample, n_categories=C),
         check_data=bind(check_data, n_categories=C),
         check_params=bind(check_params, n_categories=C),
+        missing=missing_ops(log_prob, suff_stats, {"counts": "probs"}, mean=expected_codes,
+                            per_feature={"n_categories": C}),
     )
 
 

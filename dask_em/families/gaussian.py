@@ -347,6 +347,38 @@ def _not_positive_definite(component, reg_covar):
     )
 
 
+def _too_large(cov, means, covariance_type):
+    """The error for covariances that overflowed (not finite): values too large to square.
+
+    Names the first such component and its feature of largest variance, or of
+    largest mean when that is not known (spherical, or an off-diagonal overflow).
+    """
+    rows = {
+        "full": lambda: np.diagonal(cov, axis1=1, axis2=2),
+        "tied": lambda: np.diag(cov)[None],
+        "diag": lambda: cov,
+        "spherical": lambda: np.repeat(cov[:, None], means.shape[1], axis=1),
+    }[covariance_type]()
+    bad = ~np.isfinite(rows)
+    k = int(np.argwhere(bad)[0][0]) if bad.any() else 0
+    j = int(np.argwhere(bad[k])[0][0]) if bad.any() and covariance_type != "spherical" else int(np.argmax(
+        np.abs(means[k])))
+    where = "the tied covariance" if covariance_type == "tied" else f"the covariance of component {k}"
+    if np.isfinite(means[k, j]):
+        cause = f"the values of feature {j} (mean {means[k, j]:.3g}) are too large to square in float64"
+    else:  # the pass's statistics are NaN: log-densities overflowed in the E-step
+        cause = (
+            "the statistics of the pass are not finite because the log-densities of some rows overflowed, "
+            "which happens with values too large to square in float64 (features near 1e200) or with "
+            "initial precisions far too large for the data"
+        )
+    return ValueError(
+        f"Fitting the mixture model failed because {where} is not finite: {cause}. This is not a "
+        f"collapsed component: scale the features first, e.g. X / X.std(axis=0) or "
+        f"sklearn.preprocessing.StandardScaler."
+    )
+
+
 def _inverse_lower(L):
     """Inverse of lower-triangular matrices (..., D, D), kept exactly triangular."""
     eye = np.broadcast_to(np.eye(L.shape[-1]), L.shape)
@@ -446,7 +478,10 @@ def m_step(stats: Stats, params: Params, covariance_type: str, reg_covar: float 
     nk = stats["nk"] + _NK_EPS
     d = stats["s1"] / nk[:, None]
     means = params["means"] + d
-    cov = _pick(_COVARIANCES, covariance_type)(nk, d, stats["s2"], reg_covar)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cov = _pick(_COVARIANCES, covariance_type)(nk, d, stats["s2"], reg_covar)
+    if not np.all(np.isfinite(cov)):
+        raise _too_large(cov, means, covariance_type)
     prec_chol = precisions_cholesky_from_covariances(cov, covariance_type, reg_covar)
     return {"means": means, "covariances": cov, "precisions_cholesky": prec_chol}
 
@@ -791,6 +826,8 @@ def recentre(stats, old_params, new_params, covariance_type):
 
 
 def _make(covariance_type):
+    from dask_em.families.gaussian_missing import missing_ops
+
     # partial keeps the functions pure and picklable for dask workers
     bind = partial
     return Family(
@@ -806,6 +843,7 @@ def _make(covariance_type):
         sample=bind(sample, covariance_type=covariance_type),
         check_params=bind(check_params, covariance_type=covariance_type),
         recentre=bind(recentre, covariance_type=covariance_type),
+        missing=missing_ops(covariance_type),
     )
 
 

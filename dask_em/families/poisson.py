@@ -17,6 +17,7 @@ from scipy.special import gammaln
 from dask_em._math import dot
 from dask_em.families._checks import check_keys, check_shape, check_values, raise_if_invalid
 from dask_em.families._family import Family, Params, Stats
+from dask_em.families.independent_missing import missing_ops
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
@@ -120,4 +121,5 @@ FAMILY = Family(
     sample=sample,
     check_data=check_data,
     check_params=check_params,
+    missing=missing_ops(log_prob, suff_stats, {"s1": "means"}),
 )
