@@ -2,15 +2,24 @@
 
     python benchmarks/bench_speed.py            # everything, about 10 minutes on 2 cores
     python benchmarks/bench_speed.py --quick    # smaller sizes, a smoke run
+    python benchmarks/bench_speed.py --only kmeans predict
 
-Prints one line per target: the measured seconds per EM iteration, the reference it is
+Prints the machine first (CPU vendor and model, the SIMD level numpy dispatches to,
+the BLAS library and its kernel, the rate of a large square GEMM on all cores), then
+one line per target: the measured seconds per EM iteration, the reference it is
 compared with (scikit-learn, the float64 fit, a raw read pass over the same store,
-n_init=1), their ratio and the target ratio; then the per-iteration cost for growing N
-and the fixed overhead per iteration with 1,000 chunks.
+n_init=1), their ratio and the target ratio. Full covariance lines also print two
+floors: the E-step's own BLAS calls alone, and the machine's, ``2 N K D^2`` flops at
+the square-GEMM rate. Then KMeans (per Lloyd iteration against scikit-learn's, in
+memory; streamed against a raw read pass), per-row outputs on the threaded scheduler
+(with and without the per-task BLAS limit), the per-iteration cost for growing N and
+the fixed overhead per iteration with 1,000 chunks.
 """
 
 import argparse
+import contextlib
 import os
+import platform
 import shutil
 import tempfile
 import time
@@ -20,11 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 import dask
 import dask.array as da
 import numpy as np
+from sklearn.cluster import KMeans as SkKMeans
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from bench_vs_sklearn import make_data, start_params
-from dask_em import GaussianMixture
+from dask_em import GaussianMixture, KMeans
 from dask_em.data import as_row_chunked
 from dask_em.engine import run_pass
 from dask_em.engine.estep import slab_rows
@@ -87,7 +97,59 @@ def blas_floor(N, D, K, threads=2):
         return time.perf_counter() - start
 
 
-def in_memory(n, iters):
+def cpu_model():
+    """Vendor and model name of the CPU, from /proc/cpuinfo where there is one."""
+    fields = {}
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    vendor = fields.get("vendor_id") or fields.get("CPU implementer") or ""
+    extra = f", family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields else ""
+    return f"{vendor} {model}{extra}".strip()
+
+
+def numpy_simd():
+    """The best SIMD target numpy dispatches to on this CPU, and its baseline."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_baseline__, __cpu_dispatch__, __cpu_features__
+    except ImportError:
+        return "unknown"
+    found = [t for t in __cpu_dispatch__ if __cpu_features__.get(t)]
+    return f"{found[-1] if found else 'baseline only'} (baseline {' '.join(__cpu_baseline__) or 'none'})"
+
+
+def blas_description():
+    """numpy's BLAS as threadpoolctl sees it: library, version, kernel, threads."""
+    libs = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    if not libs:
+        return "no BLAS found by threadpoolctl"
+    lib = next((i for i in libs if "numpy" in i["filepath"]), libs[0])
+    kernel = lib.get("architecture") or "?"
+    return (f"{lib['internal_api']} {lib['version']}, kernel {kernel}, "
+            f"{lib.get('threading_layer', '?')} threading, {lib['num_threads']} threads")
+
+
+def square_gemm_rate(size=2048, repeat=3):
+    """FLOP/s of a float64 square GEMM on all cores (BLAS's own threads)."""
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((size, size)), rng.standard_normal((size, size))
+    np.dot(A, B)  # warm up the threads
+    best = min(seconds_per_iteration(lambda: np.dot(A, B), 1) for _ in range(repeat))
+    return 2.0 * size**3 / best
+
+
+def machine():
+    """Print the machine; return the square-GEMM rate (FLOP/s) for the floors."""
+    rate = square_gemm_rate()
+    print(f"CPU: {cpu_model()}; {os.cpu_count()} cores")
+    print(f"numpy {np.__version__}, SIMD {numpy_simd()}; BLAS {blas_description()}")
+    print(f"square GEMM (2048, float64, all cores): {rate / 1e9:.1f} GFLOP/s")
+    return rate
+
+
+def in_memory(n, iters, gemm_rate):
     for (N, D, K, cov, target) in [(n, 16, 8, "full", 0.15), (n, 16, 8, "diag", 0.2), (n // 5, 64, 16, "full", 0.15)]:
         X = make_data(N, D, K)
         Xd = as_row_chunked(X)[0].persist()
@@ -99,7 +161,10 @@ def in_memory(n, iters):
         print(f"{'':<44}about {flops / 1e9:.1f} GFLOP per iteration (as computed): {flops / ours / 1e9:.1f} GFLOP/s")
         if cov == "full":
             floor = best_of(lambda: blas_floor(N, D, K))
-            print(f"{'':<44}BLAS floor (its GEMM and syrks alone, 2 threads): {floor:.3f} s; ratio {ours / floor:.2f}")
+            print(f"{'':<44}own-GEMM floor (its GEMM and syrks alone, 2 threads): {floor:.3f} s; ratio {ours / floor:.2f}")
+            least = 2 * N * K * D * D / gemm_rate
+            print(f"{'':<44}machine floor (2 N K D^2 at the square-GEMM rate): {least:.3f} s; ratio {ours / least:.2f}"
+                  f" (target <= 3)")
 
 
 def float32(n, iters):
@@ -142,6 +207,79 @@ def streaming(n, iters, workdir):
         report("streamed Zarr diag, n_init=4 vs n_init=1", t4, t1, "n_init=1", 1.6)
 
 
+def lloyd_per_iteration(fit, a, b):
+    """Seconds per Lloyd iteration: (time of b iterations - time of a) / (b - a), each
+    the best of 3, so setup, validation and the last labelling pass cancel out."""
+    tb = best_of(lambda: seconds_per_iteration(lambda: fit(b), 1), 3)
+    ta = best_of(lambda: seconds_per_iteration(lambda: fit(a), 1), 3)
+    return (tb - ta) / (b - a)
+
+
+def kmeans(n, workdir):
+    """KMeans against scikit-learn per Lloyd iteration (same initial centres, tol=0,
+    in memory), and streamed from a Zarr store against a raw read pass of it."""
+    N, D, K = n, 16, 8
+    # overlapping clusters, far from the origin: Lloyd does not converge within b
+    # iterations, and the distances must be taken about a point near the data
+    X = make_data(N, D, K) * 0.25 + 100.0
+    C = X[np.random.default_rng(0).choice(N, K, replace=False)]
+    a, b = 2, 10
+    ours_fit = lambda m: KMeans(K, init=C, max_iter=m, tol=0, algorithm="lloyd").fit(X)  # noqa: E731
+    sk_fit = lambda m: SkKMeans(K, init=C, n_init=1, max_iter=m, tol=0, algorithm="lloyd").fit(X)  # noqa: E731
+    ours, sk = ours_fit(b), sk_fit(b)
+    assert ours.n_iter_ == sk.n_iter_ == b, "converged early: the per-iteration time would be wrong"
+    print(f"{'':<44}same start, {b} iterations: inertia {ours.inertia_:.12g} (dask-em), "
+          f"{sk.inertia_:.12g} (scikit-learn), relative difference {abs(ours.inertia_ / sk.inertia_ - 1):.1e}")
+    with dask.config.set(scheduler="threads"):
+        t_ours = lloyd_per_iteration(ours_fit, a, b)
+    t_sk = lloyd_per_iteration(sk_fit, a, b)
+    report(f"KMeans in memory N={N} D={D} K={K}", t_ours, t_sk, "scikit-learn", 3)
+
+    from distributed import Client, LocalCluster
+
+    path = os.path.join(workdir, "kmeans.zarr")
+    Xs = make_data(2 * N, D, K) * 0.25 + 100.0
+    da.from_array(Xs, chunks=(131072, -1)).to_zarr(path)
+    del Xs
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster):
+        Z = da.from_zarr(path)
+        read = best_of(lambda: seconds_per_iteration(lambda: Z.sum().compute(), 1), 3)
+        streamed = lambda m: KMeans(K, init=C, max_iter=m, tol=0, algorithm="lloyd", persist=False).fit(Z)  # noqa: E731
+        t = lloyd_per_iteration(streamed, a, b)
+        report(f"KMeans streamed Zarr N={2 * N} D={D} K={K}", t, read, "read pass", 1.25)
+
+
+def predict_blas(n):
+    """Per-row outputs computed by the user on the threaded scheduler: without the
+    per-task BLAS limit (BLAS threads on top of dask's), with it, and with a limit
+    set around the whole compute (the reference)."""
+    from dask_em.data import as_row_chunked as chunked
+    from dask_em.engine import passes
+
+    X = make_data(n, 16, 8)
+    Xd = chunked(X)[0].persist()
+    gm = GaussianMixture(8, covariance_type="full", max_iter=2, random_state=0).fit(X[: n // 10])
+    km = KMeans(8, max_iter=2, random_state=0).fit(X[: n // 10])
+    limited = passes.one_blas_thread
+    print(f"per-row outputs, N={n} D=16 K=8, threaded scheduler: no per-task limit | per-task limit | "
+          f"limit around compute")
+    for name, run in [("GaussianMixture(full).predict_proba", lambda: gm.predict_proba(Xd).compute()),
+                      ("GaussianMixture(full).score_samples", lambda: gm.score_samples(Xd).compute()),
+                      ("KMeans.predict", lambda: km.predict(Xd).compute()),
+                      ("KMeans.transform", lambda: km.transform(Xd).compute())]:
+        timed = lambda: best_of(lambda: seconds_per_iteration(run, 1), 3)  # noqa: E731
+        with dask.config.set(scheduler="threads"):
+            passes.one_blas_thread = contextlib.nullcontext
+            try:
+                free = timed()
+            finally:
+                passes.one_blas_thread = limited
+            per_task = timed()
+            with threadpool_limits(limits=1, user_api="blas"):
+                around = timed()
+        print(f"  {name:<38}{free:8.3f} s{per_task:8.3f} s{around:8.3f} s   without / with {free / per_task:.2f}")
+
+
 def _em_only(Z, params, n_init):
     """Seconds per EM iteration on data streamed from ``Z``, after a warm-up fit.
 
@@ -175,21 +313,26 @@ def scaling(sizes, iters):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
-    ap.add_argument("--only", nargs="*", default=["memory", "float32", "streaming", "scaling"])
+    ap.add_argument("--only", nargs="*", default=["memory", "float32", "streaming", "kmeans", "predict", "scaling"])
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     n = 100_000 if args.quick else 1_000_000
     iters = 2 if args.quick else 4
+    gemm_rate = machine()
     print(f"{'target':<44}{'dask-em':>11}{'reference':>26}")
     workdir = tempfile.mkdtemp(prefix="dask-em-bench-")
     try:
         with dask.config.set(scheduler="threads"):
             if "memory" in args.only:
-                in_memory(n, iters)
+                in_memory(n, iters, gemm_rate)
             if "float32" in args.only:
                 float32(n, iters)
         if "streaming" in args.only:
             streaming(n * 2, iters, workdir)
+        if "kmeans" in args.only:
+            kmeans(n, workdir)
+        if "predict" in args.only:
+            predict_blas(n)
         if "scaling" in args.only:
             with dask.config.set(scheduler="threads"):
                 scaling([n // 10, n, n * 10] if not args.quick else [10_000, 100_000, 300_000], iters)

@@ -26,18 +26,74 @@ KMEANSPP_SAMPLE = 10_000
 
 
 # --------------------------------------------------------------------------- kernels
+def centred(points, ref):
+    """Rows about a reference point and their squared norms, computed once for every
+    assignment of the same rows (:func:`assign`).
+
+    Parameters
+    ----------
+    points : ndarray of shape (n, D)
+    ref : ndarray of shape (D,)
+        A point near the rows (their mean, a centre): distances are computed about
+        it, so data far from the origin keep their precision.
+
+    Returns
+    -------
+    pc : ndarray of shape (n, D)
+        ``points - ref``.
+    psq : ndarray of shape (n,)
+        ``|points - ref|^2``.
+    """
+    pc = np.subtract(points, ref, dtype=np.float64)
+    return pc, np.einsum("ij,ij->i", pc, pc)
+
+
+def assign(pc, psq, cc):
+    """Nearest centre of every row, as a one-hot (K, n) array, and the squared distance.
+
+    One GEMM gives ``|cc_k|^2 - 2 cc_k . pc`` for every centre; the smallest per row
+    (the first of equal ones) is the nearest centre, and adding ``|pc|^2`` gives the
+    squared distance to it.
+
+    Parameters
+    ----------
+    pc, psq : ndarray of shape (n, D) and (n,)
+        Rows about a reference point and their squared norms (:func:`centred`).
+    cc : ndarray of shape (K, D)
+        Centres about the same point.
+
+    Returns
+    -------
+    onehot : ndarray of shape (K, n), float64
+        1 at each row's nearest centre, 0 elsewhere.
+    d2 : ndarray of shape (n,)
+        Squared distance of each row to its nearest centre (at least 0).
+    """
+    g = np.dot(-2.0 * cc, pc.T)
+    g += np.einsum("ij,ij->i", cc, cc)[:, None]
+    best = np.min(g, axis=0)
+    onehot = np.equal(g, best, out=g)
+    if onehot.sum() != pc.shape[0]:  # equally near centres: keep the first
+        first = np.argmax(onehot != 0, axis=0)
+        onehot[:] = 0.0
+        onehot[first, np.arange(pc.shape[0])] = 1.0
+    best += psq
+    return onehot, np.maximum(best, 0.0, out=best)
+
+
 def min_sq_dist(X, centers):
     """Squared distance of each row of ``X`` (n, D) to its nearest centre, and its index.
 
-    Both are shifted by ``centers[0]`` first, so data far from the origin keep precision.
+    Both are shifted by ``centers[0]`` first, so data far from the origin keep
+    precision; with one centre the distance is exact, ``|x - c|^2``.
     """
     ref = centers[0]
-    Xc, Cc = X - ref, centers - ref
-    d2 = np.einsum("ij,ij->i", Xc, Xc)[:, None] - 2.0 * (Xc @ Cc.T)
-    d2 += np.einsum("ij,ij->i", Cc, Cc)[None, :]
-    idx = np.argmin(d2, axis=1)
-    return np.maximum(d2[np.arange(X.shape[0]), idx], 0.0), idx
-
+    pc, psq = centred(X, ref)
+    if centers.shape[0] == 1:
+        return psq, np.zeros(X.shape[0], dtype=np.intp)
+    onehot, d2 = assign(pc, psq, centers - ref)
+    labels = np.dot(np.arange(centers.shape[0], dtype=np.float64), onehot).astype(np.intp)
+    return d2, labels
 
 
 # --------------------------------------------------------------------------- in memory

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dask_em._math import dot
 from dask_em.engine import MixtureState, add_stats, estep_block, m_step
 from dask_em.engine.accelerate import run_squarem
-from dask_em.initialization import INIT_METHODS, KMEANSPP_SAMPLE, kmeans_plusplus, min_sq_dist
+from dask_em.initialization import INIT_METHODS, KMEANSPP_SAMPLE, assign, centred, kmeans_plusplus, min_sq_dist
 from dask_em.sampling import SAMPLE_MAX_BYTES, estimation_weights, sample_rows
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ SAMPLE_EM_MAX_ITER = 10
 SAMPLE_LLOYD_MAX_ITER = 100
 #: Elements of the (rows, K) work arrays of the in-memory kernels, per slab of rows.
 _SLAB_ELEMENTS = 2**21
+#: The same for Lloyd's iterations, smaller: its (K, rows) arrays then stay in cache.
+_LLOYD_SLAB_ELEMENTS = 2**16
 
 
 @dataclass
@@ -142,31 +145,40 @@ def lloyd(points, centers, weights=None, *, max_iter=SAMPLE_LLOYD_MAX_ITER, tol=
     does). Stops when the summed squared shift of the centres is at most ``tol``
     times the mean per-feature variance of ``points`` (scikit-learn's rule).
 
+    The points are taken about their mean once, with their squared norms
+    (:func:`~dask_em.initialization.centred`); an iteration is then one GEMM for the
+    distances, the one-hot (K, n) of the nearest centres, and one GEMM for the sums
+    (:func:`~dask_em.initialization.assign`), in slabs of rows.
+
     Returns
     -------
     ndarray of shape (K, D)
     """
     n, K = points.shape[0], centers.shape[0]
-    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
     mean = np.average(points, axis=0, weights=w)
-    tol_abs = tol * float(np.mean(np.average((points - mean) ** 2, axis=0, weights=w)))
+    step = max(256, _LLOYD_SLAB_ELEMENTS // K)
+    slabs = [(i, *centred(points[i : i + step], mean)) for i in range(0, n, step)]
+    sq = np.concatenate([psq for _, _, psq in slabs])
+    tol_abs = tol * float((sq.sum() if w is None else np.dot(w, sq)) / ((n if w is None else w.sum()) * points.shape[1]))
     centers = np.array(centers, dtype=np.float64)
-    step = _slab_step(K)
+    d2 = np.empty(n)
     for _ in range(max_iter):
-        sums, nk, d2 = np.zeros_like(centers), np.zeros(K), np.empty(n)
-        for i in range(0, n, step):
-            P = points[i : i + step]
-            d2[i : i + step], labels = min_sq_dist(P, centers)
-            R = np.zeros((P.shape[0], K))
-            R[np.arange(P.shape[0]), labels] = w[i : i + step]
-            sums += R.T @ P
-            nk += R.sum(axis=0)
+        cc = centers - mean
+        sums, nk = np.zeros_like(centers), np.zeros(K)
+        for i, pc, psq in slabs:
+            onehot, d2[i : i + pc.shape[0]] = assign(pc, psq, cc)
+            if w is not None:
+                onehot *= w[i : i + pc.shape[0]]
+            sums += dot(onehot, pc)
+            nk += onehot.sum(axis=1)
         new = centers.copy()
         full = nk > 0
-        new[full] = sums[full] / nk[full, None]
+        new[full] = mean + sums[full] / nk[full, None]
         empty = np.flatnonzero(~full)
         if empty.size:
-            new[empty] = points[np.argsort(-d2 * w, kind="stable")[: empty.size]]
+            far = -d2 if w is None else -d2 * w
+            new[empty] = points[np.argsort(far, kind="stable")[: empty.size]]
         shift = float(((new - centers) ** 2).sum())
         centers = new
         if shift <= tol_abs and not empty.size:

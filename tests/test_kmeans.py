@@ -89,3 +89,76 @@ def test_errors(X):
         KMeans(3).fit(X, sample_weight=np.r_[-1.0, np.ones(len(X) - 1)])
     with pytest.warns(RuntimeWarning, match="performing only one init"):
         KMeans(3, init=X[:3], n_init=3).fit(X)
+
+
+def _generic_family():
+    """The kmeans family without its fused E-step: log_prob, argmax, one-hot, suff_stats."""
+    import dataclasses
+
+    from dask_em.families import get_family
+
+    return dataclasses.replace(get_family("kmeans"), hard_stats=None)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fused_estep_equals_the_generic_path(weighted):
+    # hard_stats (one GEMM for the distances, a (K, n) indicator, GEMMs for the sums)
+    # gives the statistics of the one-hot path, on data far from the origin, over
+    # several slabs and blocks, with duplicated centres (ties go to the first)
+    from dask_em.engine import MixtureState, estep_block
+    from dask_em.families import get_family
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(20_000, 4)) * 3.0 + 1e3
+    w = rng.uniform(0.5, 2.0, len(X)) if weighted else None
+    C = X[:6].copy()
+    C[4] = C[1]  # an exact tie for every row nearest to it
+    state = MixtureState(np.full(6, 1 / 6), {"means": C})
+    (fast,) = estep_block(X, w, (get_family("kmeans"), [state]), 0)
+    (slow,) = estep_block(X, w, (_generic_family(), [state]), 0)
+    assert fast["nk"][4] == 0.0 and fast["nk"][1] > 0
+    np.testing.assert_allclose(fast["nk"], slow["nk"], rtol=1e-14)  # counts: exact unweighted
+    np.testing.assert_allclose(fast["s1"], slow["s1"], rtol=1e-9, atol=1e-9 * np.abs(slow["s1"]).max())
+    np.testing.assert_allclose(fast["s2"], slow["s2"], rtol=1e-11)
+    assert fast["loglik"] == pytest.approx(slow["loglik"], rel=1e-12)
+    for a, b in zip(fast["far"].arrays(), slow["far"].arrays()):
+        np.testing.assert_array_equal(a, b)
+    for key in ("weight", "n_rows", "n_nonfinite", "n_bad_weight"):
+        assert fast[key] == slow[key]
+
+
+def test_fused_estep_signature_detects_a_changed_partition():
+    from dask_em.engine import MixtureState, estep_block
+    from dask_em.families import get_family
+
+    rng = np.random.default_rng(4)
+    X = np.concatenate([rng.normal(c, 1.0, (5_000, 3)) for c in (-20.0, 0.0, 20.0)]) + 1e3
+    fam = get_family("kmeans")
+    C = np.array([[-20.0] * 3, [0.0] * 3, [20.0] * 3]) + 1e3
+
+    def stats(centres):
+        (s,) = estep_block(X, None, (fam, [MixtureState(np.full(3, 1 / 3), {"means": centres})]), 0)
+        return s
+
+    a, b = stats(C), stats(C + 1e-3)  # the centres move, the partition does not
+    np.testing.assert_array_equal(a["nk"], b["nk"])
+    np.testing.assert_array_equal(a["sig"], b["sig"])
+    moved = C.copy()
+    moved[1] = C[2] - 1.0  # takes rows of cluster 2
+    assert not np.array_equal(stats(moved)["sig"], a["sig"])
+
+
+def test_fused_estep_shares_rows_between_starts():
+    # n_init starts of a pass share the rows about the block's reference point
+    from dask_em.engine import MixtureState, estep_block
+    from dask_em.families import get_family
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(30_000, 5)) + 50.0
+    fam = get_family("kmeans")
+    states = [MixtureState(np.full(4, 0.25), {"means": X[rng.choice(len(X), 4)]}) for _ in range(3)]
+    together = estep_block(X, None, (fam, states), 0)
+    for state, got in zip(states, together):
+        (alone,) = estep_block(X, None, (fam, [state]), 0)
+        for key in ("nk", "s1", "s2", "sig", "loglik"):
+            np.testing.assert_array_equal(got[key], alone[key])

@@ -37,9 +37,9 @@ def _direct_stats(X, resp, centres, kind):
         s2 = outer
     elif kind == "tied":
         s2 = outer.sum(axis=0)
-    elif kind in ("diag", "kmeans"):
+    elif kind == "diag":
         s2 = np.stack([resp[:, k] @ (X - centres[k]) ** 2 for k in range(K)])
-    else:  # spherical
+    else:  # spherical; kmeans: each cluster's inertia
         s2 = np.array([resp[:, k] @ np.sum((X - centres[k]) ** 2, axis=1) for k in range(K)])
     return {"nk": nk, "s1": s1, "s2": s2}
 

@@ -176,6 +176,8 @@ def _estep_slab(X, w, family, state, cache, groups=1):
     """Statistics of one slab of valid rows (see :func:`estep_block`): a list of one
     dict per mixture, ``groups`` mixtures being stacked in ``state``."""
     kw = {} if cache is None else {"cache": cache}
+    if family.hard_stats is not None:  # assignment and sums in one kernel, no one-hot
+        return [family.hard_stats(X, w, state.params, **kw)]
     # responsibilities below sqrt(tiny) become 0: their products with the data in
     # the statistics' GEMMs would be subnormal numbers, on which BLAS runs ~50x slower
     floor = 0.5 * log_tiny(X.dtype)

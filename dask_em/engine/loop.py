@@ -180,16 +180,20 @@ def run_em(
                 mean_ll, change, entry["squarem"] = acc.update(stats, stop)
                 converged = acc.converged
                 res.state, res.lower_bound = acc.safe_state, acc.lower_bound
+                res.n_iter = iteration
+                res.last_stats = stats
+                res.history.append({**entry, "mean_loglik": mean_ll, "change": change, "seconds": seconds})
             else:
                 mean_ll = stats["loglik"] / stats["weight"]
                 change = mean_ll - res.lower_bound
                 old_state = res.state
                 res.state = m_step(family, stats, old_state, options)
                 res.lower_bound = mean_ll
+                res.n_iter = iteration
+                res.last_stats = stats
+                res.history.append({**entry, "mean_loglik": mean_ll, "change": change, "seconds": seconds})
+                # the rule sees this iteration's entry (it may add to it, e.g. a lower bound)
                 converged = rules[i](res, stats, old_state, change)
-            res.n_iter = iteration
-            res.last_stats = stats
-            res.history.append({**entry, "mean_loglik": mean_ll, "change": change, "seconds": seconds})
             logger.log(
                 log_level,
                 "%siteration %d: mean log-likelihood %.8g, change %.3g, %.3f s",

@@ -15,6 +15,8 @@ from dask.system import CPU_COUNT
 from dask.utils import parse_timedelta
 from threadpoolctl import threadpool_limits
 
+from dask_em.engine.blas import one_blas_thread
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPLIT_EVERY = 8
@@ -331,7 +333,10 @@ def _compute_watched(client, graph, name):
 def map_rows(X, kernel, payload, *, name, dtype, n_cols=None):
     """Lazily apply ``kernel(block, payload)`` to every row block of ``X``.
 
-    The payload (parameters) is one key of the graph, not a copy in every task.
+    The payload (parameters) is one key of the graph, not a copy in every task. The
+    user computes the result on any scheduler, so every task limits BLAS itself to
+    one thread when it runs on a worker thread (:func:`one_blas_thread`): dask's
+    threaded scheduler already runs one task per core.
 
     Parameters
     ----------
@@ -351,5 +356,11 @@ def map_rows(X, kernel, payload, *, name, dtype, n_cols=None):
     """
     payload_d = delayed(payload, traverse=False)
     if n_cols is None:
-        return X.map_blocks(kernel, payload_d, dtype=dtype, drop_axis=1, name=name)
-    return X.map_blocks(kernel, payload_d, dtype=dtype, chunks=(X.chunks[0], (n_cols,)), name=name)
+        return X.map_blocks(_on_one_blas_thread, kernel, payload_d, dtype=dtype, drop_axis=1, name=name)
+    return X.map_blocks(_on_one_blas_thread, kernel, payload_d, dtype=dtype, chunks=(X.chunks[0], (n_cols,)),
+                        name=name)
+
+
+def _on_one_blas_thread(block, kernel, payload):
+    with one_blas_thread():
+        return kernel(block, payload)

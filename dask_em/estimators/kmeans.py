@@ -22,7 +22,7 @@ from dask_em.engine.omit import score_block_omit
 from dask_em.estimators._facade import _EDGE_DOC, EDGE_CONSTRAINTS, EMEstimator
 from dask_em.estimators._init_checks import check_array_init
 from dask_em.families import get_family
-from dask_em.families.kmeans import data_variance
+from dask_em.families.kmeans import mean_variance
 from dask_em.fitting import ModelSpec, as_float64_state, cast_state
 from dask_em.fitting import SAMPLE_EM_MAX_ITER
 from dask_em.sample_init import initialize_on_sample
@@ -69,7 +69,7 @@ class CentreShift:
 
     def __call__(self, result, stats, old_state, change):
         if self.tol_abs is None:
-            self.tol_abs = self.tol * float(np.mean(data_variance(stats, old_state.params)))
+            self.tol_abs = self.tol * mean_variance(stats, old_state.params)
         shift = float(((result.state.params["means"] - old_state.params["means"]) ** 2).sum())
         signature = (stats["nk"], stats["sig"])
         before = self.previous.get(id(result))

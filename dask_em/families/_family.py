@@ -122,9 +122,17 @@ class Family:
     hard : bool
         Hard-assignment EM (K-means): responsibilities are one-hot at the best
         component, and mixing weights do not enter the assignment.
+    hard_stats : callable or None
+        Hard families: ``hard_stats(X, weights, params) -> dict``, the statistics of
+        ``suff_stats`` for the one-hot assignment of every row to its best component
+        (the largest ``log_prob``, the first of equal ones), weighted by ``weights``
+        (n,) or ``None``, plus ``nk`` and ``loglik`` (the weighted sum of the rows'
+        best ``log_prob``); also ``cache=`` when :attr:`caches`. The E-step then calls
+        it instead of ``log_prob`` and ``suff_stats``, and builds no (n, K) one-hot
+        responsibilities. ``None``: the generic path.
     caches : bool
-        ``log_prob`` and ``suff_stats`` take a ``cache`` dict. The engine gives one
-        dict per row block and per mixture, and calls ``log_prob`` then
+        ``log_prob`` and ``suff_stats`` (and ``hard_stats``) take a ``cache`` dict.
+        The engine gives one dict per row block and per mixture, and calls ``log_prob`` then
         ``suff_stats`` on the same rows, slab after slab: values derived from the
         parameters may be kept there for the whole block, and work arrays of the
         rows (e.g. whitened rows) are reused by ``suff_stats``. ``cache["rows"]``
@@ -205,3 +213,4 @@ class Family:
     mixing_weights: Callable = None
     missing: object = None
     marginalize: bool = False
+    hard_stats: Callable = None

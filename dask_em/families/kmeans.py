@@ -6,22 +6,34 @@ is minus the inertia. Statistics are shifted by the current means ``c_k``, as fo
 Gaussians::
 
     s1[k]  = sum_i r_ik (x_i - c_k)          (K, D)
-    s2[k]  = sum_i r_ik (x_i - c_k) ** 2     (K, D), per feature: gives the data
-                                             variance (scikit-learn's relative tol)
-    sig[k] = sum_i r_ik (x_i . v)            (K,), v fixed: equal between two
-                                             passes exactly when the partition is
+    s2[k]  = sum_i r_ik |x_i - c_k|^2        (K,), the cluster's inertia: gives the
+                                             data variance (scikit-learn's relative tol)
+    sig[k] = sum_i r_ik (x_i - m) . v        (K,), v fixed, m a point fixed for
+                                             the block: equal between two passes
+                                             exactly when the partition is
                                              unchanged (strict convergence)
     far    = the K rows farthest from their assigned centre (:class:`FarRows`)
 
 An empty cluster is re-seeded in the M-step at the farthest row of the pass
 (taken out of its old cluster), as scikit-learn does; it is never NaN.
+
+Speed: the E-step of a fit calls :func:`hard_stats`, a Lloyd step in a few BLAS
+calls per slab of rows: one GEMM for the distances of all rows to all centres, their
+minimum, the (K, n) indicator of the nearest centre, and two GEMMs with it for every
+sum (no per-row Python, no (n, K) one-hot).
+
+Precision: distances are taken about a reference point ``m`` near the data (the
+centres' mean, or in a fit the mean of the block's first rows). With
+``xc = x - m`` and ``cc_k = c_k - m``, ``|x - c_k|^2 = |xc|^2 - 2 xc . cc_k + |cc_k|^2``,
+exact to about ``eps (|xc|^2 + |cc_k|^2)``. Expanded about the origin instead (as
+scikit-learn's Lloyd does), data far from it would lose ``eps |x|^2``.
 """
 
 from typing import Sequence
 
 import numpy as np
 
-from dask_em._math import dot
+from dask_em._math import dot, work_array
 from dask_em.families._checks import check_keys, check_shape, check_values
 from dask_em.families._family import Family, Params, Stats
 
@@ -66,53 +78,214 @@ class FarRows:
         return self.rows, self.d2, self.labels, self.weights
 
 
-def _sq_dist(X, means):
-    out = np.empty((X.shape[0], means.shape[0]))
-    for k, c in enumerate(means):
-        Xc = X - c
-        out[:, k] = np.einsum("ij,ij->i", Xc, Xc)
-    return out
-
-
-def log_prob(X: np.ndarray, params: Params) -> np.ndarray:
-    """Minus the squared Euclidean distance of each row to each mean.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n, D), float64
-    params : dict with ``means`` (K, D)
-
-    Returns
-    -------
-    ndarray of shape (n, K)
-    """
-    return -_sq_dist(X, params["means"])
+def _derived(params, ref=None):
+    """Values of the centres about a reference point ``ref`` (D,) (default: the
+    centres' mean) that every slab of a block reuses."""
+    centers = np.asarray(params["means"], dtype=np.float64)
+    ref = centers.mean(axis=0) if ref is None else ref
+    cc = centers - ref
+    return {
+        "centers": centers,
+        "ref": ref,
+        "cc": cc,
+        # one GEMM with the rows about ``ref`` gives -2 cc_k . xc for every k, and xc . v
+        "gemm": np.vstack([-2.0 * cc, _signature_vector(centers.shape[1])]),  # (K + 1, D)
+        "ccsq": np.einsum("ij,ij->i", cc, cc)[:, None],  # (K, 1)
+    }
 
 
 def _signature_vector(D):
     return np.cos(np.arange(1, D + 1) * 0.7548776662466927)  # fixed, no special structure
 
 
-def suff_stats(X: np.ndarray, resp: np.ndarray, params: Params) -> Stats:
-    """Shifted sums, signature and farthest rows for one-hot (or weighted) ``resp`` (n, K)."""
-    centers = params["means"]
-    K, D = centers.shape
-    s1 = np.empty((K, D))
-    s2 = np.empty((K, D))
-    for k, c in enumerate(centers):
-        Xc = X - c
-        s1[k] = dot(resp[:, k], Xc)
-        s2[k] = dot(resp[:, k], Xc * Xc)
+def _block_derived(X, params, cache):
+    """:func:`_derived` about the block's reference point: the mean of the first rows
+    the block's ``cache`` saw (the centres' mean without a cache)."""
+    if cache is None:
+        return _derived(params)
+    if "derived" not in cache:
+        cache["derived"] = _derived(params, X.mean(axis=0) if X.shape[0] else None)
+    return cache["derived"]
+
+
+def _centred(X, ref, work=None):
+    """``xc = X - ref`` (n, D) and ``|xc|^2`` (n,)."""
+    n, D = X.shape
+    xc = np.subtract(X, ref, out=work_array(work, "xc", (n, D), np.float64))
+    return xc, np.einsum("ij,ij->i", xc, xc, out=work_array(work, "xsq", (n,), np.float64))
+
+
+def _distances(xc, xsq, derived, work=None):
+    """A (K + 3, n) array: ``|cc_k|^2 - 2 cc_k . xc`` for every centre, transposed
+    (rows 0..K-1; one GEMM), the squared distance to it less ``|xc|^2``; ``xc . v``
+    (row K); rows K+1 and K+2 are left for the caller."""
+    K = derived["cc"].shape[0]
+    out = work_array(work, "d2", (K + 3, xc.shape[0]), np.float64)
+    np.dot(derived["gemm"], xc.T, out=out[: K + 1])
+    out[:K] += derived["ccsq"]
+    return out
+
+
+def log_prob(X: np.ndarray, params: Params, cache=None) -> np.ndarray:
+    """Minus the squared Euclidean distance of each row to each mean (at most 0).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D), float64
+    params : dict with ``means`` (K, D)
+    cache : dict, optional
+        Per-block values (see :attr:`Family.caches`).
+
+    Returns
+    -------
+    ndarray of shape (n, K)
+    """
+    X = np.asarray(X, dtype=np.float64)
+    derived = _block_derived(X, params, cache)
+    K = derived["cc"].shape[0]
+    xc, xsq = _centred(X, derived["ref"])
+    lp = np.negative(_distances(xc, xsq, derived)[:K].T)  # (n, K), C-ordered
+    lp -= xsq[:, None]
+    np.minimum(lp, 0.0, out=lp)
+    return lp
+
+
+def suff_stats(X: np.ndarray, resp: np.ndarray, params: Params, cache=None) -> Stats:
+    """Shifted sums, signature and farthest rows for one-hot (or weighted) ``resp`` (n, K).
+
+    The E-step of a fit calls :func:`hard_stats` instead, which assigns the rows too.
+    ``cache``: per-block values (see :attr:`Family.caches`).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    derived = _block_derived(X, params, cache)
+    K = derived["cc"].shape[0]
+    xc, xsq = _centred(X, derived["ref"])
+    d2 = _distances(xc, xsq, derived)[:K]
+    d2 += xsq
+    np.maximum(d2, 0.0, out=d2)
+    nk = resp.sum(axis=0, dtype=np.float64)
     labels = np.argmax(resp, axis=1) if resp.size else np.zeros(0, dtype=np.intp)
     weights = resp[np.arange(X.shape[0]), labels] if resp.size else np.zeros(0)
-    diff = X - centers[labels]
-    d2 = np.einsum("ij,ij->i", diff, diff)
+    diff = X - derived["centers"][labels]
     return {
-        "s1": s1,
-        "s2": s2,
-        "sig": dot(resp.T, X @ _signature_vector(D)),
-        "far": FarRows(X, d2, labels, weights, K),
+        "s1": dot(resp.T, xc) - nk[:, None] * derived["cc"],
+        "s2": np.einsum("ik,ki->k", resp, d2),
+        "sig": dot(resp.T, dot(X, derived["gemm"][K])),
+        "far": FarRows(X, np.einsum("ij,ij->i", diff, diff), labels, weights, K),
     }
+
+
+def hard_stats(X: np.ndarray, w: np.ndarray | None, params: Params, cache=None) -> Stats:
+    """Statistics of the rows assigned to their nearest centre, in three GEMMs.
+
+    The statistics of :func:`suff_stats` for the one-hot assignment of each row to
+    its nearest centre (the first of equally near ones), plus ``nk`` and ``loglik`` (minus the weighted sum of squared
+    distances). One GEMM gives every distance (K, n); the (weighted) indicator of
+    each row's nearest centre (K, n) then gives ``s1`` in one GEMM, and ``sig``,
+    ``s2`` and ``nk`` in another.
+
+    Distances are taken about a reference point of the block (the mean of its first
+    rows, kept in ``cache``), so ``sig`` sums ``(x - ref) . v``: within one block,
+    the same terms in the same order whenever the partition is the same, which is
+    all strict convergence needs. The rows about it are computed once per slab for
+    all the mixtures of a pass (``cache["rows"]``).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D), float64
+    w : ndarray of shape (n,) or None
+        Sample weights.
+    params : dict with ``means`` (K, D)
+    cache : dict, optional
+        See :attr:`Family.caches`: ``"work"`` (a :class:`~dask_em._math.Workspace`),
+        ``"rows"``, and the block's reference point and values of the centres.
+
+    Returns
+    -------
+    dict
+        ``s1``, ``s2``, ``sig``, ``far`` (as :func:`suff_stats`), ``nk``, ``loglik``.
+    """
+    cache = {} if cache is None else cache
+    work = cache.get("work")
+    derived = _block_derived(X, params, cache)
+    K = derived["cc"].shape[0]
+    n = X.shape[0]
+    rows = cache.get("rows")
+    shared = None if rows is None else rows.get("kmeans")
+    if shared is not None and np.array_equal(shared[0], derived["ref"]):
+        xc, xsq = shared[1:]  # another mixture of the pass computed them
+    else:
+        xc, xsq = _centred(X, derived["ref"], work)
+        if rows is not None:
+            rows["kmeans"] = (derived["ref"], xc, xsq)
+    out = _distances(xc, xsq, derived, work)
+    d2 = out[:K]  # less |xc|^2, the same for every centre
+    # rows K.. of `out`: xc . v, the squared distance to the nearest centre, 1
+    best = np.min(d2, axis=0, out=out[K + 1])
+    resp = np.equal(d2, best, out=work_array(work, "resp", (K, n), np.float64))
+    best += xsq
+    np.maximum(best, 0.0, out=best)
+    out[K + 2] = 1.0
+    if w is not None:
+        if resp.sum() != n:  # equally near centres: keep the first
+            _first_only(resp)
+        resp *= w
+    sig, s2, nk = dot(resp, out[K:].T).T
+    if w is None and nk.sum() != n:
+        _first_only(resp)
+        sig, s2, nk = dot(resp, out[K:].T).T
+    return {
+        "s1": dot(resp, xc) - nk[:, None] * derived["cc"],
+        "s2": s2,
+        "sig": sig,
+        "far": _far_rows(X, best, resp, w, derived, cache),
+        "nk": nk,
+        "loglik": -float(s2.sum()),
+    }
+
+
+def _first_only(resp):
+    """Keep only the first nonzero of every column of ``resp`` (K, n) that has several."""
+    cols = np.flatnonzero(np.count_nonzero(resp, axis=0) > 1)
+    part = resp[:, cols]
+    first = np.argmax(part != 0, axis=0)
+    keep = part[first, np.arange(cols.size)]
+    resp[:, cols] = 0.0
+    resp[first, cols] = keep
+
+
+def _far_rows(X, best, resp, w, derived, cache):
+    """:class:`FarRows` of a slab, the same as :func:`suff_stats` would give.
+
+    Candidates come from the GEMM distances ``best`` (n,), with a margin above their
+    rounding error, then their exact distances decide. Rows below the K-th largest
+    distance seen earlier in the block (``cache["far_floor"]``) cannot be among the
+    block's farthest and are left out without a partition of the slab.
+    """
+    K = resp.shape[0]
+    n = X.shape[0]
+    scale = float(derived["ccsq"].max())  # the largest |c_k - ref|^2
+    floor = cache.get("far_floor")
+    if floor is not None:
+        rows = np.flatnonzero(best >= floor - 1e-10 * (floor + scale))
+    elif n > K:
+        kth = np.partition(best, n - K)[n - K]
+        # every row whose exact distance could reach the K-th largest one
+        rows = np.flatnonzero(best >= kth - 1e-10 * (kth + scale))
+    else:
+        rows = np.arange(n)
+    if floor is not None and not rows.size:
+        return 0  # FarRows adds 0 as nothing
+    labels = np.argmax(resp[:, rows], axis=0)
+    P = X[rows]
+    diff = P - derived["centers"][labels]
+    far = FarRows(P, np.einsum("ij,ij->i", diff, diff), labels, np.ones(rows.size) if w is None else w[rows], K)
+    top = np.concatenate([cache.get("far_top", np.zeros(0)), far.d2])
+    top = -np.sort(-top)[:K]
+    cache["far_top"] = top
+    if top.size == K:
+        cache["far_floor"] = float(top[-1])
+    return far
 
 
 def m_step(stats: Stats, params: Params) -> Params:
@@ -140,30 +313,32 @@ def m_step(stats: Stats, params: Params) -> Params:
     return {"means": means}
 
 
-def data_variance(stats: Stats, params: Params) -> np.ndarray:
-    """Per-feature (weighted) variance of the data from one pass's statistics (D,).
+def mean_variance(stats: Stats, params: Params) -> float:
+    """Mean over the features of the (weighted) variance of the data, from one
+    pass's statistics (scikit-learn's scale of ``tol``).
 
-    Exact from the shifted sums: ``sum_k s2_k + 2 (c_k - m) s1_k + n_k (c_k - m)^2``
-    over ``N``, with ``m`` the overall mean.
+    Exact from the shifted sums: the total squared distance to the overall mean
+    ``m`` is ``sum_k s2_k + 2 (c_k - m) . s1_k + n_k |c_k - m|^2``.
     """
     c, nk, s1, s2 = params["means"], stats["nk"], stats["s1"], stats["s2"]
     N = nk.sum()
     m = (nk[:, None] * c + s1).sum(axis=0) / N
     dc = c - m
-    return (s2 + 2.0 * dc * s1 + nk[:, None] * dc**2).sum(axis=0) / N
+    total = np.sum(s2) + 2.0 * np.sum(dc * s1) + np.sum(nk * np.einsum("ij,ij->i", dc, dc))
+    return float(total / (N * c.shape[1]))
 
 
 def recentre(stats, old_params, new_params):
     """``s1`` and ``s2`` about the old centres, re-expressed exactly about the new ones.
 
-    With ``d_k = c_k - c'_k``: ``s1' = s1 + n_k d_k`` and, per feature,
-    ``s2' = s2 + 2 d_k s1 + n_k d_k ** 2``. ``sig`` and ``far`` are not shifted and
+    With ``d_k = c_k - c'_k``: ``s1' = s1 + n_k d_k`` and
+    ``s2' = s2 + 2 d_k . s1 + n_k |d_k|^2``. ``sig`` and ``far`` are not shifted and
     pass through, as do other keys.
 
     Parameters
     ----------
     stats : dict
-        ``nk`` (K,), ``s1`` (K, D), ``s2`` (K, D) about ``old_params["means"]``.
+        ``nk`` (K,), ``s1`` (K, D), ``s2`` (K,) about ``old_params["means"]``.
     old_params, new_params : dict
         ``means`` (K, D).
 
@@ -175,7 +350,7 @@ def recentre(stats, old_params, new_params):
     nk = np.asarray(stats["nk"], dtype=np.float64)
     s1 = np.asarray(stats["s1"], dtype=np.float64)
     d = np.asarray(old_params["means"], dtype=np.float64) - np.asarray(new_params["means"], dtype=np.float64)
-    s2 = np.asarray(stats["s2"], dtype=np.float64) + 2.0 * d * s1 + nk[:, None] * d**2
+    s2 = np.asarray(stats["s2"], dtype=np.float64) + 2.0 * np.einsum("ij,ij->i", d, s1) + nk * np.einsum("ij,ij->i", d, d)
     return {**stats, "s1": s1 + nk[:, None] * d, "s2": s2}
 
 
@@ -211,10 +386,12 @@ FAMILY = Family(
     name="kmeans",
     log_prob=log_prob,
     suff_stats=suff_stats,
+    hard_stats=hard_stats,
     m_step=m_step,
     n_parameters=n_parameters,
     sample=sample,
     hard=True,
+    caches=True,
     check_params=check_params,
     recentre=recentre,
 )
