@@ -35,6 +35,17 @@ def _mib(n):
     return f"{n / 2**20:,.0f} MiB"
 
 
+def _passes(model):
+    """What the fit read: its stepwise steps and its batch EM passes, with their time."""
+    steps = [h for h in model.history_ if h.get("kind") == "stepwise"]
+    batch = [h for h in model.history_ if h.get("kind", "batch") == "batch"]
+    text = f"{len(batch)} batch EM passes ({np.mean([h['seconds'] for h in batch]):.2f} s each)" if batch else ""
+    if steps:
+        passes = max(h["pass"] for h in steps)
+        text = f"{passes} stepwise pass ({len(steps)} mini-batch steps), then " + text
+    return text
+
+
 def run_demo(args, dask_client, out):
     """Generate, fit, report; ``dask_client`` is the CLI's cluster context manager."""
     import dask.array as da
@@ -78,8 +89,7 @@ def run_demo(args, dask_client, out):
         order = [int(np.argmin(((truth - m) ** 2).sum(axis=1))) for m in model.means_]
         err = max(float(np.abs(m - truth[o]).max()) for m, o in zip(model.means_, order))
         out(
-            f"fitted in {seconds:.1f} s: {model.n_iter_} iterations "
-            f"({np.mean([h['seconds'] for h in model.history_]):.2f} s each), "
+            f"fitted in {seconds:.1f} s: {_passes(model)}, "
             f"converged={model.converged_}, mean log-likelihood {model.lower_bound_:.5g}"
         )
         out(f"weights {np.round(np.sort(model.weights_)[::-1], 3).tolist()} (true {TRUE_WEIGHTS[:K].tolist()})")

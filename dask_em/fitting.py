@@ -429,6 +429,7 @@ def _stepwise_phase(prepared, specs, results, sample, check, callback):
         check=check,
         callback=callback,
         init_stats=init_stats,
+        log_level=logging.DEBUG,  # a line per step with verbose=2; a line per pass at INFO
     )
     # the exact finish starts afresh: its first pass has no reference to test against
     return [EMResult(state=r.state, history=r.history) for r in stepped]

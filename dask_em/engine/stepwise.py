@@ -265,6 +265,12 @@ def run_stepwise(
                 )
             if callback is not None:
                 callback(step, results)
+        for i, res in enumerate(results):  # one line per pass at INFO; the steps are at log_level
+            recent = [h["mean_loglik"] for h in res.history if h.get("pass") == pass_]
+            logger.info(
+                "%sstepwise pass %d: %d steps, mean log-likelihood of its mini-batches %.8g",
+                prefix(i), pass_, len(recent), float(np.nanmean(recent)) if recent else math.nan,
+            )
     return results
 
 
