@@ -380,6 +380,8 @@ class Prepared:
     in_memory : bool
         After :meth:`load`: whether passes read the data from memory (NumPy
         input, or persisted) rather than from their source.
+    finite : ndarray of bool or None
+        For in-memory input holding NaN or infinity: which rows are finite.
     """
 
     source: Source
@@ -389,6 +391,14 @@ class Prepared:
     persist: object = "auto"
     loaded: bool = False
     in_memory: bool = False
+    finite: object = None
+
+    def finite_rows(self):
+        """In-memory input's rows without NaN or infinity, as float64 (None for lazy input)."""
+        if not self.source.is_numpy:
+            return None
+        data = self.source.data
+        return np.asarray(data if self.finite is None else data[self.finite], dtype=np.float64)
 
     @property
     def n_features(self):
@@ -425,14 +435,14 @@ def prepare(
     feature_labels=None,
     nan_policy=None,
     persist="auto",
-    check_data=None,
 ):
     """Any supported input and its weights, ready for a fit: the data edge's policies.
 
     Nothing is read here beyond in-memory input: the NaN policy is resolved, the
     weights are put in row order and chunked like the rows, in-memory data are
-    checked at once (NaN rows under ``"raise"``, the family's support on the rows
-    that enter the fit), and the persist decision is left to :meth:`Prepared.load`.
+    checked at once for NaN rows under ``"raise"`` (their finite rows are kept as
+    :meth:`Prepared.finite_rows`, for the model's support check), and the persist
+    decision is left to :meth:`Prepared.load`.
 
     Parameters
     ----------
@@ -447,9 +457,6 @@ def prepare(
     nan_policy : {"raise", "omit", "marginalize"} or None
         None: ``"omit"`` for xarray input, ``"raise"`` otherwise.
     persist : {"auto", True, False}
-    check_data : callable, optional
-        ``check_data(rows)`` raises for values outside a family's support; run here
-        on the finite rows of in-memory input (dask input is checked in the passes).
 
     Returns
     -------
@@ -463,7 +470,8 @@ def prepare(
         n_bad = int(finite.size - np.count_nonzero(finite))
         if n_bad and policy == "raise":
             raise nonfinite_rows_error(n_bad, data.shape[0], "remove or impute them first")
-        if check_data is not None:
-            check_data(np.asarray(data[finite] if n_bad else data, dtype=np.float64))
     weights = as_row_weights(source.row_weights(sample_weight), source.X)
-    return Prepared(source, source.X, weights, policy, persist)
+    prepared = Prepared(source, source.X, weights, policy, persist)
+    if source.is_numpy and n_bad:
+        prepared.finite = finite
+    return prepared

@@ -106,10 +106,7 @@ class EMEstimator:
             self._check_features(source)
         check = self._support_check()
         if check is not None and source.is_numpy:
-            data = source.data
-            if data.dtype.kind == "f":
-                data = data[np.isfinite(data).all(axis=1)]
-            check(np.asarray(data, dtype=np.float64))
+            check(prepared.finite_rows())
         return prepared
 
     def _feature_labels(self):

@@ -139,8 +139,7 @@ class CategoricalMixture(DiscreteMixture):
         given = self.n_categories
         if given is None:
             if source.is_numpy:
-                Xn = np.asarray(source.data, dtype=np.float64)
-                Xn = Xn[np.isfinite(Xn).all(axis=1)]
+                Xn = prepared.finite_rows()
                 check_data(Xn)  # negative values, before max + 1
                 lo, hi = Xn.min(axis=0, initial=0), Xn.max(axis=0, initial=0)
             else:  # one extra pass; give n_categories to save it
