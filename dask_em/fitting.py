@@ -210,6 +210,8 @@ class ModelSpec:
     init_name : str
         For the log (``init_params``).
     verbose : int
+        The estimator's ``verbose``: log lines on stderr (see :func:`verbosity`), or in
+        a notebook a progress line updated in place.
     identity : object
         The estimator, whose class and parameters a checkpoint must match.
     complete_starts : callable, optional
