@@ -126,9 +126,9 @@ def console_level(logger):
     current = logger
     while current is not None:
         for handler in current.handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                if id(getattr(handler, "stream", None)) in consoles:
-                    levels.append(handler.level)
+            is_stream = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+            if is_stream and id(getattr(handler, "stream", None)) in consoles:
+                levels.append(handler.level)
         if not current.propagate:
             break
         current = current.parent
