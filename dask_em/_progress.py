@@ -1,8 +1,12 @@
-"""The command line's progress bar and log output (stderr), kept out of each other's way."""
+"""Progress of a fit: the command line's bar and log output (stderr), kept out of each
+other's way; the notebook's display, updated in place; and which log lines a console
+already shows."""
 
 import contextlib
 import logging
+import math
 import sys
+import time
 import warnings
 
 
@@ -101,3 +105,129 @@ def setup_logging(level, bar=None):
     log.setLevel(level)
     log.propagate = False
     return handler
+
+
+def in_notebook():
+    """Whether this process is a Jupyter (IPython) kernel: a display can update in place."""
+    ipython = sys.modules.get("IPython")  # imported by every kernel; never imported here
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
+
+
+def console_level(logger):
+    """The lowest level a handler on ``logger``'s ancestry writes to the console
+    (stdout or stderr) at, or ``None`` when none does (a file handler does not count).
+
+    A record of ``logger`` at or above it is already shown once: a handler added for
+    ``verbose`` should add only the records below it.
+    """
+    consoles = {id(s) for s in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__) if s is not None}
+    levels = []
+    current = logger
+    while current is not None:
+        for handler in current.handlers:
+            is_stream = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+            if is_stream and id(getattr(handler, "stream", None)) in consoles:
+                levels.append(handler.level)
+        if not current.propagate:
+            break
+        current = current.parent
+    return min(levels, default=None)
+
+
+class NotebookProgress:
+    """One line of a fit's progress in a notebook, updated in place; a fit callback.
+
+    It shows the phase (the sampling pass, initialisation, a stepwise step, an EM
+    iteration, scoring), the mean log-likelihood, the passes over the data so far
+    (a stepwise step counts as the share of the row blocks it read) and the time
+    since the fit started; :meth:`finish` shows whether the fit converged.
+
+    Parameters
+    ----------
+    title : str
+        What is fitted, e.g. ``"GaussianMixture"``.
+    n_blocks : int
+        Row blocks of the data: a pass reading all of them counts as one.
+    show : callable, optional
+        ``show(text)`` draws the line; by default an IPython display updated
+        in place (``display_id``).
+    min_interval : float, default=0.2
+        Fewest seconds between two updates of the same phase (fast stepwise steps).
+    """
+
+    def __init__(self, title, n_blocks, show=None, min_interval=0.2):
+        self.title, self.n_blocks = title, max(int(n_blocks), 1)
+        self.show = show or _DisplayLine()
+        self.min_interval = min_interval
+        self.blocks_read = 0
+        self.started = self.last_shown = time.perf_counter()
+        self.phase_text, self.quality = "starting", ""
+
+    def passes(self):
+        """Passes over the data so far (a fraction while stepwise steps read part of one)."""
+        return self.blocks_read / self.n_blocks
+
+    def passed(self, n_blocks):
+        """A pass listener (:func:`dask_em.engine.passes.watch_passes`): ``n_blocks`` read."""
+        self.blocks_read += n_blocks
+
+    def phase(self, text):
+        """Show ``text`` as what the fit does now (before its first iteration)."""
+        self.phase_text = text
+        self.draw(force=True)
+
+    def __call__(self, iteration, results):
+        latest = max(results, key=lambda r: r.n_iter).history[-1]
+        best = max((r.lower_bound for r in results if math.isfinite(r.lower_bound)), default=math.nan)
+        if latest.get("kind") == "stepwise":
+            self.phase_text = f"stepwise pass {latest['pass']}, step {iteration}"
+            self.quality = f"mini-batch mean log-likelihood {best:.6g}"
+        else:
+            self.phase_text = f"iteration {iteration}"
+            change = latest.get("change", math.nan)
+            change = f", change {change:.2g}" if len(results) == 1 and math.isfinite(change) else ""
+            self.quality = f"mean log-likelihood {best:.6g}{change}"
+        self.draw()
+
+    def finish(self, fits):
+        """Show how the fit ended: ``fits`` the :class:`~dask_em.fitting.FitResult` of each model."""
+        if len(fits) == 1:
+            best = fits[0].best
+            stopped = "converged" if best.converged else "did not converge"
+            self.phase_text = f"{stopped} after {best.n_iter} iterations"
+            self.quality = f"mean log-likelihood {best.lower_bound:.6g}"
+        else:
+            converged = sum(f.best.converged for f in fits)
+            self.phase_text = f"{len(fits)} models fitted, {converged} converged"
+            self.quality = ""
+        self.draw(force=True)
+
+    def text(self):
+        passes = self.passes()
+        passes = f"{passes:.0f}" if abs(passes - round(passes)) < 0.05 else f"{passes:.1f}"
+        passes += " pass" if passes == "1" else " passes"
+        parts = [self.phase_text, self.quality, passes, f"{time.perf_counter() - self.started:.1f} s"]
+        return f"{self.title}: " + " | ".join(p for p in parts if p)
+
+    def draw(self, force=False):
+        now = time.perf_counter()
+        if force or now - self.last_shown >= self.min_interval:
+            self.last_shown = now
+            self.show(self.text())
+
+
+class _DisplayLine:
+    """A text output of the running notebook cell that each call replaces."""
+
+    def __init__(self):
+        self.handle = None
+
+    def __call__(self, text):
+        from IPython.display import display
+
+        data = {"text/plain": text}
+        if self.handle is None:
+            self.handle = display(data, raw=True, display_id=True)
+        else:
+            self.handle.update(data, raw=True)

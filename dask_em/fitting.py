@@ -38,11 +38,13 @@ import numpy as np
 
 import dask
 
+from dask_em._progress import NotebookProgress, console_level, in_notebook
 from dask_em.checkpoint import Checkpointer, chain_callbacks
 from dask_em.data import Prepared, nonfinite_rows_error
 from dask_em.engine import EMResult, MixtureState, estep_block, m_step, run_em, run_pass
 from dask_em.engine.loop import LikelihoodChange
 from dask_em.engine.marginal import marginalizing
+from dask_em.engine.passes import watch_passes
 from dask_em.engine.stepwise import blend_stats, recentred, run_stepwise, scale_stats
 from dask_em.exceptions import ConvergenceWarning
 from dask_em.families import Family
@@ -117,21 +119,46 @@ def verbosity(verbose: int):
 
     ``verbose=1`` shows INFO messages (one line per EM iteration: time, mean
     log-likelihood, change); ``verbose>=2`` adds DEBUG (initialisation details).
-    Without ``verbose``, messages go to whatever logging the application configured.
+    Each line is shown once: the lines a console handler of the application already
+    writes (on the ``dask_em`` logger or an ancestor, e.g. after
+    ``logging.basicConfig``) are left to it, and a handler added for the fit writes
+    only the others. Without ``verbose``, messages go to whatever logging the
+    application configured.
     """
     if not verbose:
         yield
         return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[dask-em] %(message)s"))
+    wanted = logging.DEBUG if verbose >= 2 else logging.INFO
     old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    if logger.getEffectiveLevel() > wanted:
+        logger.setLevel(wanted)
+    shown = console_level(logger)
+    handler = None
+    if shown is None or shown > wanted:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(wanted)
+        handler.setFormatter(logging.Formatter("[dask-em] %(message)s"))
+        if shown is not None:  # the console handler shows the records from ``shown`` up
+            handler.addFilter(lambda record: record.levelno < shown)
+        logger.addHandler(handler)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
+        if handler is not None:
+            logger.removeHandler(handler)
         logger.setLevel(old_level)
+
+
+def _notebook_progress(specs, prepared):
+    """The display of a fit with ``verbose`` in a notebook, updated in place; None in a
+    script (or without ``verbose``), where ``verbose`` shows log lines."""
+    if not max(spec.verbose for spec in specs) or not in_notebook():
+        return None
+    identity = specs[0].identity
+    title = type(identity).__name__ if identity is not None else specs[0].family.name
+    if len(specs) > 1:
+        title = f"{title}, {len(specs)} models"
+    return NotebookProgress(title, prepared.X.numblocks[0])
 
 
 @dataclass
@@ -183,6 +210,8 @@ class ModelSpec:
     init_name : str
         For the log (``init_params``).
     verbose : int
+        The estimator's ``verbose``: log lines on stderr (see :func:`verbosity`), or in
+        a notebook a progress line updated in place.
     identity : object
         The estimator, whose class and parameters a checkpoint must match.
     complete_starts : callable, optional
@@ -435,8 +464,9 @@ def _stepwise_phase(prepared, specs, results, sample, check, callback):
     return [EMResult(state=r.state, history=r.history) for r in stepped]
 
 
-def _fit_group(prepared, specs, sample, checkpoint, callback):
+def _fit_group(prepared, specs, sample, checkpoint, callback, progress=None):
     X, weights = prepared.X, prepared.weights
+    callback = chain_callbacks(progress, callback)
     family = specs[0].family
     check = pass_check(prepared.nan_policy, specs)
     saver = None
@@ -446,6 +476,9 @@ def _fit_group(prepared, specs, sample, checkpoint, callback):
     if resume is not None:
         results, owner = resume, [0] * len(resume)
     else:
+        if progress is not None:
+            n_starts = sum(1 if spec.warm is not None else len(spec.seeds) for spec in specs)
+            progress.phase(f"initialising {n_starts} start(s)")
         results, owner = [], []
         for j, spec in enumerate(specs):
             starts = _starts(spec, sample)
@@ -485,6 +518,8 @@ def _fit_group(prepared, specs, sample, checkpoint, callback):
             if spec.score_final:
                 need.append(chosen[k])
     if need:
+        if progress is not None:
+            progress.phase("scoring the final parameters (one pass)")
         for r, stats in zip(need, _score(prepared, family, [r.state for r in need])):
             finals[id(r)] = stats
     out = []
@@ -529,19 +564,30 @@ def fit_models(prepared: Prepared, specs: list[ModelSpec], *, checkpoint=None, c
     if checkpoint is not None:  # before any pass: a bad path fails now, not after the first iteration
         check_output(checkpoint, "file", "checkpoint")
     out = [None] * len(specs)
-    with verbosity(max(spec.verbose for spec in specs)):
+    verbose = max(spec.verbose for spec in specs)
+    progress = _notebook_progress(specs, prepared)
+    # in a notebook the display takes the place of the INFO lines; verbose=2 adds the log
+    log_verbose = verbose if progress is None or verbose >= 2 else 0
+    with verbosity(log_verbose), watch_passes(None if progress is None else progress.passed):
+        if progress is not None:
+            progress.phase("preparing the data")
         prepared.load()
         groups = _groups(specs, prepared.in_memory)
         resumable = checkpoint is not None and output_exists(checkpoint)
         cold = [spec for spec in specs if spec.warm is None and spec.needs_sample]
         # one sampling pass initialises every start of every model
-        sample = _draw_sample(prepared, cold, pass_check(prepared.nan_policy, specs)) if cold and not resumable else None
-        if sample is not None:
+        sample = None
+        if cold and not resumable:
+            if progress is not None:
+                progress.phase("drawing the initialisation sample (one pass)")
+            sample = _draw_sample(prepared, cold, pass_check(prepared.nan_policy, specs))
             _warn_few_distinct(sample, cold)
         for group in groups:
-            results = _fit_group(prepared, [specs[i] for i in group], sample, checkpoint, callback)
+            results = _fit_group(prepared, [specs[i] for i in group], sample, checkpoint, callback, progress)
             for i, res in zip(group, results):
                 out[i] = res
+        if progress is not None:
+            progress.finish(out)
     for spec, res in zip(specs, out):
         if spec.warn and not res.best.converged and spec.max_iter > 0:
             warnings.warn(

@@ -44,7 +44,26 @@ def test_quickstart_notebook_runs_at_small_size(tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream" and o.name == "stdout")
     assert re.search(r"Dashboard: http://127\.0\.0\.1:\d+/status", text)
     assert "BIC picks K = 4" in text
-    assert re.search(r"converged: True after \d+ iterations", text)
+    fitted = re.search(r"converged: True after (\d+) iterations; mean log-likelihood (\S+)", text)
+    assert fitted
+    # verbose=1 in a notebook: one display updated in place, ending on how the fit ended,
+    # instead of a log line per iteration on stderr
+    fit_cell = next(c for c in nb.cells if c.cell_type == "code" and "verbose=1" in c.source)
+    shown = [o.data["text/plain"] for o in fit_cell.outputs if o.output_type == "display_data"]
+    assert len(shown) == 1, fit_cell.outputs
+    final = re.fullmatch(
+        r"GaussianMixture: converged after (\d+) iterations \| mean log-likelihood (\S+) \| (\d+) passes \| [0-9.]+ s",
+        shown[0],
+    )
+    assert final, shown[0]
+    n_iter = int(fitted.group(1))
+    assert int(final.group(1)) == n_iter
+    assert abs(float(final.group(2)) - float(fitted.group(2))) < 1e-4
+    # at this size persist="auto" keeps the store in the workers' memory, so batch EM runs
+    # from the start: the sampling pass, then one pass per iteration
+    assert int(final.group(3)) == 1 + n_iter
+    errors = "".join(o.get("text", "") for o in fit_cell.outputs if o.output_type == "stream" and o.name == "stderr")
+    assert "iteration" not in errors, errors
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) == 3
     for name in ("convergence.png", "components.png", "bic.png"):

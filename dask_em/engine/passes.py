@@ -4,6 +4,8 @@ This is the map-reduce skeleton every E-step and every initialisation pass uses.
 It builds the graph only; the caller runs one ``dask.compute`` per pass.
 """
 
+import contextlib
+import contextvars
 import logging
 
 import dask
@@ -204,17 +206,37 @@ def run_pass(X, kernel, payload, **kwargs):
     """
     scheduler = get_scheduler(collections=[X])
     client = _distributed_client(scheduler)
+    threads = None if client is not None else _local_threads(scheduler)
     if client is not None:
-        return _compute_watched(client, tree_pass(X, kernel, payload, **kwargs), kwargs.get("name", "pass"))
-    threads = _local_threads(scheduler)
-    if threads is None:
+        result = _compute_watched(client, tree_pass(X, kernel, payload, **kwargs), kwargs.get("name", "pass"))
+    elif threads is None:
         (result,) = dask.compute(tree_pass(X, kernel, payload, **kwargs))
-        return result
-    kwargs.setdefault("blocks_per_task", blocks_per_task(X, threads))
-    graph = tree_pass(X, kernel, payload, **kwargs)
-    with threadpool_limits(limits=1, user_api="blas"):
-        (result,) = dask.compute(graph)
+    else:
+        kwargs.setdefault("blocks_per_task", blocks_per_task(X, threads))
+        graph = tree_pass(X, kernel, payload, **kwargs)
+        with threadpool_limits(limits=1, user_api="blas"):
+            (result,) = dask.compute(graph)
+    for listener in _pass_listeners.get():
+        listener(X.numblocks[0])
     return result
+
+
+_pass_listeners = contextvars.ContextVar("dask_em_pass_listeners", default=())
+
+
+@contextlib.contextmanager
+def watch_passes(listener):
+    """Call ``listener(n_blocks)`` after every pass :func:`run_pass` completes in this
+    context, with the number of row blocks it read (a fit's progress counts passes
+    with it). ``listener=None`` watches nothing."""
+    if listener is None:
+        yield
+        return
+    token = _pass_listeners.set(_pass_listeners.get() + (listener,))
+    try:
+        yield
+    finally:
+        _pass_listeners.reset(token)
 
 
 #: Default of the ``dask.config`` key ``dask_em.stall_warning``.

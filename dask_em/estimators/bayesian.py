@@ -124,7 +124,9 @@ default="dirichlet_process"
         If True and fitted, ``fit`` continues from the current parameters; the
         priors taken from the data are taken again (as scikit-learn does).
     verbose : int, default=0
-        1: one log line per iteration on stderr; 2: also initialisation details.
+        0: silent unless logging is configured; 1: one log line per iteration on
+        stderr, or in a Jupyter notebook one progress line updated in place; 2: also
+        initialisation details (log lines).
     {edge}
         ``"stepwise"`` (stochastic variational inference) is not implemented for
         this model and is refused; ``"auto"`` is batch variational EM.

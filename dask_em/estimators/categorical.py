@@ -54,7 +54,9 @@ class CategoricalMixture(DiscreteMixture):
     warm_start : bool, default=False
         Start ``fit`` from the current parameters when fitted.
     verbose : int, default=0
-        1: one log line per iteration on stderr; 2: also initialisation details.
+        0: silent unless logging is configured; 1: one log line per iteration on
+        stderr, or in a Jupyter notebook one progress line updated in place; 2: also
+        initialisation details (log lines).
     {edge}
 
     Attributes

@@ -32,7 +32,9 @@ _COMMON_PARAMS = """n_components : int, default=1
     warm_start : bool, default=False
         Start ``fit`` from the current parameters when fitted.
     verbose : int, default=0
-        1: one log line per iteration on stderr; 2: also initialisation details.
+        0: silent unless logging is configured; 1: one log line per iteration on
+        stderr, or in a Jupyter notebook one progress line updated in place; 2: also
+        initialisation details (log lines).
     """ + _EDGE_DOC.replace("{", "{{").replace("}", "}}")
 
 _COMMON_ATTRS = """weights_ : ndarray of shape (n_components,)

@@ -66,7 +66,8 @@ class GaussianMixture(BaseMixture):
         (``n_init`` is then ignored).
     verbose : int, default=0
         0: silent unless logging is configured; 1: one log line per iteration on
-        stderr; 2: also initialisation details.
+        stderr, or in a Jupyter notebook one progress line updated in place; 2: also
+        initialisation details (log lines).
     {edge}
 
     Attributes

@@ -113,7 +113,9 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         ``tol * mean(var(X, axis=0))`` (the variance comes from the first pass;
         with sample weights it is the weighted variance).
     verbose : int, default=0
-        1: one log line per iteration on stderr.
+        0: silent unless logging is configured; 1: one log line per iteration on
+        stderr, or in a Jupyter notebook one progress line updated in place; 2: also
+        initialisation details (log lines).
     random_state : int, RandomState, Generator or None, default=None
         Seed of the initialisation.
     {edge}
