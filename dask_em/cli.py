@@ -7,6 +7,7 @@
         [--scheduler ADDRESS] --output MODEL.npz
     dask-em predict MODEL.npz STORE --output LABELS.zarr [--what labels|proba|score]
     dask-em score MODEL.npz STORE
+    dask-em impute MODEL.npz STORE --output FILLED.zarr
     dask-em demo
 
 Without ``--scheduler`` a ``distributed.LocalCluster`` is started (and stopped at
@@ -123,7 +124,23 @@ def check_input(args, model=None):
         log.setLevel(level)
 
 
-NAN_HINT = "hint: rows with NaN or infinite values can be left out with --nan-policy omit"
+NAN_HINT = ("hint: rows with NaN or infinite values can be left out with --nan-policy omit, "
+            "or fitted on their observed features with --nan-policy marginalize")
+
+
+def check_marginalize(model, name):
+    """Refuse ``--nan-policy marginalize`` for a model that cannot marginalise, before a cluster starts."""
+    if model.nan_policy != "marginalize":
+        return
+    try:
+        family = model._family()
+    except AttributeError:  # categorical before its fit: the family is made from the categories found
+        return
+    if family.missing is None:
+        raise ValueError(
+            f"--nan-policy marginalize is not available for {name} yet; use --nan-policy omit to "
+            f"leave rows with NaN out."
+        )
 
 
 def build_model(args):
@@ -150,6 +167,7 @@ def build_model(args):
         params[param] = value
     model = cls(**{k: v for k, v in params.items() if v is not None})
     model._validate_params()  # before a cluster starts
+    check_marginalize(model, f"--model {args.model}")
     return model
 
 
@@ -199,8 +217,10 @@ def _load(args):
     import dask_em
 
     model = dask_em.load(args.model)
-    if args.nan_policy is not None:
-        model.set_params(nan_policy=args.nan_policy)
+    nan_policy = getattr(args, "nan_policy", None)
+    if nan_policy is not None:
+        model.set_params(nan_policy=nan_policy)
+        check_marginalize(model, type(model).__name__)
     return model
 
 
@@ -237,6 +257,29 @@ def cmd_score(args):
         _out(f"inertia {-value:.10g}")
     else:
         _out(f"mean log-likelihood {value:.10g}")
+    return 0
+
+
+def cmd_impute(args):
+    import dask.array as da
+    import xarray as xr
+
+    from dask_em.io import write_zarr
+
+    _check_output(args.output, "zarr", "output store")
+    model = _load(args)
+    family = model._family() if hasattr(model, "impute") else None
+    if family is None or family.missing is None:
+        raise ValueError(f"{type(model).__name__} cannot impute missing features yet.")
+    check_input(args, model)
+    with dask_client(args.scheduler, quiet=args.quiet):
+        result = model.impute(args.store, **_source_kwargs(args))
+        if isinstance(result, da.Array):
+            result = xr.DataArray(result, dims=("sample", "feature"))
+        with warnings.catch_warnings():  # xarray's default, not a problem of the user's
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            write_zarr(result.to_dataset(name="imputed"), args.output)
+    _out(f"imputed data written to {args.output}")
     return 0
 
 
@@ -292,6 +335,12 @@ Labels are stored as the smallest signed integer type that holds them (int8 up t
 Probabilities are float with NaN there, over the dimensions (sample, component).""",
     "score": """example:
   dask-em score model.npz pixels.zarr --scheduler tcp://10.0.0.5:8786""",
+    "impute": """example:
+  dask-em fit s2.zarr --feature-dim band -k 6 --nan-policy marginalize --output model.npz
+  dask-em impute model.npz s2.zarr --feature-dim band --output s2-filled.zarr
+
+The store gets one variable, imputed: over (sample, feature) for a 2-D input, over the
+input's dimensions for a store read with --feature-dim; observed values are copied.""",
     "demo": """example:
   dask-em demo --workers 2 --memory-limit 300MiB""",
 }
@@ -312,9 +361,10 @@ def build_parser():
     data.add_argument("store", help="Zarr store: path or URL (format 2 or 3)")
     data.add_argument("--array", help="array (or xarray variable) inside the store's group")
     data.add_argument("--feature-dim", help="dimension holding the features (reads the store with xarray)")
-    data.add_argument("--nan-policy", choices=("raise", "omit"),
-                      help="rows with NaN or infinity: an error, or left out (default: omit for a store "
-                      "read with --feature-dim, else raise; predict: the model's)")
+    data.add_argument("--nan-policy", choices=("raise", "omit", "marginalize"),
+                      help="rows with NaN or infinity: an error, left out, or (marginalize) rows with some "
+                      "features NaN fitted and scored on the others (default: omit for a store read with "
+                      "--feature-dim, else raise; predict, score: the model's)")
 
     parser = argparse.ArgumentParser(
         prog="dask-em", description="Mixture models by EM on larger-than-memory data.", formatter_class=HelpFormatter,
@@ -384,6 +434,19 @@ def build_parser():
         score._add_action(action)
     score.set_defaults(func=cmd_score)
 
+    impute = add_command(
+        "impute", parents=[common], help="fill NaN with their expectation under a model, to Zarr",
+        description="Write a store's rows to a new Zarr store with each NaN replaced by its conditional "
+        "expectation under a saved model (for K-means, the nearest centre's coordinate over the observed "
+        "features).",
+    )
+    impute.add_argument("model", help="model file written by `dask-em fit`")
+    for action in data._actions:
+        if action.dest != "nan_policy":
+            impute._add_action(action)
+    impute.add_argument("-o", "--output", required=True, help="Zarr store to write")
+    impute.set_defaults(func=cmd_impute)
+
     demo = add_command(
         "demo", parents=[common], help="fit a dataset larger than a small cluster's memory",
         description="Write a Zarr store larger than a small local cluster's memory, fit a Gaussian "
@@ -414,7 +477,7 @@ def main(argv=None):
             logger.exception("failed")
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"dask-em: error: {message}", file=sys.stderr)
-        if "NaN or infinite" in message and getattr(args, "nan_policy", "omit") != "omit":
+        if "NaN or infinite" in message and getattr(args, "nan_policy", "omit") not in ("omit", "marginalize"):
             print(f"dask-em: {NAN_HINT}", file=sys.stderr)
         return 2
     finally:

@@ -23,6 +23,7 @@ import zarr
 from numpy.testing import assert_array_equal
 
 import dask_em
+from dask_em.cli import MODELS as MODELS_ALL
 from tests._pipeline_data import K, pixels, truth_of
 from tests._references import gaussian_labels, nearest_centre, reference_labels
 
@@ -186,3 +187,95 @@ def test_fit_help_and_options_a_model_does_not_take(tmp_path):
         assert lines[0].startswith("dask-em: error: ")
         assert option[0] in lines[0] and takers in lines[0] and f"not to --model {model}" in lines[0]
         assert not (tmp_path / f"{model}.npz").exists()
+
+
+# --------------------------------------------------------------------------- --nan-policy marginalize
+def _gappy_store(path):
+    """Three correlated clusters in 3-D, a 2-D Zarr store (format 3) with NaN in every
+    feature (15% of the entries) and two rows with nothing observed."""
+    rng = np.random.default_rng(7)
+    means = np.array([[0.0, 0.0, 0.0], [5.0, 5.0, 0.0], [0.0, 5.0, 5.0]])
+    X = means[rng.integers(0, 3, 600)] + rng.standard_normal((600, 3)) @ np.array(
+        [[1.0, 0.4, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 1.0]])
+    X[rng.random(X.shape) < 0.15] = np.nan
+    X[[10, 400]] = np.nan
+    arr = zarr.create_array(str(path), shape=X.shape, chunks=(150, 3), dtype="f8", zarr_format=3)
+    arr[:] = X
+    return X
+
+
+def test_marginalize_fit_score_predict_impute(scheduler, tmp_path):
+    """``--nan-policy marginalize`` end to end: the saved models' score, probabilities and
+    imputed stores against row-by-row references on the saved parameters."""
+    from tests._missing_reference import loglik_and_resp
+
+    store = tmp_path / "gaps.zarr"
+    X = _gappy_store(store)
+    common = ["--scheduler", scheduler, "-q"]
+    fits = dask_em_cli(
+        ["fit", store, "-k", 3, "--nan-policy", "marginalize", "--output", tmp_path / "gm.npz", *common],
+        ["fit", store, "--model", "kmeans", "-k", 3, "--nan-policy", "marginalize", "--output", tmp_path / "km.npz",
+         *common],
+    )
+    for run in fits:
+        assert run.returncode == 0, (run.args, run.stderr)
+    runs = dask_em_cli(
+        ["score", tmp_path / "gm.npz", store, *common],
+        ["predict", tmp_path / "gm.npz", store, "--what", "proba", "--output", tmp_path / "proba.zarr", *common],
+        ["impute", tmp_path / "gm.npz", store, "--output", tmp_path / "gm-filled.zarr", *common],
+        ["impute", tmp_path / "km.npz", store, "--output", tmp_path / "km-filled.zarr", *common],
+    )
+    for run in runs:
+        assert run.returncode == 0, (run.args, run.stderr)
+    gm, km = dask_em.load(tmp_path / "gm.npz"), dask_em.load(tmp_path / "km.npz")
+    assert gm.nan_policy == km.nan_policy == "marginalize"
+    keep = ~np.isnan(X).all(axis=1)
+    ll, resp = loglik_and_resp(X[keep], gm.weights_, gm.means_, gm.covariances_)
+    assert float(runs[0].stdout.split()[-1]) == pytest.approx(ll.mean(), rel=1e-9)
+    proba = xr.open_zarr(tmp_path / "proba.zarr")["probabilities"].values
+    np.testing.assert_allclose(proba[keep], resp, atol=1e-12)
+    assert np.isnan(proba[~keep]).all()
+
+    filled = xr.open_zarr(tmp_path / "gm-filled.zarr")["imputed"].values
+    expected = X.copy()
+    for i, r in zip(np.flatnonzero(keep), resp):  # sum_k p(k | x_o) E[x_m | x_o, k]
+        o, m = ~np.isnan(X[i]), np.isnan(X[i])
+        S, mu = gm.covariances_, gm.means_
+        expected[i, m] = sum(r[k] * (mu[k][m] + S[k][np.ix_(m, o)] @ np.linalg.solve(S[k][np.ix_(o, o)],
+                                                                                       X[i, o] - mu[k][o]))
+                             for k in range(3))
+    expected[~keep] = gm.weights_ @ gm.means_
+    np.testing.assert_allclose(filled, expected, rtol=1e-10, atol=1e-12)
+
+    filled = xr.open_zarr(tmp_path / "km-filled.zarr")["imputed"].values
+    expected = X.copy()
+    for i in np.flatnonzero(keep):  # the centre nearest over the observed coordinates
+        o = ~np.isnan(X[i])
+        k = np.argmin(((km.cluster_centers_[:, o] - X[i, o]) ** 2).sum(axis=1))
+        expected[i, ~o] = km.cluster_centers_[k, ~o]
+    np.testing.assert_array_equal(filled, expected)
+
+
+def test_marginalize_refused_for_a_model_without_the_math(tmp_path):
+    """A model that cannot marginalise is one error line before any cluster starts."""
+    from dask_em.cli import build_model, build_parser
+
+    def args(model):
+        return build_parser().parse_args(["fit", str(tmp_path / "absent.zarr"), "--model", model, "-k", "2",
+                                          "--nan-policy", "marginalize", "-o", str(tmp_path / "m.npz")])
+
+    lacking = []
+    for model in MODELS_ALL:
+        try:
+            build_model(args(model))
+        except ValueError as exc:
+            assert f"--nan-policy marginalize is not available for --model {model}" in str(exc)
+            lacking.append(model)
+    assert not set(lacking) & {"gaussian", "kmeans", "bernoulli", "poisson", "categorical"}
+    if not lacking:
+        pytest.skip("every model marginalises")
+    (run,) = dask_em_cli(["fit", tmp_path / "absent.zarr", "--model", lacking[0], "-k", 2, "--nan-policy",
+                          "marginalize", "-o", tmp_path / "m.npz"])
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "use --nan-policy omit" in lines[0], run.stderr

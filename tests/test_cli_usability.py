@@ -168,7 +168,8 @@ def test_fit_predict_through_a_scheduler_file(scheduler_file, nan_store, tmp_pat
     assert res.returncode == 2
     lines = _error_lines(res)
     assert len(lines) == 2 and "NaN or infinite" in lines[0]
-    assert lines[1] == "dask-em: hint: rows with NaN or infinite values can be left out with --nan-policy omit"
+    assert lines[1] == ("dask-em: hint: rows with NaN or infinite values can be left out with --nan-policy omit, "
+                        "or fitted on their observed features with --nan-policy marginalize")
     assert "Traceback" not in res.stderr and not (tmp_path / "no.zarr").exists()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import nbformat
 import numpy as np
+import pytest
 import xarray as xr
 import zarr
 from nbclient import NotebookClient
@@ -102,6 +103,40 @@ def test_xarray_landcover_example(tmp_path):
     np.testing.assert_array_equal(np.isnan(labels.values), nan_pixels)
     score, _ = example.match_classes(labels.values, truth, 4)
     assert score == agreement or abs(score - agreement) < 1e-4
+
+
+def test_xarray_gaps_example(tmp_path):
+    """Per-band gaps: "omit" loses every pixel with one NaN band, "marginalize" labels all
+    but the pixels with no data, and impute recovers the hidden values."""
+    out = tmp_path / "gaps"
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLES / "xarray_gaps.py"), "--small", "--out", str(out)],
+        env=_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    example = _load_example("xarray_gaps")
+    cube, complete, truth = example.make_cube(120, 160, chunk_rows=30)
+    gaps = np.isnan(cube.values)
+    some, every = gaps.any(axis=-1), gaps.all(axis=-1)
+    assert some.sum() > 0.2 * some.size and 0 < every.sum() < 0.02 * every.size
+
+    def number(pattern):
+        return float(re.search(pattern, run.stdout).group(1))
+
+    assert number(r"omit: unlabelled pixels: (\d+)") == some.sum()
+    assert number(r"marginalize: unlabelled pixels: (\d+)") == every.sum()
+    assert number(r"marginalize: unlabelled pixels: \d+; agreement with the true classes: ([0-9.]+)") > 0.98
+    assert number(r"under the cloud \(radar only\): ([0-9.]+)") > 0.9
+    rmse = number(r"RMSE of the filled values ([0-9.]+)")
+    assert rmse < 0.5 * number(r"each band with its mean: ([0-9.]+)")
+    _check_png(out / "gaps-maps.png")
+
+    filled = xr.open_zarr(out / "gaps-filled.zarr", consolidated=False)["filled"].load()
+    assert filled.dims == ("y", "x", "band") and list(filled["band"].values) == example.BANDS
+    np.testing.assert_array_equal(filled.values[~gaps], cube.values[~gaps])  # observed values kept
+    hidden = gaps & ~every[..., None]
+    assert np.isfinite(filled.values[hidden]).all()
+    assert np.sqrt(np.mean((filled.values[hidden] - complete[hidden]) ** 2)) == pytest.approx(rmse, abs=1e-4)
 
 
 def test_batch_job_example(tmp_path):

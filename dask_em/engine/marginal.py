@@ -108,9 +108,10 @@ def _log_weights(family, state):
 
 
 def _pattern_wlp(X, family, state, factors):
-    """Weighted log-probs (n, K) of rows sharing one pattern."""
+    """Weighted log-probs (n, K) of rows sharing one pattern (hard families: no weights)."""
     wlp = family.missing.log_prob(X, state.params, factors)
-    wlp += _log_weights(family, state)
+    if not family.hard:
+        wlp += _log_weights(family, state)
     return wlp
 
 
@@ -160,7 +161,7 @@ def estep_gaps(X, w, family, mixtures):
             for i in range(0, rows.size, step):
                 part = rows[i : i + step]
                 Xp = X[part]
-                resp, row_ll = responsibilities(_pattern_wlp(Xp, family, state, factors), False, floor,
+                resp, row_ll = responsibilities(_pattern_wlp(Xp, family, state, factors), family.hard, floor,
                                                 overwrite=True, groups=groups)
                 resp = np.ascontiguousarray(resp)
                 if w is not None:
@@ -239,7 +240,7 @@ def score_block_marginal(X, payload):
         if what == "labels":
             out[gap] = np.argmax(wlp, axis=1)
         else:
-            resp, row_ll = responsibilities(wlp, False)
+            resp, row_ll = responsibilities(wlp, family.hard)
             out[gap] = resp if what == "proba" else row_ll
     return out
 
@@ -249,7 +250,9 @@ def impute_block(X, payload):
 
     For a row with gaps, ``sum_k p(k | x_o) E[x_m | x_o, k]``; for a row with every
     feature missing, the mixture's mean ``sum_k pi_k E[x | k]``. Complete rows, and
-    rows with an infinite value, are returned as they are.
+    rows with an infinite value, are returned as they are. Hard families (K-means)
+    fill a row with gaps from the centre nearest over its observed features, and
+    leave a row with every feature missing as it is (no centre is nearer than another).
 
     Parameters
     ----------
@@ -268,10 +271,10 @@ def impute_block(X, payload):
     for observed, rows in patterns(out[gap]):
         idx = np.flatnonzero(gap)[rows]
         factors = family.missing.factors(state.params, observed)
-        resp, _ = responsibilities(_pattern_wlp(out[idx], family, state, factors), False)
+        resp, _ = responsibilities(_pattern_wlp(out[idx], family, state, factors), family.hard)
         out[np.ix_(idx, np.flatnonzero(~observed))] = family.missing.expect(out[idx], resp, state.params, factors)
     empty = np.isnan(out).all(axis=1)
-    if empty.any():
+    if empty.any() and not family.hard:
         D = out.shape[1]
         observed = np.zeros(D, dtype=bool)
         factors = family.missing.factors(state.params, observed)

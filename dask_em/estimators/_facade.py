@@ -29,10 +29,10 @@ _EDGE_DOC = """nan_policy : {"raise", "omit", "marginalize"} or None, default=No
         Rows holding NaN or infinity: ``"omit"`` leaves them out of the fit and
         logs their number (``predict`` gives them label -1, other outputs NaN);
         ``"raise"`` is an error. ``"marginalize"`` (GaussianMixture, all
-        covariance types, and the discrete mixtures) treats NaN as missing
+        covariance types, the discrete mixtures and KMeans) treats NaN as missing
         features: each row is fitted and scored on its observed features (missing
         ones integrated out; the E-step adds the complete row's expected
-        statistics), and ``impute`` fills them; rows with every feature missing,
+        statistics; for KMeans, k-POD), and ``impute`` fills them; rows with every feature missing,
         or an infinite value, are left out as under ``"omit"``. The initialisation sample is drawn from the rows without
         NaN. None: ``"omit"`` for xarray input, ``"raise"`` otherwise.
     persist : {"auto", True, False}, default="auto"

@@ -18,6 +18,7 @@ from dask_em._math import as_float64
 from dask_em._validation import Interval, Options, check_is_fitted, seeds_from
 from dask_em.engine import MixtureState, score_block
 from dask_em.engine.estep import rows_in_slabs, slab_rows
+from dask_em.engine.marginal import gap_rows, patterns, score_block_marginal
 from dask_em.engine.omit import score_block_omit
 from dask_em.estimators._facade import _EDGE_DOC, EDGE_CONSTRAINTS, EMEstimator
 from dask_em.estimators._init_checks import check_array_init
@@ -54,6 +55,21 @@ def _distance_block(X, payload, omit=False):
 def _distance_block_omit(X, payload):
     """:func:`_distance_block` with NaN for rows holding NaN or infinity."""
     return _distance_block(X, payload, omit=True)
+
+
+def _distance_block_marginal(X, payload):
+    """:func:`_distance_block_omit`, rows with gaps measured over their observed features."""
+    out = _distance_block(X, payload, omit=True)
+    gap = gap_rows(X)
+    if gap.any():
+        family, state = payload
+        X_gaps = np.asarray(X[gap], dtype=np.float64)
+        d = np.empty((X_gaps.shape[0], out.shape[1]))
+        for observed, rows in patterns(X_gaps):
+            factors = family.missing.factors(state.params, observed)
+            d[rows] = np.sqrt(-family.missing.log_prob(X_gaps[rows], state.params, factors))
+        out[gap] = d
+    return out
 
 
 class CentreShift:
@@ -140,6 +156,15 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
     centre, centroids) with Lloyd's stopping rule (:class:`CentreShift`); it shares
     the fit pipeline, inputs and options of the mixtures.
 
+    Under ``nan_policy="marginalize"`` K-means is k-POD (Chi, Chi & Baraniuk 2016),
+    the hard-assignment limit of spherical Gaussians with missing coordinates: a row
+    with gaps is assigned to the centre nearest over its observed features, and
+    enters that centre's mean completed with the centre's own coordinates where it
+    has gaps. The inertia sums the observed-coordinate squared distances and never
+    increases from one iteration to the next; at convergence each coordinate of a
+    centre is the mean of that coordinate over the rows of its cluster that observe
+    it (see :mod:`dask_em.families.kmeans_missing`).
+
     Examples
     --------
     >>> import dask.array as da
@@ -194,7 +219,7 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = self.nan_policy == "omit"
+        tags.input_tags.allow_nan = self.nan_policy in ("omit", "marginalize")
         return tags
 
     @property
@@ -258,7 +283,7 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         self.converged_ = bool(best.converged)
         self.labels_ = self._map_prepared(
             prepared, score_block, self._payload("labels"), "labels", name="labels-kmeans", dtype=np.int64,
-            omit_kernel=score_block_omit,
+            omit_kernel=score_block_omit, marginal_kernel=score_block_marginal,
         )
 
     # -- fitted state -----------------------------------------------------------------
@@ -304,6 +329,9 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         """Index of the closest centre for each row.
 
         Rows with NaN or infinity are an error, or under ``nan_policy="omit"`` get -1.
+        Under ``"marginalize"`` a row with some features missing (NaN) gets the
+        centre nearest over its observed features; a row with every feature
+        missing, or an infinite value, gets -1.
 
         Parameters
         ----------
@@ -320,10 +348,14 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         return self._map(
             X, score_block, self._payload("labels"), "labels", name="predict-kmeans", dtype=np.int64,
             array=array, feature_dim=feature_dim, omit_kernel=score_block_omit,
+            marginal_kernel=score_block_marginal,
         )
 
     def transform(self, X, *, array=None, feature_dim=None):
         """Euclidean distance of each row to each centre.
+
+        Under ``nan_policy="marginalize"`` the distance of a row with gaps is taken
+        over its observed features only (not rescaled); rows left out hold NaN.
 
         Parameters
         ----------
@@ -341,6 +373,7 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         return self._map(
             X, _distance_block, self._payload(), "distance", name="transform-kmeans", dtype=np.float64,
             n_cols=self.n_clusters, array=array, feature_dim=feature_dim, omit_kernel=_distance_block_omit,
+            marginal_kernel=_distance_block_marginal,
         )
 
     def fit_transform(self, X, y=None, sample_weight=None, **fit_params):
@@ -384,11 +417,12 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         -------
         float
             Minus the sum of (weighted) squared distances to the closest centre;
-            rows left out by ``nan_policy="omit"`` do not count.
+            rows left out by ``nan_policy="omit"`` do not count. Under
+            ``"marginalize"`` a row with gaps counts its observed features.
         """
         neg_d2 = self._map(
             X, score_block, self._payload("score"), "score", name="score-kmeans", dtype=np.float64,
-            omit_kernel=score_block_omit,
+            omit_kernel=score_block_omit, marginal_kernel=score_block_marginal,
         )
         neg_d2 = getattr(neg_d2, "data", neg_d2)
         if sample_weight is not None:
@@ -398,6 +432,32 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         if isinstance(neg_d2, da.Array):
             return float(da.nansum(neg_d2, dtype=np.float64).compute())
         return float(np.nansum(neg_d2, dtype=np.float64))
+
+    def impute(self, X, *, array=None, feature_dim=None):
+        """``X`` with each NaN replaced by the coordinate of the row's nearest centre.
+
+        The centre is the nearest over the row's observed features (the k-POD
+        completion of ``nan_policy="marginalize"``). Observed values, rows with
+        every feature missing (no centre is nearer than another) and rows with an
+        infinite value are returned as they are. Works whatever the ``nan_policy``
+        of the fit.
+
+        Parameters
+        ----------
+        X : array-like, dask array, Zarr store or xarray object
+            The data with gaps (see :meth:`fit`).
+        array, feature_dim : str, optional
+            As for :meth:`predict`.
+
+        Returns
+        -------
+        X_imputed : ndarray of shape (n_samples, n_features), a lazy dask array
+            chunked like ``X`` for dask / Zarr input, or a lazy xarray object of the
+            input's kind and dimensions for xarray input; float32 for float32 data.
+        """
+        from dask_em.estimators._impute import impute
+
+        return impute(self, X, array=array, feature_dim=feature_dim)
 
 
 KMeans.__doc__ = KMeans.__doc__.replace("{edge}", _EDGE_DOC.replace(

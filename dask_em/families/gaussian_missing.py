@@ -18,7 +18,12 @@ For diag and spherical covariances the features are independent within a
 component: ``B = 0``, the missing features contribute ``mu`` to ``s1`` (nothing,
 once shifted) and ``sigma^2`` to ``s2``. ``B``, ``C`` and the Cholesky factor of
 ``S_oo`` are the pattern's *factors*, computed once per row block for all
-components (once in all for tied). Everything is float64.
+components (once in all for tied). Everything is float64, for float32 data too: the
+arithmetic that float32 would speed up is about a third of the gap path's time (the
+rest is finding, grouping and gathering the rows), so it would save at most ~15%, and
+the factors of an ill-conditioned ``S_oo`` would lose most of their digits in float32
+(measured: ``benchmarks/README.md``, "float32 rows with gaps"). Outputs are cast back
+to the data's dtype by the estimators.
 """
 
 from functools import partial

@@ -14,6 +14,10 @@ Gaussians::
                                              unchanged (strict convergence)
     far    = the K rows farthest from their assigned centre (:class:`FarRows`)
 
+Rows with missing features (``nan_policy="marginalize"``) follow k-POD, the
+hard-assignment limit of spherical Gaussians with missing coordinates: see
+:mod:`dask_em.families.kmeans_missing`.
+
 An empty cluster is re-seeded in the M-step at the farthest row of the pass
 (taken out of its old cluster), as scikit-learn does; it is never NaN.
 
@@ -36,6 +40,7 @@ import numpy as np
 from dask_em._math import dot, work_array
 from dask_em.families._checks import check_keys, check_shape, check_values
 from dask_em.families._family import Family, Params, Stats
+from dask_em.families.kmeans_missing import missing_ops
 
 
 class FarRows:
@@ -394,4 +399,5 @@ FAMILY = Family(
     caches=True,
     check_params=check_params,
     recentre=recentre,
+    missing=missing_ops(FarRows, _signature_vector),
 )
