@@ -248,6 +248,7 @@ class EMEstimator:
         spec = self._model_spec(prepared)
         if stream is None and not first:  # after fit: start from the fitted parameters
             spec.needs_sample = False
+            spec.complete_starts = None  # the fitted state is complete (a variational posterior and its priors)
             state = self._get_state()
             spec.initialize = lambda rows, weights, seeds, rank: [as_float64_state(state)]
         self._stream, result = partial_fit_step(prepared, spec, stream)

@@ -354,6 +354,7 @@ def _make(covariance_type, prior_type):
         recentre=bind(gaussian.recentre, covariance_type=covariance_type),
         log_weights=bind(log_weights, prior_type=prior_type),
         mixing_weights=bind(mixing_weights, prior_type=prior_type),
+        variational=True,
     )
 
 
