@@ -92,7 +92,8 @@ def accelerate_setting():
 
     Off by default (see :mod:`dask_em.engine.accelerate` and benchmarks/README.md
     for the measurements). Set it with ``dask.config.set({"dask_em.accelerate": True})``;
-    hard-assignment models (KMeans) are never accelerated. EM on the
+    hard-assignment models (KMeans) and variational ones (BayesianGaussianMixture,
+    which warns) are never accelerated. EM on the
     initialisation sample is accelerated whatever this setting.
     """
     return bool(dask.config.get("dask_em.accelerate", False))
