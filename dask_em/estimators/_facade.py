@@ -28,8 +28,8 @@ EDGE_CONSTRAINTS = {
 _EDGE_DOC = """nan_policy : {"raise", "omit", "marginalize"} or None, default=None
         Rows holding NaN or infinity: ``"omit"`` leaves them out of the fit and
         logs their number (``predict`` gives them label -1, other outputs NaN);
-        ``"raise"`` is an error. ``"marginalize"`` (GaussianMixture, all
-        covariance types, and the discrete mixtures) treats NaN as missing
+        ``"raise"`` is an error. ``"marginalize"`` (GaussianMixture and
+        BayesianGaussianMixture, all covariance types, and the discrete mixtures) treats NaN as missing
         features: each row is fitted and scored on its observed features (missing
         ones integrated out; the E-step adds the complete row's expected
         statistics), and ``impute`` fills them; rows with every feature missing,

@@ -318,7 +318,8 @@ default="dirichlet_process"
         responsibilities, scikit-learn's ``_initialize``) and, summed over
         components, the data's mean and covariance (the default priors). A warm
         start keeps its parameters and takes the priors again; when every prior is
-        given, it makes no pass. With the initialisation ``sample`` (a stepwise fit,
+        given, it makes no pass. Under ``nan_policy="marginalize"`` the pass
+        reads the rows without NaN only. With the initialisation ``sample`` (a stepwise fit,
         ``partial_fit``'s first batch) cold starts are completed on it instead, in
         memory: its statistics scaled to the rows it stands for give the same
         M-step and priors, estimated (exact when it holds every row).
@@ -341,12 +342,17 @@ default="dirichlet_process"
                 prepared.X, estep_block, (assign, states), name=f"init-{family.name}",
                 extra=prepared.weights, row_wise=True,
             )
-            check(stats_list[0])
+            if prepared.nan_policy == "marginalize":  # the EM passes check and count the rows with gaps
+                logger.info("initial posterior and data priors from the %d rows without NaN",
+                            stats_list[0]["n_rows"])
+            else:
+                check(stats_list[0])
         n_rows = float(np.sum(stats_list[0]["nk"]))
         if "covariance_prior" not in priors and n_rows < 2:
+            rows = "rows without NaN" if prepared.nan_policy == "marginalize" else "rows"
             raise ValueError(
-                f"BayesianGaussianMixture takes covariance_prior from the data, which needs at least 2 rows, "
-                f"but got n_samples = {n_rows:g}; give more rows or a covariance_prior."
+                f"BayesianGaussianMixture takes covariance_prior from the data, which needs at least 2 {rows}, "
+                f"but got {n_rows:g}; give more {rows} or a covariance_prior."
             )
         mean, cov = vb.data_priors(stats_list[0], centers[0], self.covariance_type)
         priors.setdefault("mean_prior", mean)
