@@ -64,7 +64,7 @@ def _log_pi(wc):
 
 def reference_estep(X, params, cov_type):
     """Row by row: responsibilities, shifted completed statistics, E[log q(z, x_m)]."""
-    n, D = X.shape
+    D = X.shape[1]
     K = params["means"].shape[0]
     m_all, beta = params["means"], params["mean_precision"]
     log_pi = _log_pi(params["weight_concentration"])

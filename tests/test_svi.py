@@ -96,7 +96,6 @@ def test_blend_then_m_step_is_the_natural_gradient_step_of_svi(blobs):
     ``eta <- (1 - rho) eta(q) + rho (eta_0 + N/|B| sum_B r_nk t(x_n))``; the engine's
     step (re-centre the running statistics, blend, M-step) must give the same posterior."""
     X = blobs[:900]
-    n, D = X.shape
     K, rho = 3, 0.37
     family = vb.FAMILIES[("full", "dirichlet_process")]
     options = {"reg_covar": 0.0}  # reg_covar adds n_k * reg to W^-1: a statistic, not part of SVI
@@ -223,9 +222,9 @@ def test_squarem_is_refused_for_variational_fits(blobs):
         Squarem(family, MixtureState(np.ones(2) / 2, {"means": np.zeros((2, 2))}))
     kw = dict(n_components=4, means_init=blobs[:4], tol=1e-3, max_iter=200, algorithm="em")
     plain = quiet(BayesianGaussianMixture(**kw).fit, blobs)
-    with dask.config.set({"dask_em.accelerate": True}):
-        with pytest.warns(UserWarning, match="does not apply to BayesianGaussianMixture"):
-            asked = BayesianGaussianMixture(**kw).fit(blobs)
+    with dask.config.set({"dask_em.accelerate": True}), \
+            pytest.warns(UserWarning, match="does not apply to BayesianGaussianMixture"):
+        asked = BayesianGaussianMixture(**kw).fit(blobs)
     assert all("squarem" not in h for h in asked.history_)
     np.testing.assert_array_equal(asked.means_, plain.means_)
     assert asked.lower_bounds_ == plain.lower_bounds_

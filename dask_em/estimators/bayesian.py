@@ -26,9 +26,9 @@ from dask_em.engine import EMResult, MixtureState, estep_block, m_step, run_pass
 from dask_em.estimators._base import MIXTURE_CONSTRAINTS, BaseMixture
 from dask_em.estimators._facade import _EDGE_DOC
 from dask_em.estimators._init_checks import check_array_init
-from dask_em.fitting import accelerate_setting
 from dask_em.families import bayesian_gaussian as vb
 from dask_em.families.gaussian import COVARIANCE_TYPES, precisions_from_cholesky
+from dask_em.fitting import accelerate_setting
 from dask_em.initialization import INIT_METHODS
 from dask_em.sample_init import initialize_on_sample
 
@@ -352,7 +352,7 @@ default="dirichlet_process"
             rows = "rows without NaN" if prepared.nan_policy == "marginalize" else "rows"
             raise ValueError(
                 f"BayesianGaussianMixture takes covariance_prior from the data, which needs at least 2 {rows}, "
-                f"but got {n_rows:g}; give more {rows} or a covariance_prior."
+                f"but got n_samples = {n_rows:g}; give more {rows} or a covariance_prior."
             )
         mean, cov = vb.data_priors(stats_list[0], centers[0], self.covariance_type)
         priors.setdefault("mean_prior", mean)
