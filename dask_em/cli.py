@@ -128,21 +128,6 @@ NAN_HINT = ("hint: rows with NaN or infinite values can be left out with --nan-p
             "or fitted on their observed features with --nan-policy marginalize")
 
 
-def check_marginalize(model, name):
-    """Refuse ``--nan-policy marginalize`` for a model that cannot marginalise, before a cluster starts."""
-    if model.nan_policy != "marginalize":
-        return
-    try:
-        family = model._family()
-    except AttributeError:  # categorical before its fit: the family is made from the categories found
-        return
-    if family.missing is None:
-        raise ValueError(
-            f"--nan-policy marginalize is not available for {name} yet; use --nan-policy omit to "
-            f"leave rows with NaN out."
-        )
-
-
 def build_model(args):
     """The estimator that ``dask-em fit`` asked for, with the options given.
 
@@ -167,7 +152,6 @@ def build_model(args):
         params[param] = value
     model = cls(**{k: v for k, v in params.items() if v is not None})
     model._validate_params()  # before a cluster starts
-    check_marginalize(model, f"--model {args.model}")
     return model
 
 
@@ -220,7 +204,6 @@ def _load(args):
     nan_policy = getattr(args, "nan_policy", None)
     if nan_policy is not None:
         model.set_params(nan_policy=nan_policy)
-        check_marginalize(model, type(model).__name__)
     return model
 
 

@@ -94,7 +94,8 @@ def accelerate_setting():
 
     Off by default (see :mod:`dask_em.engine.accelerate` and benchmarks/README.md
     for the measurements). Set it with ``dask.config.set({"dask_em.accelerate": True})``;
-    hard-assignment models (KMeans) are never accelerated. EM on the
+    hard-assignment models (KMeans) and variational ones (BayesianGaussianMixture,
+    which warns) are never accelerated. EM on the
     initialisation sample is accelerated whatever this setting.
     """
     return bool(dask.config.get("dask_em.accelerate", False))
@@ -215,11 +216,13 @@ class ModelSpec:
     identity : object
         The estimator, whose class and parameters a checkpoint must match.
     complete_starts : callable, optional
-        ``complete_starts(prepared, results, check) -> results``: one pass over the
-        data that completes the starting results before EM, cold or warm (a
-        variational model: its initial responsibilities over all rows and the
-        priors taken from the data); ``check`` is the pass check. Not called
-        when a checkpoint is resumed.
+        ``complete_starts(prepared, results, check, sample) -> results``: completes
+        the starting results before EM, cold or warm (a variational model: its
+        initial responsibilities and the priors taken from the data); ``check`` is
+        the pass check. ``sample`` is the initialisation :class:`Sample` of a
+        stepwise fit or of ``partial_fit``'s first batch, on which cold starts are
+        completed in memory (statistics scaled to the rows it stands for), else
+        None: one pass over the data. Not called when a checkpoint is resumed.
     """
 
     family: Family
@@ -483,7 +486,8 @@ def _fit_group(prepared, specs, sample, checkpoint, callback, progress=None):
         for j, spec in enumerate(specs):
             starts = _starts(spec, sample)
             if spec.complete_starts is not None:
-                starts = spec.complete_starts(prepared, starts, check)
+                on_sample = sample if spec.algorithm == "stepwise" else None
+                starts = spec.complete_starts(prepared, starts, check, on_sample)
             results += starts
             owner += [j] * len(starts)
         if specs[0].algorithm == "stepwise":
@@ -633,7 +637,12 @@ def partial_fit_step(prepared: Prepared, spec: ModelSpec, stream: StreamState | 
     statistics per unit of weight, ``s <- (1 - eta_t) s + eta_t s_batch`` with
     ``eta_t = (t + t0) ** -alpha`` (the first update replaces), re-centred exactly to
     the current parameters, and takes the M-step on them scaled to the rows seen so
-    far (so pseudo-counts weigh as in a fit of all of them).
+    far (so pseudo-counts weigh as in a fit of all of them). For a variational
+    model (``spec.complete_starts``) the first call also completes the start on the
+    batch's sample (the priors taken from the data are the first batch's), and the
+    update is stochastic variational inference with ``N`` the rows seen so far: the
+    posterior's parameters are the priors plus the running statistics at that
+    scale, so the priors weigh as in a batch fit of every row seen.
 
     Returns
     -------
@@ -654,6 +663,8 @@ def partial_fit_step(prepared: Prepared, spec: ModelSpec, stream: StreamState | 
             rows = None if sample is None else sample.rows
             weights = None if sample is None else sample.weights
             state = spec.initialize(rows, weights, spec.seeds, True)[0]
+            if spec.complete_starts is not None:  # a variational model: posterior and priors from the batch
+                state = spec.complete_starts(prepared, [EMResult(state=state)], check, sample)[0].state
             stream = StreamState(state, None, None, 0, 0.0)
         (stats,) = run_pass(
             prepared.X, estep_block, (family, [stream.state]), name=f"partial-fit-{family.name}",

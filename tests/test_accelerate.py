@@ -231,3 +231,33 @@ def test_accelerate_setting_in_a_fit_and_a_resumed_checkpoint(tmp_path):
     assert resumed.converged_ and resumed.n_iter_ > 8
     assert resumed.history_[7]["iteration"] == 8 and resumed.history_[8]["iteration"] == 9
     assert abs(resumed.score(X) - fast.score(X)) < 1e-8
+
+
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_the_stopping_rule_sees_its_own_iteration(accelerate):
+    """On both paths the rule is called after the iteration's history entry is
+    appended, with the M-step it would stop at as ``result.state`` (a rule may read
+    the new parameters and write to the entry, as the variational lower bound does)."""
+    import dask.array as da
+
+    from dask_em.engine import run_em
+    from dask_em.engine.loop import LikelihoodChange
+
+    X, family, start = _slow_problem()
+    seen = []
+
+    class Recording(LikelihoodChange):
+        def __call__(self, result, stats, old_state, change):
+            entry = result.history[-1]
+            following = m_step(family, stats, old_state, OPTIONS)
+            seen.append((entry["iteration"] == result.n_iter, entry["change"] == change,
+                         np.array_equal(result.state.params["means"], following.params["means"])))
+            entry["seen_by_rule"] = True
+            return super().__call__(result, stats, old_state, change)
+
+    (res,) = run_em(da.from_array(X, chunks=(500, -1)), family, [start], stopping=Recording(1e-6), max_iter=400,
+                    options=OPTIONS, accelerate=accelerate)
+    assert res.converged and len(seen) > 3
+    assert all(all(s) for s in seen)
+    assert res.history[-1]["seen_by_rule"]
+    assert sum("seen_by_rule" in h for h in res.history) == len(seen)

@@ -254,28 +254,3 @@ def test_marginalize_fit_score_predict_impute(scheduler, tmp_path):
         k = np.argmin(((km.cluster_centers_[:, o] - X[i, o]) ** 2).sum(axis=1))
         expected[i, ~o] = km.cluster_centers_[k, ~o]
     np.testing.assert_array_equal(filled, expected)
-
-
-def test_marginalize_refused_for_a_model_without_the_math(tmp_path):
-    """A model that cannot marginalise is one error line before any cluster starts."""
-    from dask_em.cli import build_model, build_parser
-
-    def args(model):
-        return build_parser().parse_args(["fit", str(tmp_path / "absent.zarr"), "--model", model, "-k", "2",
-                                          "--nan-policy", "marginalize", "-o", str(tmp_path / "m.npz")])
-
-    lacking = []
-    for model in MODELS_ALL:
-        try:
-            build_model(args(model))
-        except ValueError as exc:
-            assert f"--nan-policy marginalize is not available for --model {model}" in str(exc)
-            lacking.append(model)
-    assert not set(lacking) & {"gaussian", "kmeans", "bernoulli", "poisson", "categorical"}
-    if not lacking:
-        pytest.skip("every model marginalises")
-    (run,) = dask_em_cli(["fit", tmp_path / "absent.zarr", "--model", lacking[0], "-k", 2, "--nan-policy",
-                          "marginalize", "-o", tmp_path / "m.npz"])
-    assert run.returncode == 2
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and "use --nan-policy omit" in lines[0], run.stderr

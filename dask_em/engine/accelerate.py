@@ -207,6 +207,12 @@ class Squarem:
                 f"SQUAREM does not apply to the hard-assignment family {family.name!r}: its map is "
                 f"piecewise constant; run plain Lloyd/EM iterations."
             )
+        if family.variational:
+            raise ValueError(
+                f"SQUAREM does not apply to the variational family {family.name!r}: its safeguard judges a "
+                f"point by the E-step's log-likelihood, not by the lower bound, and extrapolated posterior "
+                f"parameters can leave their domain; run plain variational EM iterations."
+            )
         self.family = family
         self.options = options or {}
         self.tol = tol
@@ -238,8 +244,10 @@ class Squarem:
             The E-step's summed statistics (with ``loglik`` and ``weight``), taken
             with ``self.state``.
         stop : callable, optional
-            ``stop(change) -> bool``, the convergence test of an accepted EM step
-            (default: ``abs(change) < tol``).
+            ``stop(change, following) -> bool``, the convergence test of an
+            accepted EM step, where ``following`` is the M-step of the evaluated
+            parameters (the final parameters if it says yes); default:
+            ``abs(change) < tol``.
 
         Returns
         -------
@@ -283,7 +291,7 @@ class Squarem:
         following = m_step(self.family, stats, evaluated, self.options)
         if stop is None:
             stop = self._below_tol
-        if kind == EM and accepted and stop(change):
+        if kind == EM and accepted and stop(change, following):
             self.converged = True
             self.state = following
             return mean_ll, change, kind
@@ -295,7 +303,7 @@ class Squarem:
         self.state = self._extrapolated(stats, evaluated, following)
         return mean_ll, change, kind
 
-    def _below_tol(self, change):
+    def _below_tol(self, change, following=None):
         return self.tol is not None and abs(change) < self.tol
 
     def _extrapolated(self, stats_c, theta_c, theta_d):

@@ -124,7 +124,7 @@ def run_em(
         starts a new SQUAREM cycle there).
     accelerate : bool, optional
         Accelerate with SQUAREM (:class:`~dask_em.engine.accelerate.Squarem`; not
-        for hard-assignment families): a pass evaluates an extrapolated point or
+        for hard-assignment or variational families, which run plain passes): a pass evaluates an extrapolated point or
         an EM step. ``state`` is then always a plain EM step (the fallback while
         an extrapolation is being evaluated), ``lower_bound`` the mean
         log-likelihood of the last accepted point, and ``converged`` is tested on
@@ -148,7 +148,7 @@ def run_em(
         return label + (f"init {i}: " if len(results) > 1 else "")
 
     accs = {}
-    if accelerate and not family.hard:
+    if accelerate and not (family.hard or family.variational):
         accs = {i: Squarem(family, results[i].state, options, lower_bound=results[i].lower_bound) for i in active}
 
     for iteration in range(done + 1, max_iter + 1):
@@ -173,16 +173,22 @@ def run_em(
             if i in accs:
                 acc = accs[i]
                 old_state = acc.state
+                # as on the plain path, the rule sees this iteration's entry and the M-step
+                # it would stop at (it may add to the entry, e.g. a lower bound)
+                entry.update(mean_loglik=stats["loglik"] / stats["weight"], seconds=seconds)
+                res.history.append(entry)
+                res.n_iter = iteration
+                res.last_stats = stats
 
-                def stop(change, res=res, stats=stats, old_state=old_state, rule=rules[i]):
+                def stop(change, following, res=res, stats=stats, old_state=old_state, rule=rules[i], entry=entry):
+                    entry["change"] = change
+                    res.state = following
                     return rule(res, stats, old_state, change)
 
                 mean_ll, change, entry["squarem"] = acc.update(stats, stop)
                 converged = acc.converged
                 res.state, res.lower_bound = acc.safe_state, acc.lower_bound
-                res.n_iter = iteration
-                res.last_stats = stats
-                res.history.append({**entry, "mean_loglik": mean_ll, "change": change, "seconds": seconds})
+                entry.setdefault("change", change)
             else:
                 mean_ll = stats["loglik"] / stats["weight"]
                 change = mean_ll - res.lower_bound

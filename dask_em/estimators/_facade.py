@@ -28,8 +28,8 @@ EDGE_CONSTRAINTS = {
 _EDGE_DOC = """nan_policy : {"raise", "omit", "marginalize"} or None, default=None
         Rows holding NaN or infinity: ``"omit"`` leaves them out of the fit and
         logs their number (``predict`` gives them label -1, other outputs NaN);
-        ``"raise"`` is an error. ``"marginalize"`` (GaussianMixture, all
-        covariance types, the discrete mixtures and KMeans) treats NaN as missing
+        ``"raise"`` is an error. ``"marginalize"`` (every model: GaussianMixture and
+        BayesianGaussianMixture, all covariance types, the discrete mixtures and KMeans) treats NaN as missing
         features: each row is fitted and scored on its observed features (missing
         ones integrated out; the E-step adds the complete row's expected
         statistics; for KMeans, k-POD), and ``impute`` fills them; rows with every feature missing,
@@ -248,6 +248,7 @@ class EMEstimator:
         spec = self._model_spec(prepared)
         if stream is None and not first:  # after fit: start from the fitted parameters
             spec.needs_sample = False
+            spec.complete_starts = None  # the fitted state is complete (a variational posterior and its priors)
             state = self._get_state()
             spec.initialize = lambda rows, weights, seeds, rank: [as_float64_state(state)]
         self._stream, result = partial_fit_step(prepared, spec, stream)

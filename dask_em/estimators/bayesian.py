@@ -7,7 +7,9 @@ The math is :mod:`dask_em.families.bayesian_gaussian`; the fit is the one pipeli
   the one-hot assignment of every row to its nearest starting mean gives the
   initial responsibilities, whose statistics give the first variational M-step
   (scikit-learn's ``_initialize(X, resp)``) and, summed over components, the
-  data's mean and covariance, the default ``mean_prior`` and ``covariance_prior``;
+  data's mean and covariance, the default ``mean_prior`` and ``covariance_prior``
+  (a stepwise fit and ``partial_fit`` complete them on the initialisation sample
+  instead, without a pass);
 - the stopping rule is the change of the lower bound (:class:`LowerBoundChange`),
   computed from each pass's statistics and the new parameters;
 - the fitted attributes are scikit-learn's (``weight_concentration_`` and the rest).
@@ -15,10 +17,9 @@ The math is :mod:`dask_em.families.bayesian_gaussian`; the fit is the one pipeli
 
 import logging
 import math
+import warnings
 
 import numpy as np
-
-from sklearn.utils.metaestimators import available_if
 
 from dask_em._validation import Interval, Options
 from dask_em.engine import EMResult, MixtureState, estep_block, m_step, run_pass
@@ -27,6 +28,7 @@ from dask_em.estimators._facade import _EDGE_DOC
 from dask_em.estimators._init_checks import check_array_init
 from dask_em.families import bayesian_gaussian as vb
 from dask_em.families.gaussian import COVARIANCE_TYPES, precisions_from_cholesky
+from dask_em.fitting import accelerate_setting
 from dask_em.initialization import INIT_METHODS
 from dask_em.sample_init import initialize_on_sample
 
@@ -72,9 +74,17 @@ class BayesianGaussianMixture(BaseMixture):
     components the data do not need fall towards zero: K is chosen by the fit,
     without a BIC sweep.
 
-    Passes: the initialisation sample (one pass; none with ``means_init``), one
-    pass that assigns every row to its nearest starting mean and takes the data's
-    mean and covariance (the default priors), then one pass per iteration.
+    Passes (``algorithm="em"``): the initialisation sample (one pass; none with
+    ``means_init``), one pass that assigns every row to its nearest starting mean
+    and takes the data's mean and covariance (the default priors), then one pass
+    per iteration. ``algorithm="stepwise"`` (stochastic variational inference)
+    takes the initial posterior and the priors from the sample instead, then its
+    stepwise passes and the batch finish. ``partial_fit`` is one SVI step per
+    batch, with the rows seen so far as the data size: the posterior is what a
+    batch fit of all of them would weigh against the priors (see
+    :func:`dask_em.fitting.partial_fit_step`); the priors taken from the data are
+    those of the first batch, and ``lower_bound_`` is then, as for the other
+    models, the batch's mean E-step log-normaliser (not the lower bound).
 
     Parameters
     ----------
@@ -128,8 +138,13 @@ default="dirichlet_process"
         stderr, or in a Jupyter notebook one progress line updated in place; 2: also
         initialisation details (log lines).
     {edge}
-        ``"stepwise"`` (stochastic variational inference) is not implemented for
-        this model and is refused; ``"auto"`` is batch variational EM.
+        For this model ``"stepwise"`` is stochastic variational inference
+        (Hoffman et al. 2013): after each mini-batch the posterior's parameters
+        are the priors plus the running statistics at full-data scale, which is
+        the natural-gradient step of SVI; the initial posterior and the priors
+        taken from the data come from the initialisation sample; batch
+        variational passes finish, so ``lower_bound_`` is the exact lower bound.
+        ``dask_em.accelerate`` (SQUAREM) does not apply to it (a warning says so).
 
     Attributes
     ----------
@@ -271,9 +286,11 @@ default="dirichlet_process"
             means = [np.array(self.means_init, dtype=np.float64) for _ in seeds]
         else:
             plain = vb.ASSIGN_FAMILIES[self.covariance_type]
+            # a stepwise fit keeps the best start only: hard EM on the sample (Lloyd)
+            # ranks them by their summed squared distances
             starts = initialize_on_sample(
                 rows, plain, K, self.init_params, seeds, weights=weights,
-                options={"reg_covar": self.reg_covar}, em_on_sample=False,
+                options={"reg_covar": self.reg_covar}, em_on_sample=em_on_sample,
             )
             means = [s.state.params["means"] for s in starts]
         return [MixtureState(np.full(K, 1.0 / K), {"means": m}) for m in means]
@@ -296,14 +313,18 @@ default="dirichlet_process"
             priors["covariance_prior"] = self._covariance_prior(n_features)
         return priors
 
-    def _complete_starts(self, prepared, results, check):
+    def _complete_starts(self, prepared, results, check, sample=None):
         """One pass: the nearest-mean assignment of every row to each start's means.
 
         Its statistics give each cold start's first variational M-step (from one-hot
         responsibilities, scikit-learn's ``_initialize``) and, summed over
         components, the data's mean and covariance (the default priors). A warm
         start keeps its parameters and takes the priors again; when every prior is
-        given, it makes no pass.
+        given, it makes no pass. Under ``nan_policy="marginalize"`` the pass
+        reads the rows without NaN only. With the initialisation ``sample`` (a stepwise fit,
+        ``partial_fit``'s first batch) cold starts are completed on it instead, in
+        memory: its statistics scaled to the rows it stands for give the same
+        M-step and priors, estimated (exact when it holds every row).
         """
         family = self._family()
         D = prepared.n_features
@@ -316,16 +337,24 @@ default="dirichlet_process"
         assign = vb.ASSIGN_FAMILIES[self.covariance_type]
         centers = [np.asarray(r.state.params["means"], dtype=np.float64) for r in results]
         states = [MixtureState(np.full(len(c), 1.0 / len(c)), {"means": c}) for c in centers]
-        stats_list = run_pass(
-            prepared.X, estep_block, (assign, states), name=f"init-{family.name}",
-            extra=prepared.weights, row_wise=True,
-        )
-        check(stats_list[0])
+        if sample is not None and not warm:
+            stats_list = sample.stats(assign, states)
+        else:
+            stats_list = run_pass(
+                prepared.X, estep_block, (assign, states), name=f"init-{family.name}",
+                extra=prepared.weights, row_wise=True,
+            )
+            if prepared.nan_policy == "marginalize":  # the EM passes check and count the rows with gaps
+                logger.info("initial posterior and data priors from the %d rows without NaN",
+                            stats_list[0]["n_rows"])
+            else:
+                check(stats_list[0])
         n_rows = float(np.sum(stats_list[0]["nk"]))
         if "covariance_prior" not in priors and n_rows < 2:
+            rows = "rows without NaN" if prepared.nan_policy == "marginalize" else "rows"
             raise ValueError(
-                f"BayesianGaussianMixture takes covariance_prior from the data, which needs at least 2 rows, "
-                f"but got n_samples = {n_rows:g}; give more rows or a covariance_prior."
+                f"BayesianGaussianMixture takes covariance_prior from the data, which needs at least 2 {rows}, "
+                f"but got n_samples = {n_rows:g}; give more {rows} or a covariance_prior."
             )
         mean, cov = vb.data_priors(stats_list[0], centers[0], self.covariance_type)
         priors.setdefault("mean_prior", mean)
@@ -342,23 +371,21 @@ default="dirichlet_process"
         return out
 
     def _model_spec(self, prepared):
-        if self.algorithm == "stepwise":
-            raise ValueError(
-                "BayesianGaussianMixture fits by batch variational EM only: algorithm='stepwise' "
-                "(stochastic variational inference) is not implemented; use algorithm='em' or 'auto'."
+        if accelerate_setting():
+            warnings.warn(
+                "dask_em.accelerate=True does not apply to BayesianGaussianMixture: SQUAREM judges an "
+                "extrapolated point by its E-step's log-likelihood, which is not the variational objective "
+                "(the ELBO of an arbitrary posterior needs its full KL to the prior), and extrapolated "
+                "posterior parameters can leave their domain; the fit runs plain variational passes.",
+                UserWarning,
+                stacklevel=3,
             )
         spec = super()._model_spec(prepared)
-        spec.algorithm = "em"
         initial = spec.warm.lower_bound if spec.warm is not None else -math.inf
         spec.stopping = LowerBoundChange(self.tol, self.covariance_type, self.weight_concentration_prior_type,
                                          initial)
         spec.complete_starts = self._complete_starts
         return spec
-
-    @available_if(lambda self: False)
-    def partial_fit(self, X, y=None, sample_weight=None, **kwargs):
-        """Not available for this model: stochastic variational inference is not
-        implemented (``hasattr(model, "partial_fit")`` is False)."""
 
     def _set_fitted(self, result, prepared):
         super()._set_fitted(result, prepared)

@@ -184,6 +184,13 @@ class Family:
         and ``expect(X, resp, params, factors)``, for rows that share one pattern
         of observed features (see :mod:`dask_em.families.gaussian_missing`).
         ``None``: the family cannot marginalise (``"marginalize"`` is refused).
+    variational : bool
+        The M-step returns a variational posterior (the priors added to the
+        statistics) and the objective is the lower bound (ELBO), not the E-step's
+        summed log-normaliser (``loglik``). SQUAREM
+        (:mod:`dask_em.engine.accelerate`) does not apply: its safeguard judges a
+        point by ``loglik``, and extrapolated statistics can leave the posterior's
+        domain.
     marginalize : bool
         Set by the fit pipeline when ``nan_policy="marginalize"``: the E-step
         hands rows with gaps to :mod:`dask_em.engine.marginal` (needs ``missing``).
@@ -212,5 +219,6 @@ class Family:
     log_weights: Callable = None
     mixing_weights: Callable = None
     missing: object = None
+    variational: bool = False
     marginalize: bool = False
     hard_stats: Callable = None

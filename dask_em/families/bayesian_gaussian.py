@@ -49,6 +49,7 @@ from scipy.special import betaln, digamma, gammaln, xlogy
 
 from dask_em.families import gaussian
 from dask_em.families._family import Family, Params, Stats
+from dask_em.families.bayesian_missing import missing_ops
 from dask_em.families.gaussian import COVARIANCE_TYPES, _COVARIANCES, _LOG_DET_CHOLESKY, _NK_EPS, _pick
 
 #: scikit-learn's ``weight_concentration_prior_type`` values.
@@ -78,6 +79,14 @@ def _expected_log_det(dof, n_features):
 
 
 # --------------------------------------------------------------------------- E-step
+def component_constant(params):
+    """``-D/2 log nu_k + (E[log |Lambda_k|] - D / beta_k) / 2`` (K,), the E-step's constant
+    (with the normalised precisions' ``E[log |Lambda_k|]``)."""
+    D = params["means"].shape[1]
+    dof = params["degrees_of_freedom"]
+    return -0.5 * D * np.log(dof) + 0.5 * (_expected_log_det(dof, D) - D / params["mean_precision"])
+
+
 def log_prob(X, params, covariance_type, cache=None, offset=None):
     """Expected log-density ``E[log N(x | mu_k, Lambda_k^-1)]`` of each row, (n, K).
 
@@ -99,11 +108,7 @@ def log_prob(X, params, covariance_type, cache=None, offset=None):
     -------
     ndarray of shape (n, K), in the dtype of ``X``
     """
-    D = X.shape[1]
-    K = params["means"].shape[0]
-    dof = params["degrees_of_freedom"]
-    const = -0.5 * D * np.log(dof) + 0.5 * (_expected_log_det(dof, D) - D / params["mean_precision"])
-    const = np.broadcast_to(const, (K,))
+    const = np.broadcast_to(component_constant(params), (params["means"].shape[0],))
     if offset is not None:
         const = const + offset
     return gaussian.log_prob(X, params, covariance_type, cache=cache, offset=const)
@@ -354,6 +359,8 @@ def _make(covariance_type, prior_type):
         recentre=bind(gaussian.recentre, covariance_type=covariance_type),
         log_weights=bind(log_weights, prior_type=prior_type),
         mixing_weights=bind(mixing_weights, prior_type=prior_type),
+        variational=True,
+        missing=missing_ops(covariance_type, component_constant),
     )
 
 
