@@ -116,6 +116,13 @@ def select_n_components(
         raise ValueError(f"n_components must list at least one int >= 1, got {ks!r}.")
     if covariance_types is not None and not hasattr(estimator, "covariance_type"):
         raise ValueError(f"covariance_types applies to GaussianMixture only, not {type(estimator).__name__}.")
+    if isinstance(estimator, KMeans) and estimator.nan_policy == "marginalize":
+        raise ValueError(
+            "select_n_components does not take KMeans with nan_policy='marginalize': its criterion "
+            "counts every coordinate of every row, while the inertia then covers the observed ones "
+            "only. Select with GaussianMixture(covariance_type='spherical', nan_policy='marginalize'), "
+            "or pass KMeans(nan_policy='omit')."
+        )
     k_param = "n_clusters" if isinstance(estimator, KMeans) else "n_components"
     cov_types = [None] if covariance_types is None else list(covariance_types)
     candidates = []

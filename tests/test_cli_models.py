@@ -23,7 +23,6 @@ import zarr
 from numpy.testing import assert_array_equal
 
 import dask_em
-from dask_em.cli import MODELS as MODELS_ALL
 from tests._pipeline_data import K, pixels, truth_of
 from tests._references import gaussian_labels, nearest_centre, reference_labels
 

@@ -6,6 +6,7 @@ same initial centres (its inertia and cluster sizes), or from the candidate's ce
 a nearest-centre loop; never from dask-em's own table.
 """
 
+import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
@@ -13,6 +14,7 @@ from numpy.testing import assert_allclose
 from sklearn.cluster import KMeans as SKKMeans
 
 from dask_em import KMeans, select_n_components
+from tests._counting import CountComputes
 from tests._references import nearest_centre, xmeans_bic
 
 TRUE_K = 4
@@ -105,3 +107,14 @@ def test_xarray_selection_equals_the_selection_on_flat_finite_rows():
         assert row["bic"] == pytest.approx(xmeans_bic(inertia, sizes, 2), rel=1e-9)
     labels = sel.best_estimator.predict(cube)
     assert isinstance(labels, xr.DataArray) and int(labels.isnull().sum()) == cube.shape[0] * 200 - len(rows)
+
+
+def test_marginalize_is_refused_before_any_pass():
+    """The X-means criterion counts every coordinate; with gaps it would be biased, so it is
+    refused (and no pass is run: the data are never read)."""
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    X[::7, 1] = np.nan
+    with CountComputes() as counter:
+        with pytest.raises(ValueError, match="nan_policy='marginalize'.*nan_policy='omit'"):
+            select_n_components(KMeans(nan_policy="marginalize"), da.from_array(X, chunks=20), [2, 3])
+    assert counter.count == 0
