@@ -41,6 +41,7 @@ import dask
 from dask_em.checkpoint import Checkpointer, chain_callbacks
 from dask_em.data import Prepared, nonfinite_rows_error
 from dask_em.engine import EMResult, MixtureState, estep_block, m_step, run_em, run_pass
+from dask_em.engine.blas import blas_limited
 from dask_em.engine.loop import LikelihoodChange
 from dask_em.engine.marginal import marginalizing
 from dask_em.engine.stepwise import blend_stats, recentred, run_stepwise, scale_stats
@@ -83,7 +84,7 @@ def stepwise_setting(name):
     scheduler): the fewest chunks in a mini-batch. Set them with, e.g.,
     ``dask.config.set({"dask_em.stepwise.passes": 2})``.
     """
-    defaults = {"passes": 1, "alpha": 0.6, "t0": 2.0, "batch_chunks": None}
+    defaults = {"passes": 1, "alpha": 0.6, "t0": 2.0, "batch_chunks": None, "average": 0.0}
     return dask.config.get(f"dask_em.stepwise.{name}", defaults[name])
 
 
@@ -215,7 +216,14 @@ class ModelSpec:
     complete_starts: Callable | None = None
 
     def rule(self):
-        return self.stopping if self.stopping is not None else LikelihoodChange(self.tol)
+        """The stopping rule of this fit: ``stopping`` (fitted to the resolved
+        ``algorithm`` where it has a ``for_algorithm`` method), else the change of
+        the mean log-likelihood below ``tol``."""
+        if self.stopping is None:
+            return LikelihoodChange(self.tol)
+        if hasattr(self.stopping, "for_algorithm"):
+            return self.stopping.for_algorithm(self.algorithm)
+        return self.stopping
 
     def few_rows_message(self, n_rows):
         if self.too_few_rows is not None:
@@ -301,11 +309,19 @@ def pass_check(nan_policy: str, specs: list[ModelSpec]):
     return check
 
 
+def resolve_algorithm(algorithm, in_memory):
+    """The algorithm a fit runs: ``"auto"`` is batch EM (``"em"``) for data in memory
+    and ``"stepwise"`` for data streamed from their source."""
+    if algorithm != "auto":
+        return algorithm
+    return "em" if in_memory else "stepwise"
+
+
 def _groups(specs, in_memory):
     """Indices of the specs that can share passes: same family, M-step options and algorithm."""
     groups = {}
     for i, spec in enumerate(specs):
-        algorithm = spec.algorithm if spec.algorithm != "auto" else ("em" if in_memory else "stepwise")
+        algorithm = resolve_algorithm(spec.algorithm, in_memory)
         spec.algorithm = algorithm
         key = (spec.family.name, repr(sorted(spec.options.items())), spec.max_iter, algorithm)
         groups.setdefault(key, []).append(i)
@@ -323,7 +339,8 @@ class Sample:
 
     def stats(self, family, states):
         """Statistics of ``states`` on the sample, at full-data scale (init of stepwise EM)."""
-        stats = estep_block(self.rows, self.weights, (family, states), 0)
+        with blas_limited():
+            stats = estep_block(self.rows, self.weights, (family, states), 0)
         # estimation weights make weighted sums unbiased totals; unweighted rows scale by N / n
         scale = 1.0 if self.weights is not None else self.n_valid / max(self.rows.shape[0], 1)
         return [scale_stats(s, scale) for s in stats]
@@ -396,7 +413,8 @@ def _starts(spec, sample):
     logger.info("initialising %d start(s) with %r", len(spec.seeds), spec.init_name)
     rows = None if sample is None else sample.rows
     weights = None if sample is None else sample.weights
-    states = spec.initialize(rows, weights, spec.seeds, stepwise)
+    with blas_limited():  # small products, in memory (see blas_limited)
+        states = spec.initialize(rows, weights, spec.seeds, stepwise)
     return [EMResult(state=s) for s in (states[:1] if stepwise else states)]
 
 
@@ -429,6 +447,7 @@ def _stepwise_phase(prepared, specs, results, sample, check, callback):
         check=check,
         callback=callback,
         init_stats=init_stats,
+        average=stepwise_setting("average"),
         log_level=logging.DEBUG,  # a line per step with verbose=2; a line per pass at INFO
     )
     # the exact finish starts afresh: its first pass has no reference to test against
@@ -607,7 +626,8 @@ def partial_fit_step(prepared: Prepared, spec: ModelSpec, stream: StreamState | 
             sample = _draw_sample(prepared, [spec], check) if spec.needs_sample else None
             rows = None if sample is None else sample.rows
             weights = None if sample is None else sample.weights
-            state = spec.initialize(rows, weights, spec.seeds, True)[0]
+            with blas_limited():
+                state = spec.initialize(rows, weights, spec.seeds, True)[0]
             stream = StreamState(state, None, None, 0, 0.0)
         (stats,) = run_pass(
             prepared.X, estep_block, (family, [stream.state]), name=f"partial-fit-{family.name}",
@@ -647,5 +667,5 @@ def as_float64_state(state: MixtureState) -> MixtureState:
 
 __all__ = [
     "ALGORITHMS", "FitResult", "ModelSpec", "StreamState", "cast_state", "fit_models", "partial_fit_step",
-    "pass_check", "stepwise_setting", "verbosity",
+    "pass_check", "resolve_algorithm", "stepwise_setting", "verbosity",
 ]
