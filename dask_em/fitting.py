@@ -81,10 +81,14 @@ def stepwise_setting(name):
     ``passes`` (1): passes of stepwise EM before the exact batch finish;
     ``alpha`` (0.6): decay of the step size ``eta_t = (t + t0) ** -alpha``;
     ``t0`` (2): its offset; ``batch_chunks`` (None: one chunk per thread of the
-    scheduler): the fewest chunks in a mini-batch. Set them with, e.g.,
+    scheduler): the fewest chunks in a mini-batch; ``average`` (0.5): the fraction
+    of the last pass's steps whose running statistics are averaged into the
+    final estimate (Polyak-Ruppert; 0 turns it off): it halves to quarters the
+    distance to the EM fixed point the finish starts from, so 2 finish passes
+    meet ``tol`` where 3 were needed (benchmarks/README.md). Set them with, e.g.,
     ``dask.config.set({"dask_em.stepwise.passes": 2})``.
     """
-    defaults = {"passes": 1, "alpha": 0.6, "t0": 2.0, "batch_chunks": None, "average": 0.0}
+    defaults = {"passes": 1, "alpha": 0.6, "t0": 2.0, "batch_chunks": None, "average": 0.5}
     return dask.config.get(f"dask_em.stepwise.{name}", defaults[name])
 
 
@@ -105,7 +109,9 @@ def checkpoint_settings():
     from dask_em.engine import split_every_default
 
     settings = {"split_every": split_every_default()}
-    settings.update({f"stepwise.{name}": stepwise_setting(name) for name in ("passes", "alpha", "t0", "batch_chunks")})
+    settings.update({
+        f"stepwise.{name}": stepwise_setting(name) for name in ("passes", "alpha", "t0", "batch_chunks", "average")
+    })
     settings["accelerate"] = accelerate_setting()
     return settings
 

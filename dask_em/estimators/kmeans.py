@@ -90,7 +90,7 @@ class CentreShift:
             result.state = old_state
             result.history[-1]["kept"] = "evaluated"
         self.exact[id(result)] = strict or kept
-        logger.info("centre shift %.3g%s%s", shift, " (partition unchanged)" if strict else "",
+        logger.info("centre shift %.3g (tol %.3g)%s%s", shift, self.tol_abs, " (partition unchanged)" if strict else "",
                     " (the evaluated centres are kept)" if kept else "")
         return converged
 
