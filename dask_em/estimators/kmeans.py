@@ -155,6 +155,9 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
     -----
     Passes: the initialisation's (above), one per iteration, and one more that
     computes ``inertia_`` for the final centres unless the partition stopped changing.
+    A stepwise fit (``algorithm="stepwise"``, the default for streamed data) keeps
+    the centres its last Lloyd pass evaluated once their shift passes the test, so
+    its ``inertia_`` comes from that pass, with no pass more.
     K-means is hard-assignment EM on the engine: the ``kmeans`` family (nearest
     centre, centroids) with Lloyd's stopping rule (:class:`CentreShift`); it shares
     the fit pipeline, inputs and options of the mixtures.
