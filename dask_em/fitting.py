@@ -42,6 +42,7 @@ from dask_em._progress import NotebookProgress, console_level, in_notebook
 from dask_em.checkpoint import Checkpointer, chain_callbacks
 from dask_em.data import Prepared, nonfinite_rows_error
 from dask_em.engine import EMResult, MixtureState, estep_block, m_step, run_em, run_pass
+from dask_em.engine.blas import blas_limited
 from dask_em.engine.loop import LikelihoodChange
 from dask_em.engine.marginal import marginalizing
 from dask_em.engine.passes import watch_passes
@@ -82,10 +83,14 @@ def stepwise_setting(name):
     ``passes`` (1): passes of stepwise EM before the exact batch finish;
     ``alpha`` (0.6): decay of the step size ``eta_t = (t + t0) ** -alpha``;
     ``t0`` (2): its offset; ``batch_chunks`` (None: one chunk per thread of the
-    scheduler): the fewest chunks in a mini-batch. Set them with, e.g.,
+    scheduler): the fewest chunks in a mini-batch; ``average`` (0.5): the fraction
+    of the last pass's steps whose running statistics are averaged into the
+    final estimate (Polyak-Ruppert; 0 turns it off): it halves to quarters the
+    distance to the EM fixed point the finish starts from, so 2 finish passes
+    meet ``tol`` where 3 were needed (benchmarks/README.md). Set them with, e.g.,
     ``dask.config.set({"dask_em.stepwise.passes": 2})``.
     """
-    defaults = {"passes": 1, "alpha": 0.6, "t0": 2.0, "batch_chunks": None}
+    defaults = {"passes": 1, "alpha": 0.6, "t0": 2.0, "batch_chunks": None, "average": 0.5}
     return dask.config.get(f"dask_em.stepwise.{name}", defaults[name])
 
 
@@ -107,7 +112,9 @@ def checkpoint_settings():
     from dask_em.engine import split_every_default
 
     settings = {"split_every": split_every_default()}
-    settings.update({f"stepwise.{name}": stepwise_setting(name) for name in ("passes", "alpha", "t0", "batch_chunks")})
+    settings.update({
+        f"stepwise.{name}": stepwise_setting(name) for name in ("passes", "alpha", "t0", "batch_chunks", "average")
+    })
     settings["accelerate"] = accelerate_setting()
     return settings
 
@@ -247,7 +254,14 @@ class ModelSpec:
     complete_starts: Callable | None = None
 
     def rule(self):
-        return self.stopping if self.stopping is not None else LikelihoodChange(self.tol)
+        """The stopping rule of this fit: ``stopping`` (fitted to the resolved
+        ``algorithm`` where it has a ``for_algorithm`` method), else the change of
+        the mean log-likelihood below ``tol``."""
+        if self.stopping is None:
+            return LikelihoodChange(self.tol)
+        if hasattr(self.stopping, "for_algorithm"):
+            return self.stopping.for_algorithm(self.algorithm)
+        return self.stopping
 
     def few_rows_message(self, n_rows):
         if self.too_few_rows is not None:
@@ -333,11 +347,19 @@ def pass_check(nan_policy: str, specs: list[ModelSpec]):
     return check
 
 
+def resolve_algorithm(algorithm, in_memory):
+    """The algorithm a fit runs: ``"auto"`` is batch EM (``"em"``) for data in memory
+    and ``"stepwise"`` for data streamed from their source."""
+    if algorithm != "auto":
+        return algorithm
+    return "em" if in_memory else "stepwise"
+
+
 def _groups(specs, in_memory):
     """Indices of the specs that can share passes: same family, M-step options and algorithm."""
     groups = {}
     for i, spec in enumerate(specs):
-        algorithm = spec.algorithm if spec.algorithm != "auto" else ("em" if in_memory else "stepwise")
+        algorithm = resolve_algorithm(spec.algorithm, in_memory)
         spec.algorithm = algorithm
         key = (spec.family.name, repr(sorted(spec.options.items())), spec.max_iter, algorithm)
         groups.setdefault(key, []).append(i)
@@ -355,7 +377,8 @@ class Sample:
 
     def stats(self, family, states):
         """Statistics of ``states`` on the sample, at full-data scale (init of stepwise EM)."""
-        stats = estep_block(self.rows, self.weights, (family, states), 0)
+        with blas_limited():
+            stats = estep_block(self.rows, self.weights, (family, states), 0)
         # estimation weights make weighted sums unbiased totals; unweighted rows scale by N / n
         scale = 1.0 if self.weights is not None else self.n_valid / max(self.rows.shape[0], 1)
         return [scale_stats(s, scale) for s in stats]
@@ -428,7 +451,8 @@ def _starts(spec, sample):
     logger.info("initialising %d start(s) with %r", len(spec.seeds), spec.init_name)
     rows = None if sample is None else sample.rows
     weights = None if sample is None else sample.weights
-    states = spec.initialize(rows, weights, spec.seeds, stepwise)
+    with blas_limited():  # small products, in memory (see blas_limited)
+        states = spec.initialize(rows, weights, spec.seeds, stepwise)
     return [EMResult(state=s) for s in (states[:1] if stepwise else states)]
 
 
@@ -461,6 +485,7 @@ def _stepwise_phase(prepared, specs, results, sample, check, callback):
         check=check,
         callback=callback,
         init_stats=init_stats,
+        average=stepwise_setting("average"),
         log_level=logging.DEBUG,  # a line per step with verbose=2; a line per pass at INFO
     )
     # the exact finish starts afresh: its first pass has no reference to test against
@@ -662,7 +687,8 @@ def partial_fit_step(prepared: Prepared, spec: ModelSpec, stream: StreamState | 
             sample = _draw_sample(prepared, [spec], check) if spec.needs_sample else None
             rows = None if sample is None else sample.rows
             weights = None if sample is None else sample.weights
-            state = spec.initialize(rows, weights, spec.seeds, True)[0]
+            with blas_limited():
+                state = spec.initialize(rows, weights, spec.seeds, True)[0]
             if spec.complete_starts is not None:  # a variational model: posterior and priors from the batch
                 state = spec.complete_starts(prepared, [EMResult(state=state)], check, sample)[0].state
             stream = StreamState(state, None, None, 0, 0.0)
@@ -704,5 +730,5 @@ def as_float64_state(state: MixtureState) -> MixtureState:
 
 __all__ = [
     "ALGORITHMS", "FitResult", "ModelSpec", "StreamState", "cast_state", "fit_models", "partial_fit_step",
-    "pass_check", "stepwise_setting", "verbosity",
+    "pass_check", "resolve_algorithm", "stepwise_setting", "verbosity",
 ]

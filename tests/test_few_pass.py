@@ -173,3 +173,50 @@ def test_algorithm_is_validated_before_any_pass():
         KMeans(3, algorithm="elkan").fit(Xd)
     assert calls == []
 
+
+
+def _overlapping(n=60_000, D=8, K=4, seed=1, spread=0.6):
+    """K anisotropic Gaussians whose centres are about one standard deviation apart."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=spread, size=(K, D))
+    mixers = np.stack([rng.normal(size=(D, D)) * 0.5 + np.eye(D) * 0.5 for _ in range(K)])
+    labels = rng.integers(0, K, n)
+    rows = np.einsum("nd,nde->ne", rng.normal(size=(n, D)), mixers[labels]) + centers[labels]
+    return rows.astype(np.float32)
+
+
+def test_averaged_stepwise_finishes_overlapping_clusters_in_four_passes(tmp_path):
+    """Full covariances on overlapping clusters: the averaged stepwise estimate lands
+    close enough to the EM fixed point that 2 finish passes meet tol (4 in all); the
+    last iterate alone needs one more."""
+    X = _overlapping()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        em = GaussianMixture(4, random_state=0, algorithm="em", tol=1e-6, max_iter=1000).fit(X)
+    passes = {}
+    for average in (0.0, 0.5):
+        store, arr = _store(tmp_path / str(average), X, 1_000)
+        with dask.config.set({"dask_em.stepwise.average": average}):
+            gm = GaussianMixture(4, random_state=0, persist=False).fit(arr)  # auto -> stepwise
+        passes[average] = store.passes(arr)
+        assert gm.converged_ and passes[average] == 2 + gm.n_iter_
+        assert gm.score(X) >= em.score(X) - 1e-3
+    assert passes[0.5] == 4  # the default (dask_em.stepwise.average = 0.5)
+    assert passes[0.0] > passes[0.5]
+
+
+def test_stepwise_kmeans_keeps_the_centres_its_last_pass_scored(tmp_path):
+    """No scoring pass: the finish keeps the centres its last pass evaluated, so
+    inertia_ and labels_ are exactly theirs (checked against NumPy), at
+    scikit-learn's quality."""
+    X = _overlapping(seed=2)
+    store, arr = _store(tmp_path, X, 1_000)
+    km = KMeans(4, random_state=0, persist=False).fit(arr)  # auto -> stepwise
+    assert store.passes(arr) == 2 + km.n_iter_  # sample, stepwise pass, Lloyd passes: nothing more
+    assert store.passes(arr) <= 4 and km.converged_
+    X64 = X.astype(np.float64)
+    d2 = ((X64[:, None, :] - km.cluster_centers_.astype(np.float64)[None]) ** 2).sum(axis=2)
+    assert km.inertia_ == pytest.approx(d2.min(axis=1).sum(), rel=1e-6)  # float32 centres
+    np.testing.assert_array_equal(np.asarray(km.labels_), d2.argmin(axis=1))
+    sk = SkKMeans(4, random_state=0, n_init=3).fit(X64)
+    assert km.inertia_ <= sk.inertia_ * (1 + 1e-3)

@@ -252,3 +252,36 @@ def test_threaded_and_distributed_give_identical_results(cluster_client):
         for key in a.state.params:
             np.testing.assert_array_equal(a.state.params[key], b.state.params[key])
         assert [h["mean_loglik"] for h in a.history] == [h["mean_loglik"] for h in b.history]
+
+
+@pytest.mark.parametrize("kind", ["full", "diag", "kmeans"])
+def test_averaged_statistics_are_the_mean_of_the_sums_about_one_reference(kind):
+    """Polyak-Ruppert averaging of running statistics taken about different
+    references equals the mean of the sums written out about the last one."""
+    from dask_em.engine.stepwise import _average_into
+
+    rng = np.random.default_rng(4)
+    n, D, K = 300, 3, 4
+    X = rng.normal(size=(n, D)) * 2.0 + 5.0
+    family = get_family("kmeans" if kind == "kmeans" else f"gaussian-{kind}")
+    averaged, resps, ref = None, [], None
+    for step in range(5):
+        resp = rng.dirichlet(np.ones(K), size=n)
+        ref = rng.normal(scale=3.0, size=(K, D))
+        resps.append(resp)
+        averaged = _average_into(family, averaged, _direct_stats(X, resp, ref, kind),
+                                 MixtureState(np.full(K, 1.0 / K), {"means": ref}))
+    mean, about, count = averaged
+    assert count == 5
+    np.testing.assert_array_equal(about.params["means"], ref)
+    want = [_direct_stats(X, resp, ref, kind) for resp in resps]
+    for key in ("nk", "s1", "s2"):
+        np.testing.assert_allclose(mean[key], np.mean([w[key] for w in want], axis=0), rtol=1e-10, atol=1e-9)
+
+
+def test_run_stepwise_average_is_validated():
+    X = da.from_array(np.random.default_rng(0).normal(size=(400, 2)), chunks=(100, -1))
+    family = get_family("gaussian-diag")
+    start = MixtureState(np.full(2, 0.5), {"means": np.zeros((2, 2)), "precisions_cholesky": np.ones((2, 2))})
+    with pytest.raises(ValueError, match=r"'average' parameter must be a float in the range \[0, 1\)"):
+        run_stepwise(X, family, [start], average=1.0)

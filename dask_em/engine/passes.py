@@ -15,9 +15,8 @@ from dask.delayed import Delayed, delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.system import CPU_COUNT
 from dask.utils import parse_timedelta
-from threadpoolctl import threadpool_limits
 
-from dask_em.engine.blas import one_blas_thread
+from dask_em.engine.blas import blas_limited, one_blas_thread
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +213,7 @@ def run_pass(X, kernel, payload, **kwargs):
     else:
         kwargs.setdefault("blocks_per_task", blocks_per_task(X, threads))
         graph = tree_pass(X, kernel, payload, **kwargs)
-        with threadpool_limits(limits=1, user_api="blas"):
+        with blas_limited():
             (result,) = dask.compute(graph)
     for listener in _pass_listeners.get():
         listener(X.numblocks[0])

@@ -106,6 +106,7 @@ def run_stepwise(
     label="",
     log_level=logging.INFO,
     init_stats=None,
+    average=0.0,
 ):
     """Stepwise EM from each starting state: an M-step after every mini-batch.
 
@@ -153,6 +154,12 @@ def run_stepwise(
         scale and taken about that state's parameters (e.g. the statistics of an
         initialisation sample, scaled by N / n_sample). The first step then blends
         with ``eta_1 = (1 + t0) ** -alpha`` instead of replacing them.
+    average : float, optional
+        Fraction of the last pass's steps whose running statistics are averaged
+        (Polyak-Ruppert averaging, re-centred exactly to one reference): the final
+        parameters are the M-step of that average, whose noise is that of all
+        those steps' rows rather than of the last few mini-batches'. 0 (the
+        default): the parameters of the last step.
 
     Returns
     -------
@@ -175,6 +182,8 @@ def run_stepwise(
         how to fix it).
     """
     _validate(X, inits, passes, alpha, t0, batch_chunks)
+    if not (isinstance(average, (int, float, np.number)) and 0 <= average < 1):
+        raise ValueError(f"The 'average' parameter must be a float in the range [0, 1). Got {average!r} instead.")
     options = options or {}
     rng = np.random.default_rng(seed)
     n_blocks = X.numblocks[0]
@@ -195,6 +204,8 @@ def run_stepwise(
         reference = [s.params for s in inits]
         offset = 1
     name = f"stepwise-{family.name}"
+    averaged = [None] * len(inits)  # (mean of the running statistics, the state they are about, count)
+    first_averaged = n_batches - int(round(average * n_batches))  # first batch of the last pass averaged
 
     def prefix(i):
         return label + (f"init {i}: " if len(results) > 1 else "")
@@ -245,6 +256,8 @@ def run_stepwise(
                         batch_stats = blend_stats(moved, batch_stats, eta)
                     running[i] = batch_stats
                     reference[i] = res.state.params
+                    if pass_ == passes and b >= first_averaged:
+                        averaged[i] = _average_into(family, averaged[i], batch_stats, res.state)
                     res.state = m_step(family, running[i], res.state, options)
                     res.lower_bound = mean_ll
                     res.last_stats = running[i]
@@ -271,7 +284,23 @@ def run_stepwise(
                 "%sstepwise pass %d: %d steps, mean log-likelihood of its mini-batches %.8g",
                 prefix(i), pass_, len(recent), float(np.nanmean(recent)) if recent else math.nan,
             )
+    for i, res in enumerate(results):
+        if averaged[i] is not None and averaged[i][2] > 1:
+            mean, about, count = averaged[i]
+            res.state = m_step(family, mean, about, options)
+            res.last_stats = mean
+            logger.info("%sstepwise: the parameters of the mean of the last %d steps' statistics", prefix(i), count)
     return results
+
+
+def _average_into(family, averaged, stats, state):
+    """The running mean of statistics ``(mean, state, count)`` with ``stats`` (taken
+    about ``state.params``) added: the mean is re-centred to ``state`` first."""
+    if averaged is None:
+        return stats, state, 1
+    mean, about, count = averaged
+    moved = recentred(family, mean, about.params, state.params)
+    return blend_stats(moved, stats, 1.0 / (count + 1)), state, count + 1
 
 
 def finish_with_em(X, family, results, *, tol, max_iter, **kwargs):

@@ -75,13 +75,22 @@ def _distance_block_marginal(X, payload):
 class CentreShift:
     """Lloyd's stopping rule, as scikit-learn's: the partition stopped changing (strict
     convergence), or the summed squared shift of the centres is at most ``tol`` times
-    the mean per-feature variance of the data (taken from the first pass)."""
+    the mean per-feature variance of the data (taken from the first pass).
 
-    def __init__(self, tol):
+    With ``keep_evaluated``, a fit that converged keeps the centres its last pass
+    evaluated (their shift to the new centroids passed the test) rather than the
+    centroids: that pass's statistics are then exactly the final centres' (the
+    inertia among them), and no pass is needed to score them. Without it (the
+    default, scikit-learn's behaviour) the centroids are kept, and scored by one
+    more pass unless the partition stopped changing.
+    """
+
+    def __init__(self, tol, keep_evaluated=False):
         self.tol = tol
+        self.keep_evaluated = keep_evaluated
         self.tol_abs = None
         self.previous = {}
-        self.strict = {}
+        self.exact = {}
 
     def __call__(self, result, stats, old_state, change):
         if self.tol_abs is None:
@@ -91,13 +100,25 @@ class CentreShift:
         before = self.previous.get(id(result))
         strict = before is not None and all(map(np.array_equal, signature, before))
         self.previous[id(result)] = signature
-        self.strict[id(result)] = strict
-        logger.info("centre shift %.3g%s", shift, " (partition unchanged)" if strict else "")
-        return strict or shift <= self.tol_abs
+        converged = strict or shift <= self.tol_abs
+        kept = converged and not strict and self.keep_evaluated
+        if kept:  # the centres this pass evaluated, whose statistics (inertia) it holds
+            result.state = old_state
+            result.history[-1]["kept"] = "evaluated"
+        self.exact[id(result)] = strict or kept
+        logger.info("centre shift %.3g (tol %.3g)%s%s", shift, self.tol_abs, " (partition unchanged)" if strict else "",
+                    " (the evaluated centres are kept)" if kept else "")
+        return converged
+
+    def for_algorithm(self, algorithm):
+        """The rule for a fit by ``algorithm``: a stepwise fit keeps the evaluated centres
+        (its finish is not scikit-learn's Lloyd from a given start; a pass is saved)."""
+        return CentreShift(self.tol, keep_evaluated=algorithm == "stepwise")
 
     def exact_last_pass(self, result):
-        """After strict convergence the last pass scored the final centres already."""
-        return self.strict.get(id(result), False)
+        """Whether the last pass scored the final centres already: after strict
+        convergence, or when the evaluated centres were kept."""
+        return self.exact.get(id(result), False)
 
 
 class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator):
@@ -152,6 +173,9 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
     -----
     Passes: the initialisation's (above), one per iteration, and one more that
     computes ``inertia_`` for the final centres unless the partition stopped changing.
+    A stepwise fit (``algorithm="stepwise"``, the default for streamed data) keeps
+    the centres its last Lloyd pass evaluated once their shift passes the test, so
+    its ``inertia_`` comes from that pass, with no pass more.
     K-means is hard-assignment EM on the engine: the ``kmeans`` family (nearest
     centre, centroids) with Lloyd's stopping rule (:class:`CentreShift`); it shares
     the fit pipeline, inputs and options of the mixtures.
@@ -247,6 +271,7 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
             given = check_array_init("init", self.init, (K, prepared.n_features)).copy()
 
         family = get_family("kmeans")
+        algorithm = {"lloyd": "em"}.get(self.algorithm, self.algorithm)
 
         def initialize(rows, weights, seeds, em_on_sample):
             if given is not None:
@@ -262,7 +287,7 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
             n_components=K,
             initialize=initialize,
             needs_sample=given is None,
-            algorithm={"lloyd": "em"}.get(self.algorithm, self.algorithm),
+            algorithm=algorithm,
             seeds=seeds_from(self.random_state, self._n_starts()),
             tol=self.tol,
             max_iter=self.max_iter,
