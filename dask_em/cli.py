@@ -448,6 +448,8 @@ def main(argv=None):
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     args.level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    log = logging.getLogger("dask_em")
+    saved = log.level, log.propagate  # restored on return: main() may run inside an application
     args.handler = setup_logging(args.level)
     try:
         with warnings_to_log():
@@ -464,7 +466,9 @@ def main(argv=None):
             print(f"dask-em: {NAN_HINT}", file=sys.stderr)
         return 2
     finally:
-        logging.getLogger("dask_em").removeHandler(args.handler)
+        log.removeHandler(args.handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
 
 
 if __name__ == "__main__":

@@ -87,6 +87,19 @@ def test_verbose_2_shows_debug_details_once(capfd, configured):
     assert ("DEBUG:dask_em.sampling:" in err) == configured
 
 
+def test_the_command_line_run_in_process_leaves_the_logger_as_it_found_it(tmp_path, capfd):
+    """``dask_em.cli.main`` sends the log to stderr for its run only: afterwards the
+    application's logging (handlers, level, propagation to the root) is as it was."""
+    from dask_em.cli import main
+
+    log = logging.getLogger("dask_em")
+    before = (list(log.handlers), log.level, log.propagate)
+    status = main(["predict", str(tmp_path / "absent.npz"), str(tmp_path / "absent.zarr"),
+                   "-o", str(tmp_path / "labels.zarr")])
+    assert status == 2 and "absent" in capfd.readouterr().err
+    assert (list(log.handlers), log.level, log.propagate) == before
+
+
 def test_verbose_leaves_the_logger_as_it_found_it(capfd):
     log = logging.getLogger("dask_em")
     before = (list(log.handlers), log.level, log.propagate)
