@@ -292,7 +292,7 @@ class FitResult:
     final_stats: dict | None = None
 
 
-def pass_check(nan_policy: str, specs: list[ModelSpec]):
+def pass_check(nan_policy: str, specs: list[ModelSpec], logged: list | None = None):
     """The check run on the row counts of every pass of a fit.
 
     Rows with NaN or infinity are an error under ``"raise"``; under ``"omit"``
@@ -300,10 +300,12 @@ def pass_check(nan_policy: str, specs: list[ModelSpec]):
     the EM passes leave out (and count) only rows with every feature missing or
     an infinite value; the sampling pass (its counts hold ``n_sample``) draws
     from the rows without gaps, so they must number at least K. Bad sample
-    weights and fewer rows than components are errors.
+    weights and fewer rows than components are errors. ``logged`` is shared by the
+    checks of one fit (its sampling pass and each group's passes), so that the rows
+    left out are logged once per fit.
     """
     largest = max(specs, key=lambda s: s.n_components)
-    logged = []
+    logged = [] if logged is None else logged
 
     def check(stats):
         n_bad, n_rows = stats["n_nonfinite"], stats["n_rows"]
@@ -492,11 +494,11 @@ def _stepwise_phase(prepared, specs, results, sample, check, callback):
     return [EMResult(state=r.state, history=r.history) for r in stepped]
 
 
-def _fit_group(prepared, specs, sample, checkpoint, callback, progress=None):
+def _fit_group(prepared, specs, sample, checkpoint, callback, progress=None, logged=None):
     X, weights = prepared.X, prepared.weights
     callback = chain_callbacks(progress, callback)
     family = specs[0].family
-    check = pass_check(prepared.nan_policy, specs)
+    check = pass_check(prepared.nan_policy, specs, logged)
     saver = None
     if checkpoint is not None:
         saver = Checkpointer(checkpoint, specs[0], prepared, checkpoint_settings())
@@ -604,15 +606,16 @@ def fit_models(prepared: Prepared, specs: list[ModelSpec], *, checkpoint=None, c
         groups = _groups(specs, prepared.in_memory)
         resumable = checkpoint is not None and output_exists(checkpoint)
         cold = [spec for spec in specs if spec.warm is None and spec.needs_sample]
+        logged = []  # the rows a fit leaves out are logged once, whatever its passes
         # one sampling pass initialises every start of every model
         sample = None
         if cold and not resumable:
             if progress is not None:
                 progress.phase("drawing the initialisation sample (one pass)")
-            sample = _draw_sample(prepared, cold, pass_check(prepared.nan_policy, specs))
+            sample = _draw_sample(prepared, cold, pass_check(prepared.nan_policy, specs, logged))
             _warn_few_distinct(sample, cold)
         for group in groups:
-            results = _fit_group(prepared, [specs[i] for i in group], sample, checkpoint, callback, progress)
+            results = _fit_group(prepared, [specs[i] for i in group], sample, checkpoint, callback, progress, logged)
             for i, res in zip(group, results):
                 out[i] = res
         if progress is not None:

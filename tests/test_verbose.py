@@ -179,3 +179,14 @@ def test_notebook_progress_of_stepwise_steps():
         assert passes == round(read / 12, 1)
     assert steps[-1]["pass"] == 2 and shown[len(steps) - 1][2] == 3.0
     assert shown[-1][0] == f"iteration {gm.n_iter_}" and shown[-1][2] == 3.0 + gm.n_iter_
+
+
+def test_rows_left_out_are_logged_once_per_fit(caplog):
+    """nan_policy='omit': the sampling pass and every EM pass see the NaN rows; the count
+    is logged once per fit, not once per kind of pass."""
+    Xn = X.copy()
+    Xn[::10, 0] = float("nan")
+    with caplog.at_level(logging.INFO, logger="dask_em"):
+        GaussianMixture(2, nan_policy="omit", random_state=0).fit(da.from_array(Xn, chunks=300))
+    lines = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert lines == ["left out 120 rows with NaN or infinite values (of 1200 rows); they get no label"], lines
