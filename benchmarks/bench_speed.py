@@ -1,5 +1,9 @@
 """The speed targets, measured side by side in one run (see benchmarks/README.md).
 
+The targets printed are issue 14's (full and diag <= 0.1x scikit-learn per iteration,
+float32 <= 0.55x float64, streamed <= 1.25x a raw read pass, KMeans <= 3x scikit-learn
+per Lloyd iteration, full covariance <= 3x the machine floor); n_init=4 keeps issue 5's.
+
     python benchmarks/bench_speed.py            # everything, about 10 minutes on 2 cores
     python benchmarks/bench_speed.py --quick    # smaller sizes, a smoke run
     python benchmarks/bench_speed.py --only kmeans predict
@@ -150,7 +154,7 @@ def machine():
 
 
 def in_memory(n, iters, gemm_rate):
-    for (N, D, K, cov, target) in [(n, 16, 8, "full", 0.15), (n, 16, 8, "diag", 0.2), (n // 5, 64, 16, "full", 0.15)]:
+    for (N, D, K, cov, target) in [(n, 16, 8, "full", 0.1), (n, 16, 8, "diag", 0.1), (n // 5, 64, 16, "full", 0.1)]:
         X = make_data(N, D, K)
         Xd = as_row_chunked(X)[0].persist()
         ours = best_of(fit_time(Xd, K, cov, iters))
@@ -174,7 +178,7 @@ def float32(n, iters):
     d32 = as_row_chunked(X32)[0].persist()
     t64 = best_of(fit_time(d64, 8, "full", iters))
     t32 = best_of(fit_time(d32, 8, "full", iters))
-    report(f"float32 full N={n} D=16 K=8", t32, t64, "float64", 0.6)
+    report(f"float32 full N={n} D=16 K=8", t32, t64, "float64", 0.55)
     init = start_params(X[:80], 8, "full")
     kw = dict(covariance_type="full", tol=0, max_iter=iters, **init)
     a = GaussianMixture(8, **kw).fit(d64)
@@ -199,7 +203,7 @@ def streaming(n, iters, workdir):
         # the EM iterations alone (history_), as the initialisation reads the store too
         init = dict(n_components=8, covariance_type="diag", tol=0, max_iter=iters)
         one = _em_only(Z, {**init, **start_params(Z[:80].compute(), 8, "diag")}, 1)
-        report(f"streamed Zarr diag N={n} D=16 K=8", one, read, "read pass", 1.5)
+        report(f"streamed Zarr diag N={n} D=16 K=8", one, read, "read pass", 1.25)
         # n_init with given parameters makes identical starts; time a data-driven init instead
         init.update(init_params="random", random_state=0)
         t1 = _em_only(Z, init, 1)
