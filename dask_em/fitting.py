@@ -45,6 +45,7 @@ from dask_em.engine import EMResult, MixtureState, estep_block, m_step, run_em, 
 from dask_em.engine.blas import blas_limited
 from dask_em.engine.loop import LikelihoodChange
 from dask_em.engine.marginal import marginalizing
+from dask_em.engine.inline import in_process
 from dask_em.engine.passes import watch_passes
 from dask_em.engine.stepwise import blend_stats, recentred, run_stepwise, scale_stats
 from dask_em.exceptions import ConvergenceWarning
@@ -597,7 +598,8 @@ def fit_models(prepared: Prepared, specs: list[ModelSpec], *, checkpoint=None, c
     progress = _notebook_progress(specs, prepared)
     # in a notebook the display takes the place of the INFO lines; verbose=2 adds the log
     log_verbose = verbose if progress is None or verbose >= 2 else 0
-    with verbosity(log_verbose), watch_passes(None if progress is None else progress.passed):
+    with verbosity(log_verbose), watch_passes(None if progress is None else progress.passed), \
+            in_process(prepared.source.is_numpy):  # small in-memory passes skip dask (engine/inline.py)
         if progress is not None:
             progress.phase("preparing the data")
         prepared.load()
@@ -681,7 +683,7 @@ def partial_fit_step(prepared: Prepared, spec: ModelSpec, stream: StreamState | 
         spec.family = marginalizing(spec.family)
     family = spec.family
     check = pass_check(prepared.nan_policy, [spec])
-    with verbosity(spec.verbose):
+    with verbosity(spec.verbose), in_process(prepared.source.is_numpy):
         prepared.load()
         if stream is None:
             sample = _draw_sample(prepared, [spec], check) if spec.needs_sample else None

@@ -23,6 +23,8 @@ import numpy as np
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 #: Rows of the sample k-means++ seeds on (at least; 100 K for large K).
 KMEANSPP_SAMPLE = 10_000
+#: Elements of k-means++'s (candidates, rows) distances computed at once.
+_PLUSPLUS_SLAB_ELEMENTS = 2**16
 
 
 # --------------------------------------------------------------------------- kernels
@@ -104,6 +106,11 @@ def kmeans_plusplus(points, n_clusters, rng, weights=None):
     lowers the potential most. With fewer distinct points than ``n_clusters``, the
     remaining centres repeat points.
 
+    The points are taken about the first centre once, with their squared norms; a
+    step then gives the distances of every row to all its candidates in one GEMM,
+    ``|p - c|^2 = |p|^2 - 2 p . c + |c|^2`` about that point (as scikit-learn's,
+    which expands about the origin), in slabs of rows.
+
     Returns
     -------
     centers : ndarray of shape (n_clusters, D)
@@ -112,7 +119,9 @@ def kmeans_plusplus(points, n_clusters, rng, weights=None):
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     trials = 2 + int(np.log(n_clusters))
     chosen = [rng.choice(n, p=w / w.sum())]
-    d2, _ = min_sq_dist(points, points[chosen])
+    pc, psq = centred(points, points[chosen[0]])
+    d2 = psq.copy()  # exact: the distances to the first centre
+    step = max(256, _PLUSPLUS_SLAB_ELEMENTS // trials)
     for _ in range(1, n_clusters):
         pot = w * d2
         total = pot.sum()
@@ -120,7 +129,15 @@ def kmeans_plusplus(points, n_clusters, rng, weights=None):
             chosen.append(rng.choice(n))
             continue
         cand = rng.choice(n, size=trials, p=pot / total)
-        cand_d2 = np.stack([np.minimum(d2, min_sq_dist(points, points[[c]])[0]) for c in cand])
+        cand_d2 = np.empty((trials, n))
+        cc, ccsq = pc[cand], psq[cand, None]
+        for i in range(0, n, step):
+            part = np.dot(cc, pc[i : i + step].T)
+            part *= -2.0
+            part += ccsq
+            part += psq[i : i + step]
+            np.maximum(part, 0.0, out=part)
+            np.minimum(part, d2[i : i + step], out=cand_d2[:, i : i + step])
         best = int(np.argmin(cand_d2 @ w))
         chosen.append(cand[best])
         d2 = cand_d2[best]

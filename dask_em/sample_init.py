@@ -190,6 +190,10 @@ def _start_from_assignment(rows, weights, family, centers, rng, ref, options):
     """A :class:`MixtureState` from the statistics of the rows assigned to their
     nearest centre (``centers``) or given random responsibilities (``rng``)."""
     K = ref.shape[0]
+    if family.hard and centers is not None:  # a Lloyd step: the E-step of a fit, in a few GEMMs
+        start = MixtureState(np.full(K, 1.0 / K), {"means": centers})
+        (stats,) = estep_block(rows, weights, (family, [start]), 0)
+        return m_step(family, stats, start, options)
     stats = None
     step = _slab_step(K)
     for i in range(0, rows.shape[0], step):
@@ -270,6 +274,7 @@ def initialize_on_sample(
     tol=1e-3,
     max_iter_sample=SAMPLE_EM_MAX_ITER,
     accelerate=True,
+    rank=True,
 ):
     """Starting points computed in memory on a sample of rows, best first.
 
@@ -308,6 +313,10 @@ def initialize_on_sample(
     accelerate : bool
         Accelerate EM on the sample with SQUAREM (:mod:`dask_em.engine.accelerate`;
         not for hard-assignment families): the same fixed point in fewer E-steps.
+    rank : bool
+        Score every start on the sample and sort them (one E-step of the sample);
+        ``False`` keeps the seeds' order and leaves ``sample_loglik`` at ``-inf``
+        (a fit with one start has nothing to rank).
 
     Returns
     -------
@@ -351,6 +360,8 @@ def initialize_on_sample(
         starts.append(SampleStart(state=state, seed=seed, sample_loglik=-math.inf))
     if em_on_sample and max_iter_sample > 0:
         _em_on_sample(rows, weights, family, starts, options, tol, max_iter_sample, accelerate)
+    if not rank:
+        return starts
     for start, stats in zip(starts, estep_block(rows, weights, (family, [s.state for s in starts]), 0)):
         start.sample_loglik = float(stats["loglik"] / stats["weight"])
     starts.sort(key=lambda s: -s.sample_loglik if math.isfinite(s.sample_loglik) else math.inf)
