@@ -193,6 +193,11 @@ def _combine_samples(parts):
     keys = np.concatenate([p["keys"] for p in parts])
     index = np.concatenate([p["index"] for p in parts])
     keep = _smallest(keys, index, m)
+    if keep.size == keys.size:  # every row kept (small data): the parts joined as they are
+        out = {"rows": np.concatenate([p["rows"] for p in parts]), "keys": keys, "index": index, "m": m,
+               "weights": None if parts[0]["weights"] is None else np.concatenate([p["weights"] for p in parts])}
+        out.update({key: sum(p[key] for p in parts) for key in ("n_rows", "n_nonfinite", "n_bad_weight")})
+        return out
     # gather each part's kept rows from the part itself: one copy of the kept rows
     bounds = np.cumsum([0] + [len(p["keys"]) for p in parts])
     cuts = np.searchsorted(keep, bounds)

@@ -6,8 +6,9 @@ the work of a pass over a few thousand rows, and the whole of scikit-learn's fit
 of 1,000 rows takes about that. Inside :func:`in_process` (which
 :func:`~dask_em.fitting.fit_models` enters for NumPy input), a pass whose row
 blocks are NumPy arrays held by the graph runs here instead, when parallel tasks
-would gain nothing: the graph would run one task, the scheduler is the
-synchronous one, or the data are at most :data:`INLINE_BYTES`.
+would gain nothing: the graph would run one task, the scheduler has one thread
+(``num_workers=1``) or is the synchronous one, or the data are at most
+:data:`INLINE_BYTES`.
 
 The result is the graph's, bit for bit: the same kernel calls on the same blocks
 (grouped into the same tasks), combined in the same tree (the same fan-in, in the

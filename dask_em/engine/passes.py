@@ -216,8 +216,9 @@ _NOT_IN_PROCESS = object()
 def _pass_in_process(X, kernel, payload, threads, scheduler, kwargs):
     """The pass run in the calling thread (:mod:`dask_em.engine.inline`), when ``X``'s
     blocks (and the weights') are in memory and parallel tasks would gain nothing:
-    the graph would run one task, the scheduler is synchronous, or the data are at
-    most :data:`~dask_em.engine.inline.INLINE_BYTES`. Else ``_NOT_IN_PROCESS``."""
+    the graph would run one task, the scheduler has one thread or is synchronous, or
+    the data are at most :data:`~dask_em.engine.inline.INLINE_BYTES`. Else
+    ``_NOT_IN_PROCESS``."""
     if threads is None and scheduler is not get_sync:
         return _NOT_IN_PROCESS  # another scheduler (processes, a custom one): leave it to dask
     blocks = inline.in_memory_blocks(X, [(X.name, i, 0) for i in range(X.numblocks[0])])
@@ -234,7 +235,7 @@ def _pass_in_process(X, kernel, payload, threads, scheduler, kwargs):
     if per_task is None:  # as run_pass would build the graph
         per_task = blocks_per_task(X, threads) if threads is not None else 1
     n_tasks = -(-len(blocks) // max(per_task, 1))
-    if threads is not None and n_tasks > 1 and X.nbytes > inline.INLINE_BYTES:
+    if threads is not None and threads > 1 and n_tasks > 1 and X.nbytes > inline.INLINE_BYTES:
         return _NOT_IN_PROCESS
     run = functools.partial(
         inline.run_inline, blocks, extras, kernel, payload,
