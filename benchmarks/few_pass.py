@@ -19,7 +19,10 @@ covariances and for KMeans (batch Lloyd against stepwise).
 Part 2 (in memory): the default fit of NumPy data against scikit-learn's, for
 KMeans and GaussianMixture, over sizes 1e3 to 1e7 rows (1e6 with ``--quick``
 off; 1e7 with ``--large``), plus scikit-learn's digits (1797 x 64, K=10, diag)
-and a photograph (``china.jpg``, 273,280 pixels x 3, K=16; needs pillow).
+and a photograph (``china.jpg``, 273,280 pixels x 3, K=16; needs pillow). Times are
+the median over ``--seeds`` random states of the best of ``--repeats`` fits, the two
+sides alternating; ``--one-thread`` runs both on one thread (threadpoolctl and dask's
+``num_workers=1``), the fair comparison on a shared machine.
 """
 
 import argparse
