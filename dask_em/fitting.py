@@ -41,7 +41,7 @@ import dask
 from dask_em._progress import NotebookProgress, console_level, in_notebook
 from dask_em.checkpoint import Checkpointer, chain_callbacks
 from dask_em.data import Prepared, nonfinite_rows_error
-from dask_em.engine import EMResult, MixtureState, estep_block, m_step, run_em, run_pass
+from dask_em.engine import EMResult, MixtureState, estep_block, in_process, m_step, run_em, run_pass
 from dask_em.engine.blas import blas_limited
 from dask_em.engine.loop import LikelihoodChange
 from dask_em.engine.marginal import marginalizing
@@ -405,8 +405,9 @@ def distinct_rows(rows, enough):
     """
     if rows.shape[0] == 0:
         return 0
-    direction = np.random.default_rng(0).standard_normal(rows.shape[1])
-    n = np.unique(rows @ direction).size
+    proj = rows @ np.random.default_rng(0).standard_normal(rows.shape[1])
+    n = np.unique(proj[: 16 * enough]).size  # usually enough already: no sort of every row
+    n = n if n >= enough else np.unique(proj).size
     return n if n >= enough else np.unique(rows, axis=0).shape[0]
 
 
@@ -599,7 +600,8 @@ def fit_models(prepared: Prepared, specs: list[ModelSpec], *, checkpoint=None, c
     progress = _notebook_progress(specs, prepared)
     # in a notebook the display takes the place of the INFO lines; verbose=2 adds the log
     log_verbose = verbose if progress is None or verbose >= 2 else 0
-    with verbosity(log_verbose), watch_passes(None if progress is None else progress.passed):
+    with verbosity(log_verbose), watch_passes(None if progress is None else progress.passed), \
+            in_process(prepared.source.is_numpy):  # small in-memory passes skip dask (engine/inline.py)
         if progress is not None:
             progress.phase("preparing the data")
         prepared.load()
@@ -684,7 +686,7 @@ def partial_fit_step(prepared: Prepared, spec: ModelSpec, stream: StreamState | 
         spec.family = marginalizing(spec.family)
     family = spec.family
     check = pass_check(prepared.nan_policy, [spec])
-    with verbosity(spec.verbose):
+    with verbosity(spec.verbose), in_process(prepared.source.is_numpy):
         prepared.load()
         if stream is None:
             sample = _draw_sample(prepared, [spec], check) if spec.needs_sample else None

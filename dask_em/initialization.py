@@ -23,6 +23,14 @@ import numpy as np
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 #: Rows of the sample k-means++ seeds on (at least; 100 K for large K).
 KMEANSPP_SAMPLE = 10_000
+#: Elements of k-means++'s (candidates, rows) distances computed at once.
+_PLUSPLUS_SLAB_ELEMENTS = 2**16
+#: Lloyd iterations of the ``"kmeans"`` method on the sample, in memory.
+SAMPLE_LLOYD_MAX_ITER = 100
+#: Elements of a slab of rows of Lloyd's iterations (D + 1 per row; its (K, rows) work
+#: array at most 4 times as many): measured best among slabs of 256 to 8,192 rows on
+#: the digits (D=64: 512-1,024 rows), 1e5 x 16 (2,048-4,096) and china.jpg (D=3: 8,192).
+_LLOYD_SLAB_ELEMENTS = 2**16
 
 
 # --------------------------------------------------------------------------- kernels
@@ -104,6 +112,11 @@ def kmeans_plusplus(points, n_clusters, rng, weights=None):
     lowers the potential most. With fewer distinct points than ``n_clusters``, the
     remaining centres repeat points.
 
+    The points are taken about the first centre once, with their squared norms; a
+    step then gives the distances of every row to all its candidates in one GEMM,
+    ``|p - c|^2 = |p|^2 - 2 p . c + |c|^2`` about that point (as scikit-learn's,
+    which expands about the origin), in slabs of rows.
+
     Returns
     -------
     centers : ndarray of shape (n_clusters, D)
@@ -112,7 +125,9 @@ def kmeans_plusplus(points, n_clusters, rng, weights=None):
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     trials = 2 + int(np.log(n_clusters))
     chosen = [rng.choice(n, p=w / w.sum())]
-    d2, _ = min_sq_dist(points, points[chosen])
+    pc, psq = centred(points, points[chosen[0]])
+    d2 = psq.copy()  # exact: the distances to the first centre
+    step = max(256, _PLUSPLUS_SLAB_ELEMENTS // trials)
     for _ in range(1, n_clusters):
         pot = w * d2
         total = pot.sum()
@@ -120,8 +135,92 @@ def kmeans_plusplus(points, n_clusters, rng, weights=None):
             chosen.append(rng.choice(n))
             continue
         cand = rng.choice(n, size=trials, p=pot / total)
-        cand_d2 = np.stack([np.minimum(d2, min_sq_dist(points, points[[c]])[0]) for c in cand])
+        cand_d2 = np.empty((trials, n))
+        cc, ccsq = pc[cand], psq[cand, None]
+        for i in range(0, n, step):
+            part = np.dot(cc, pc[i : i + step].T)
+            part *= -2.0
+            part += ccsq
+            part += psq[i : i + step]
+            np.maximum(part, 0.0, out=part)
+            np.minimum(part, d2[i : i + step], out=cand_d2[:, i : i + step])
         best = int(np.argmin(cand_d2 @ w))
         chosen.append(cand[best])
         d2 = cand_d2[best]
     return points[chosen].copy()
+
+
+def lloyd(points, centers, weights=None, *, max_iter=SAMPLE_LLOYD_MAX_ITER, tol=1e-4):
+    """Weighted Lloyd iterations on in-memory ``points`` (n, D) from ``centers`` (K, D).
+
+    An empty cluster is moved to the point farthest from its centre (as scikit-learn
+    does). Stops when the summed squared shift of the centres is at most ``tol``
+    times the mean per-feature variance of ``points`` (scikit-learn's rule).
+
+    The points are taken about their mean once, transposed, with a row of ones below
+    them: ``P`` (D + 1, n), in slabs of rows. An iteration is then, per slab, one GEMM
+    ``[-2 cc, |cc|^2] P`` for every row's distances to every centre (less ``|p|^2``),
+    their minimum, the (K, n) indicator of the nearest centres, and one GEMM of it
+    with ``P^T`` for the sums and counts of every cluster at once. Slabs of about
+    2**16 elements of ``P`` keep the work in cache: measured on 100,000 x 16 rows,
+    K=8, an iteration took 4.1 ms this way against 9.4 ms with (n, D) slabs and
+    (K, n) products of 2**16 elements, and scikit-learn's (Cython, one thread) 5.1 ms.
+
+    Returns
+    -------
+    ndarray of shape (K, D)
+    """
+    n, D = points.shape
+    K = centers.shape[0]
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    mean = np.average(points, axis=0, weights=w)
+    step = max(256, min(_LLOYD_SLAB_ELEMENTS // (D + 1), 4 * _LLOYD_SLAB_ELEMENTS // K))
+    slabs, sq = [], np.empty(n)
+    for i in range(0, n, step):
+        pc, sq[i : i + step] = centred(points[i : i + step], mean)
+        P = np.empty((D + 1, pc.shape[0]))
+        P[:D], P[D] = pc.T, 1.0
+        slabs.append((i, P))
+    tol_abs = tol * float((sq.sum() if w is None else np.dot(w, sq)) / ((n if w is None else w.sum()) * D))
+    centers = np.array(centers, dtype=np.float64)
+    d2 = np.empty(n)
+    work, coef = np.empty(K * min(step, n)), np.empty((K, D + 1))
+    for _ in range(max_iter):
+        cc = centers - mean
+        np.multiply(cc, -2.0, out=coef[:, :D])
+        coef[:, D] = np.einsum("ij,ij->i", cc, cc)
+        sums = np.zeros((K, D + 1))  # the clusters' sums about the mean, and their weights
+        for i, P in slabs:
+            m = P.shape[1]
+            g = np.dot(coef, P, out=work[: K * m].reshape(K, m))
+            best = np.min(g, axis=0)
+            onehot = _nearest_indicator(g, best, None if w is None else w[i : i + m])
+            sums += np.dot(onehot, P.T)
+            best += sq[i : i + m]
+            np.maximum(best, 0.0, out=d2[i : i + m])
+        nk = sums[:, D]
+        new = centers.copy()
+        full = nk > 0
+        new[full] = mean + sums[full, :D] / nk[full, None]
+        empty = np.flatnonzero(~full)
+        if empty.size:
+            far = -d2 if w is None else -d2 * w
+            new[empty] = points[np.argsort(far, kind="stable")[: empty.size]]
+        shift = float(((new - centers) ** 2).sum())
+        centers = new
+        if shift <= tol_abs and not empty.size:
+            break
+    return centers
+
+
+def _nearest_indicator(g, best, w):
+    """``g`` (K, m) turned into the (weighted) indicator of each column's smallest value,
+    the first of equal ones, in place."""
+    onehot = np.equal(g, best, out=g)
+    if np.count_nonzero(onehot) != onehot.shape[1]:  # equally near centres: keep the first
+        first = np.argmax(onehot != 0, axis=0)
+        onehot[:] = 0.0
+        onehot[first, np.arange(onehot.shape[1])] = 1.0
+    if w is not None:
+        onehot *= w
+    return onehot

@@ -36,8 +36,16 @@ def test_one_compute_per_iteration():
     assert counter.count == 7
     with CountComputes() as counter, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        GaussianMixture(3, tol=0, max_iter=7, persist=True, **init).fit(X)
+        GaussianMixture(3, tol=0, max_iter=7, persist=True, **init).fit(X + 0)  # a graph to compute
     assert counter.count == 8  # one pass to load the data into memory, then one per iteration
+    with CountComputes() as counter, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        GaussianMixture(3, tol=0, max_iter=7, persist=True, **init).fit(X)
+    assert counter.count == 7  # the graph holds the blocks already: nothing to load
+    with CountComputes() as counter, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        GaussianMixture(3, tol=0, max_iter=7, **init).fit(Xn)
+    assert counter.count == 0  # NumPy input this small: every pass runs in process (engine/inline.py)
 
 
 @pytest.mark.parametrize("init_params", ["kmeans", "random", "random_from_data", "k-means++"])

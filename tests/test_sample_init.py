@@ -374,3 +374,58 @@ def test_threaded_and_distributed_draw_the_same_sample(cluster_client):
             assert got == want
         else:
             np.testing.assert_array_equal(got, want)
+
+
+def test_order_by_key_breaks_ties_by_index():
+    """The sample's order is (key, row index): a plain sort when the keys differ, the
+    two-key sort when some are equal."""
+    from dask_em.sampling import _by_key
+
+    rng = np.random.default_rng(0)
+    keys = rng.random(1_000)
+    index = rng.permutation(1_000)
+    np.testing.assert_array_equal(_by_key(keys, index), np.lexsort((index, keys)))
+    keys[::3] = 0.5  # many equal keys
+    np.testing.assert_array_equal(_by_key(keys, index), np.lexsort((index, keys)))
+
+
+def test_sample_of_every_row_is_the_same_whatever_the_chunking():
+    """Every row kept (small data): the parts are joined whole, the same sample."""
+    Xn = _blobs(n=1_000, seed=8)[0]
+    w = np.random.default_rng(1).uniform(0.5, 2.0, len(Xn))
+    ref = sample_rows(da.from_array(Xn, chunks=(1_000, -1)), 5_000, 3, da.from_array(w, chunks=1_000))
+    assert ref[0].shape == Xn.shape
+    for chunks in (97, 250, 333):
+        got = sample_rows(da.from_array(Xn, chunks=(chunks, -1)), 5_000, 3, da.from_array(w, chunks=chunks))
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+        assert got[2] == ref[2]
+    # the rows are the data's, in the order of their keys
+    np.testing.assert_array_equal(np.sort(ref[0], axis=0), np.sort(Xn, axis=0))
+
+
+def _kmeans_plusplus_reference(X, K, rng, w):
+    """Greedy k-means++ with exact distances, one candidate at a time (the same draws)."""
+    n = len(X)
+    trials = 2 + int(np.log(K))
+    chosen = [rng.choice(n, p=w / w.sum())]
+    d2 = ((X - X[chosen[0]]) ** 2).sum(axis=1)
+    for _ in range(1, K):
+        pot = w * d2
+        cand = rng.choice(n, size=trials, p=pot / pot.sum())
+        cand_d2 = np.stack([np.minimum(d2, ((X - X[c]) ** 2).sum(axis=1)) for c in cand])
+        best = int(np.argmin(cand_d2 @ w))
+        chosen.append(cand[best])
+        d2 = cand_d2[best]
+    return X[chosen]
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kmeans_plusplus_equals_the_one_candidate_at_a_time_reference(weighted):
+    from dask_em.initialization import kmeans_plusplus
+
+    X = _blobs(n=40_000, seed=9)[0] + 1e3  # several slabs; far from the origin
+    w = np.random.default_rng(2).uniform(0.5, 2.0, len(X)) if weighted else None
+    ours = kmeans_plusplus(X, 8, np.random.default_rng(5), weights=w)
+    ref = _kmeans_plusplus_reference(X, 8, np.random.default_rng(5), np.ones(len(X)) if w is None else w)
+    np.testing.assert_array_equal(ours, ref)

@@ -1,6 +1,7 @@
 """The family-agnostic EM engine: chunk kernels, tree reduction, and the loop."""
 
 from dask_em.engine.estep import MixtureState, estep_block, m_step, score_block
+from dask_em.engine.inline import in_process
 from dask_em.engine.loop import EMResult, run_em
 from dask_em.engine.passes import add_stats, map_rows, run_pass, split_every_default, tree_pass
 from dask_em.engine.stepwise import finish_with_em, run_stepwise
@@ -11,6 +12,7 @@ __all__ = [
     "add_stats",
     "estep_block",
     "finish_with_em",
+    "in_process",
     "m_step",
     "map_rows",
     "run_em",

@@ -6,6 +6,7 @@ It builds the graph only; the caller runs one ``dask.compute`` per pass.
 
 import contextlib
 import contextvars
+import functools
 import logging
 
 import dask
@@ -13,10 +14,13 @@ import numpy as np
 from dask.base import get_scheduler, tokenize
 from dask.delayed import Delayed, delayed
 from dask.highlevelgraph import HighLevelGraph
+from dask.local import get_sync
 from dask.system import CPU_COUNT
 from dask.utils import parse_timedelta
 
+from dask_em.engine import inline
 from dask_em.engine.blas import blas_limited, one_blas_thread
+from dask_em.engine.inline import in_memory_blocks, kernel_on_blocks, kernel_on_joined_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -118,18 +122,18 @@ def tree_pass(
     else:
         # blocks already in memory go into the tasks themselves: the graph then holds
         # a few tasks instead of one key per block, which dask handles at ~30 us each
-        data = _in_memory_blocks(X, blocks)
+        data = in_memory_blocks(X, blocks)
         if data is not None:
             blocks = data
             dependencies = [d for d in dependencies if d is not X]
-        data = None if extra is None else _in_memory_blocks(extra, extras)
+        data = None if extra is None else in_memory_blocks(extra, extras)
         if data is not None:
             extras = data
             dependencies = [d for d in dependencies if d is not extra]
         for i in range(0, len(blocks), blocks_per_task):
             part = slice(i, i + blocks_per_task)
             key = (f"{name}-{token}", i)
-            group = _kernel_on_joined_blocks if row_wise else _kernel_on_blocks
+            group = kernel_on_joined_blocks if row_wise else kernel_on_blocks
             layer[key] = (group, kernel, combine, blocks[part], extras[part], payload_d.key, i)
             level.append(key)
     depth = 0
@@ -143,26 +147,6 @@ def tree_pass(
         depth += 1
     graph = HighLevelGraph.from_collections(f"{name}-{token}", layer, dependencies=dependencies)
     return Delayed(level[0], graph, layer=f"{name}-{token}")
-
-
-def _in_memory_blocks(collection, keys):
-    """The blocks of ``collection`` when its graph holds them as NumPy arrays (persisted,
-    or NumPy data wrapped by ``da.from_array``), else ``None``."""
-    graph = collection.__dask_graph__()
-    blocks = [graph.get(key) for key in keys]
-    return blocks if all(isinstance(b, np.ndarray) for b in blocks) else None
-
-
-def _kernel_on_blocks(kernel, combine, blocks, extras, payload, first):
-    """Run ``kernel`` on consecutive row blocks and combine their results (one task)."""
-    return combine([kernel(b, e, payload, first + j) for j, (b, e) in enumerate(zip(blocks, extras))])
-
-
-def _kernel_on_joined_blocks(kernel, combine, blocks, extras, payload, first):
-    """Run a row-wise ``kernel`` once on consecutive row blocks joined together (one task)."""
-    joined = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-    extra = None if extras[0] is None else np.concatenate(extras)
-    return kernel(joined, extra, payload, first)
 
 
 #: Data a task should cover on a local scheduler before blocks are grouped: at
@@ -206,6 +190,12 @@ def run_pass(X, kernel, payload, **kwargs):
     scheduler = get_scheduler(collections=[X])
     client = _distributed_client(scheduler)
     threads = None if client is not None else _local_threads(scheduler)
+    if client is None and inline.enabled():
+        result = _pass_in_process(X, kernel, payload, threads, scheduler, kwargs)
+        if result is not _NOT_IN_PROCESS:
+            for listener in _pass_listeners.get():
+                listener(X.numblocks[0])
+            return result
     if client is not None:
         result = _compute_watched(client, tree_pass(X, kernel, payload, **kwargs), kwargs.get("name", "pass"))
     elif threads is None:
@@ -218,6 +208,46 @@ def run_pass(X, kernel, payload, **kwargs):
     for listener in _pass_listeners.get():
         listener(X.numblocks[0])
     return result
+
+
+_NOT_IN_PROCESS = object()
+
+
+def _pass_in_process(X, kernel, payload, threads, scheduler, kwargs):
+    """The pass run in the calling thread (:mod:`dask_em.engine.inline`), when ``X``'s
+    blocks (and the weights') are in memory and parallel tasks would gain nothing:
+    the graph would run one task, the scheduler has one thread or is synchronous, or
+    the data are at most :data:`~dask_em.engine.inline.INLINE_BYTES`. Else
+    ``_NOT_IN_PROCESS``."""
+    if threads is None and scheduler is not get_sync:
+        return _NOT_IN_PROCESS  # another scheduler (processes, a custom one): leave it to dask
+    blocks = inline.in_memory_blocks(X, [(X.name, i, 0) for i in range(X.numblocks[0])])
+    if blocks is None:
+        return _NOT_IN_PROCESS
+    extra = kwargs.get("extra")
+    extras = [None] * len(blocks)
+    if extra is not None:
+        extra = extra.rechunk((X.chunks[0],))
+        extras = inline.in_memory_blocks(extra, [(extra.name, i) for i in range(extra.numblocks[0])])
+        if extras is None:
+            return _NOT_IN_PROCESS
+    per_task = kwargs.get("blocks_per_task")
+    if per_task is None:  # as run_pass would build the graph
+        per_task = blocks_per_task(X, threads) if threads is not None else 1
+    n_tasks = -(-len(blocks) // max(per_task, 1))
+    if threads is not None and threads > 1 and n_tasks > 1 and X.nbytes > inline.INLINE_BYTES:
+        return _NOT_IN_PROCESS
+    run = functools.partial(
+        inline.run_inline, blocks, extras, kernel, payload,
+        combine=kwargs.get("combine", add_stats),
+        split_every=kwargs.get("split_every") or split_every_default(),
+        blocks_per_task=per_task,
+        row_wise=kwargs.get("row_wise", False),
+    )
+    if threads is None:
+        return run()
+    with blas_limited():  # as the graph's pass: the same BLAS calls, the same bits
+        return run()
 
 
 _pass_listeners = contextvars.ContextVar("dask_em_pass_listeners", default=())

@@ -77,6 +77,7 @@ class DiscreteMixture(BaseMixture):
             em_on_sample=em_on_sample and given is None and init_weights is None,
             tol=sample_em_tol(self.tol),
             max_iter_sample=SAMPLE_EM_MAX_STEPS,
+            rank=len(seeds) > 1,
         )
         states = [start.state for start in starts]
         for state in states:

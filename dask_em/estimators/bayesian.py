@@ -290,7 +290,7 @@ default="dirichlet_process"
             # ranks them by their summed squared distances
             starts = initialize_on_sample(
                 rows, plain, K, self.init_params, seeds, weights=weights,
-                options={"reg_covar": self.reg_covar}, em_on_sample=em_on_sample,
+                options={"reg_covar": self.reg_covar}, em_on_sample=em_on_sample, rank=len(seeds) > 1,
             )
             means = [s.state.params["means"] for s in starts]
         return [MixtureState(np.full(K, 1.0 / K), {"means": m}) for m in means]

@@ -189,6 +189,7 @@ class GaussianMixture(BaseMixture):
                 em_on_sample=em_on_sample and not any(g is not None for g in given),
                 tol=sample_em_tol(self.tol),
                 max_iter_sample=SAMPLE_EM_MAX_STEPS,
+                rank=len(seeds) > 1,
             )
             states = [start.state for start in starts]
         for state in states:

@@ -278,7 +278,7 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
                 return [MixtureState(np.full(K, 1.0 / K), {"means": given.copy()})]
             starts = initialize_on_sample(
                 rows, family, K, INITS[self.init], seeds, weights=weights, em_on_sample=em_on_sample,
-                tol=0.0, max_iter_sample=SAMPLE_EM_MAX_ITER,
+                tol=0.0, max_iter_sample=SAMPLE_EM_MAX_ITER, rank=len(seeds) > 1,
             )
             return [MixtureState(np.full(K, 1.0 / K), {"means": s.state.params["means"]}) for s in starts]
 
