@@ -12,8 +12,6 @@ import argparse
 import time
 import warnings
 
-import dask
-import dask.array as da
 import numpy as np
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 

@@ -231,3 +231,54 @@ class _DisplayLine:
             self.handle = display(data, raw=True, display_id=True)
         else:
             self.handle.update(data, raw=True)
+
+
+logger = logging.getLogger("dask_em")
+
+
+@contextlib.contextmanager
+def verbosity(verbose: int):
+    """Show dask-em's log on stderr while fitting when ``verbose > 0``.
+
+    ``verbose=1`` shows INFO messages (one line per EM iteration: time, mean
+    log-likelihood, change); ``verbose>=2`` adds DEBUG (initialisation details).
+    Each line is shown once: the lines a console handler of the application already
+    writes (on the ``dask_em`` logger or an ancestor, e.g. after
+    ``logging.basicConfig``) are left to it, and a handler added for the fit writes
+    only the others. Without ``verbose``, messages go to whatever logging the
+    application configured.
+    """
+    if not verbose:
+        yield
+        return
+    wanted = logging.DEBUG if verbose >= 2 else logging.INFO
+    old_level = logger.level
+    if logger.getEffectiveLevel() > wanted:
+        logger.setLevel(wanted)
+    shown = console_level(logger)
+    handler = None
+    if shown is None or shown > wanted:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(wanted)
+        handler.setFormatter(logging.Formatter("[dask-em] %(message)s"))
+        if shown is not None:  # the console handler shows the records from ``shown`` up
+            handler.addFilter(lambda record: record.levelno < shown)
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def notebook_progress(specs, prepared):
+    """The display of a fit with ``verbose`` in a notebook, updated in place; None in a
+    script (or without ``verbose``), where ``verbose`` shows log lines."""
+    if not max(spec.verbose for spec in specs) or not in_notebook():
+        return None
+    identity = specs[0].identity
+    title = type(identity).__name__ if identity is not None else specs[0].family.name
+    if len(specs) > 1:
+        title = f"{title}, {len(specs)} models"
+    return NotebookProgress(title, prepared.X.numblocks[0])

@@ -21,152 +21,44 @@ share the one sampling pass). ``algorithm="auto"`` is batch EM for data in
 memory (NumPy input, or persisted) and stepwise EM for data streamed from their
 source, where passes are what a fit costs.
 
-:func:`partial_fit_step` is one stepwise update from one batch of rows: the
-estimators' ``partial_fit``.
+:func:`dask_em.partial_fit.partial_fit_step` is one stepwise update from one
+batch of rows: the estimators' ``partial_fit``. The settings a fit reads from
+``dask.config`` are in :mod:`dask_em.settings`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-import dask
 
-from dask_em._progress import NotebookProgress, console_level, in_notebook
+from dask_em._progress import notebook_progress, verbosity
 from dask_em.checkpoint import Checkpointer, chain_callbacks
 from dask_em.data import Prepared, nonfinite_rows_error
-from dask_em.engine import EMResult, MixtureState, estep_block, in_process, m_step, run_em, run_pass
+from dask_em.engine import EMResult, estep_block, in_process, run_em, run_pass
 from dask_em.engine.blas import blas_limited
 from dask_em.engine.loop import LikelihoodChange
 from dask_em.engine.marginal import marginalizing
 from dask_em.engine.passes import watch_passes
-from dask_em.engine.stepwise import blend_stats, recentred, run_stepwise, scale_stats
+from dask_em.engine.stepwise import run_stepwise, scale_stats
 from dask_em.exceptions import ConvergenceWarning
 from dask_em.families import Family
 from dask_em.io.locations import check_output
 from dask_em.io.locations import exists as output_exists
 from dask_em.sample_init import default_sample_size
 from dask_em.sampling import estimation_weights, sample_rows
+from dask_em.settings import (
+    accelerate_setting,
+    checkpoint_settings,
+    stepwise_setting,
+)
 from dask_em.weights import bad_weight_error
 
-#: The fit algorithms (``algorithm`` of the estimators).
-ALGORITHMS = ("auto", "em", "stepwise")
-#: Most Lloyd iterations on the initialisation sample of a stepwise KMeans fit (in memory).
-SAMPLE_EM_MAX_ITER = 200
-#: Most E-steps of (SQUAREM-accelerated) EM on the initialisation sample of a stepwise
-#: mixture fit (in memory).
-SAMPLE_EM_MAX_STEPS = 500
-
-
-def sample_em_tol(tol):
-    """Tolerance of EM on the initialisation sample: ``max(tol * 1e-6, 1e-12)``.
-
-    E-steps on the sample cost no pass and, accelerated by SQUAREM, little time
-    (25 ms on 100,000 x 16 rows, K=8 diagonal); the closer the start, the fewer
-    passes follow. A tolerance far below the fit's also carries EM across the
-    plateaus of overlapping clusters, where the mean log-likelihood rises by less
-    than 1e-7 per iteration for a hundred iterations before climbing again (by 1e-2
-    on the benchmark of benchmarks/few_pass.py): tol / 100 stopped there.
-    """
-    return max(tol * 1e-6, 1e-12)
-
-
-def stepwise_setting(name):
-    """A stepwise-EM setting from ``dask.config`` (``dask_em.stepwise.<name>``).
-
-    ``passes`` (1): passes of stepwise EM before the exact batch finish;
-    ``alpha`` (0.6): decay of the step size ``eta_t = (t + t0) ** -alpha``;
-    ``t0`` (2): its offset; ``batch_chunks`` (None: one chunk per thread of the
-    scheduler): the fewest chunks in a mini-batch; ``average`` (0.5): the fraction
-    of the last pass's steps whose running statistics are averaged into the
-    final estimate (Polyak-Ruppert; 0 turns it off): it halves to quarters the
-    distance to the EM fixed point the finish starts from, so 2 finish passes
-    meet ``tol`` where 3 were needed (benchmarks/README.md). Set them with, e.g.,
-    ``dask.config.set({"dask_em.stepwise.passes": 2})``.
-    """
-    defaults = {"passes": 1, "alpha": 0.6, "t0": 2.0, "batch_chunks": None, "average": 0.5}
-    return dask.config.get(f"dask_em.stepwise.{name}", defaults[name])
-
-
-def accelerate_setting():
-    """Whether batch EM passes are accelerated with SQUAREM (``dask_em.accelerate``).
-
-    Off by default (see :mod:`dask_em.engine.accelerate` and benchmarks/README.md
-    for the measurements). Set it with ``dask.config.set({"dask_em.accelerate": True})``;
-    hard-assignment models (KMeans) and variational ones (BayesianGaussianMixture,
-    which warns) are never accelerated. EM on the
-    initialisation sample is accelerated whatever this setting.
-    """
-    return bool(dask.config.get("dask_em.accelerate", False))
-
-
-def checkpoint_settings():
-    """The ``dask.config`` settings a checkpoint must match to be resumed: those that
-    change a fit's result (the reduction's fan-in, the stepwise-EM settings)."""
-    from dask_em.engine import split_every_default
-
-    settings = {"split_every": split_every_default()}
-    settings.update({
-        f"stepwise.{name}": stepwise_setting(name) for name in ("passes", "alpha", "t0", "batch_chunks", "average")
-    })
-    settings["accelerate"] = accelerate_setting()
-    return settings
-
 logger = logging.getLogger("dask_em")
-
-
-@contextlib.contextmanager
-def verbosity(verbose: int):
-    """Show dask-em's log on stderr while fitting when ``verbose > 0``.
-
-    ``verbose=1`` shows INFO messages (one line per EM iteration: time, mean
-    log-likelihood, change); ``verbose>=2`` adds DEBUG (initialisation details).
-    Each line is shown once: the lines a console handler of the application already
-    writes (on the ``dask_em`` logger or an ancestor, e.g. after
-    ``logging.basicConfig``) are left to it, and a handler added for the fit writes
-    only the others. Without ``verbose``, messages go to whatever logging the
-    application configured.
-    """
-    if not verbose:
-        yield
-        return
-    wanted = logging.DEBUG if verbose >= 2 else logging.INFO
-    old_level = logger.level
-    if logger.getEffectiveLevel() > wanted:
-        logger.setLevel(wanted)
-    shown = console_level(logger)
-    handler = None
-    if shown is None or shown > wanted:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setLevel(wanted)
-        handler.setFormatter(logging.Formatter("[dask-em] %(message)s"))
-        if shown is not None:  # the console handler shows the records from ``shown`` up
-            handler.addFilter(lambda record: record.levelno < shown)
-        logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        if handler is not None:
-            logger.removeHandler(handler)
-        logger.setLevel(old_level)
-
-
-def _notebook_progress(specs, prepared):
-    """The display of a fit with ``verbose`` in a notebook, updated in place; None in a
-    script (or without ``verbose``), where ``verbose`` shows log lines."""
-    if not max(spec.verbose for spec in specs) or not in_notebook():
-        return None
-    identity = specs[0].identity
-    title = type(identity).__name__ if identity is not None else specs[0].family.name
-    if len(specs) > 1:
-        title = f"{title}, {len(specs)} models"
-    return NotebookProgress(title, prepared.X.numblocks[0])
 
 
 @dataclass
@@ -218,7 +110,7 @@ class ModelSpec:
     init_name : str
         For the log (``init_params``).
     verbose : int
-        The estimator's ``verbose``: log lines on stderr (see :func:`verbosity`), or in
+        The estimator's ``verbose``: log lines on stderr (see :func:`dask_em._progress.verbosity`), or in
         a notebook a progress line updated in place.
     identity : object
         The estimator, whose class and parameters a checkpoint must match.
@@ -386,7 +278,7 @@ class Sample:
         return [scale_stats(s, scale) for s in stats]
 
 
-def _draw_sample(prepared, specs, check):
+def draw_sample(prepared, specs, check):
     """One pass: a uniform (or weighted) sample of rows for the starts of ``specs``."""
     size = max(spec.n_sample or default_sample_size(spec.n_components) for spec in specs)
     rows, weights, counts = sample_rows(prepared.X, size, specs[0].seeds[0], prepared.weights)
@@ -597,7 +489,7 @@ def fit_models(prepared: Prepared, specs: list[ModelSpec], *, checkpoint=None, c
         check_output(checkpoint, "file", "checkpoint")
     out = [None] * len(specs)
     verbose = max(spec.verbose for spec in specs)
-    progress = _notebook_progress(specs, prepared)
+    progress = notebook_progress(specs, prepared)
     # in a notebook the display takes the place of the INFO lines; verbose=2 adds the log
     log_verbose = verbose if progress is None or verbose >= 2 else 0
     with verbosity(log_verbose), watch_passes(None if progress is None else progress.passed), \
@@ -614,7 +506,7 @@ def fit_models(prepared: Prepared, specs: list[ModelSpec], *, checkpoint=None, c
         if cold and not resumable:
             if progress is not None:
                 progress.phase("drawing the initialisation sample (one pass)")
-            sample = _draw_sample(prepared, cold, pass_check(prepared.nan_policy, specs, logged))
+            sample = draw_sample(prepared, cold, pass_check(prepared.nan_policy, specs, logged))
             _warn_few_distinct(sample, cold)
         for group in groups:
             results = _fit_group(prepared, [specs[i] for i in group], sample, checkpoint, callback, progress, logged)
@@ -633,107 +525,4 @@ def fit_models(prepared: Prepared, specs: list[ModelSpec], *, checkpoint=None, c
     return out
 
 
-@dataclass
-class StreamState:
-    """What ``partial_fit`` carries from one call to the next.
-
-    Attributes
-    ----------
-    state : MixtureState
-        The current parameters.
-    running : dict
-        The running statistics per unit of (weighted) row, about ``reference``.
-    reference : dict
-        The parameters ``running`` was taken about.
-    steps : int
-        Updates taken.
-    total_weight : float
-        Rows (sample weights) seen: the scale of the M-step's statistics.
-    """
-
-    state: MixtureState
-    running: dict
-    reference: dict
-    steps: int
-    total_weight: float
-
-
-def partial_fit_step(prepared: Prepared, spec: ModelSpec, stream: StreamState | None):
-    """One stepwise-EM update from a batch of rows: the estimators' ``partial_fit``.
-
-    The first call initialises from the batch (a sample of it, in memory, with EM on
-    it ranking the starts; one pass), then every call takes the batch's statistics
-    under the current parameters (one pass), blends them into the running
-    statistics per unit of weight, ``s <- (1 - eta_t) s + eta_t s_batch`` with
-    ``eta_t = (t + t0) ** -alpha`` (the first update replaces), re-centred exactly to
-    the current parameters, and takes the M-step on them scaled to the rows seen so
-    far (so pseudo-counts weigh as in a fit of all of them). For a variational
-    model (``spec.complete_starts``) the first call also completes the start on the
-    batch's sample (the priors taken from the data are the first batch's), and the
-    update is stochastic variational inference with ``N`` the rows seen so far: the
-    posterior's parameters are the priors plus the running statistics at that
-    scale, so the priors weigh as in a batch fit of every row seen.
-
-    Returns
-    -------
-    stream : StreamState
-    result : FitResult
-        ``best`` holds the new parameters, ``n_iter`` the number of updates and
-        ``lower_bound`` the batch's mean log-likelihood under the parameters before
-        the update; ``final_stats`` the batch's statistics.
-    """
-    if prepared.nan_policy == "marginalize":
-        spec.family = marginalizing(spec.family)
-    family = spec.family
-    check = pass_check(prepared.nan_policy, [spec])
-    with verbosity(spec.verbose), in_process(prepared.source.is_numpy):
-        prepared.load()
-        if stream is None:
-            sample = _draw_sample(prepared, [spec], check) if spec.needs_sample else None
-            rows = None if sample is None else sample.rows
-            weights = None if sample is None else sample.weights
-            with blas_limited():
-                state = spec.initialize(rows, weights, spec.seeds, True)[0]
-            if spec.complete_starts is not None:  # a variational model: posterior and priors from the batch
-                state = spec.complete_starts(prepared, [EMResult(state=state)], check, sample)[0].state
-            stream = StreamState(state, None, None, 0, 0.0)
-        (stats,) = run_pass(
-            prepared.X, estep_block, (family, [stream.state]), name=f"partial-fit-{family.name}",
-            extra=prepared.weights, row_wise=True,
-        )
-        check(stats)
-        weight = float(stats["weight"])
-        batch = scale_stats(stats, 1.0 / weight)
-        t = stream.steps
-        eta = 1.0 if t == 0 else float((t + stepwise_setting("t0")) ** -stepwise_setting("alpha"))
-        if stream.running is not None:
-            moved = recentred(family, stream.running, stream.reference, stream.state.params)
-            batch = blend_stats(moved, batch, eta)
-        total = stream.total_weight + weight
-        new = m_step(family, scale_stats(batch, total), stream.state, spec.options)
-        mean_ll = float(stats["loglik"]) / weight
-        logger.info("partial_fit update %d (eta %.3g): batch mean log-likelihood %.8g", t + 1, eta, mean_ll)
-    history = [{"kind": "partial_fit", "iteration": t + 1, "eta": eta, "mean_loglik": mean_ll}]
-    stream = StreamState(new, batch, stream.state.params, t + 1, total)
-    best = EMResult(state=new, converged=False, n_iter=t + 1, lower_bound=mean_ll, history=history)
-    return stream, FitResult(best, [best], stats)
-
-
-def cast_state(state: MixtureState, dtype) -> MixtureState:
-    """``state`` with its float arrays in ``dtype`` (float32 attributes for float32 data)."""
-    def cast(a):
-        a = np.asarray(a)
-        return a.astype(dtype) if a.dtype.kind == "f" else a
-
-    return MixtureState(cast(state.weights), {k: cast(v) for k, v in state.params.items()})
-
-
-def as_float64_state(state: MixtureState) -> MixtureState:
-    """``state`` in float64 (a warm start from float32 attributes computes in float64)."""
-    return cast_state(state, np.float64)
-
-
-__all__ = [
-    "ALGORITHMS", "FitResult", "ModelSpec", "StreamState", "cast_state", "fit_models", "partial_fit_step",
-    "pass_check", "resolve_algorithm", "stepwise_setting", "verbosity",
-]
+__all__ = ["FitResult", "ModelSpec", "Sample", "draw_sample", "fit_models", "pass_check", "resolve_algorithm"]

@@ -19,7 +19,7 @@ from scipy.special import digamma, logsumexp
 from dask_em import BayesianGaussianMixture
 from dask_em.engine import estep_block
 from dask_em.engine.marginal import marginalizing
-from dask_em.fitting import as_float64_state
+from dask_em.engine import as_float64_state
 from tests.conftest import make_blobs
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]

@@ -20,7 +20,6 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import psutil
-import pytest
 import zarr
 from distributed import Client
 from sklearn.mixture import GaussianMixture as SkGaussianMixture

@@ -38,6 +38,20 @@ class MixtureState:
     params: dict = field(default_factory=dict)
 
 
+def cast_state(state: MixtureState, dtype) -> MixtureState:
+    """``state`` with its float arrays in ``dtype`` (float32 attributes for float32 data)."""
+    def cast(a):
+        a = np.asarray(a)
+        return a.astype(dtype) if a.dtype.kind == "f" else a
+
+    return MixtureState(cast(state.weights), {k: cast(v) for k, v in state.params.items()})
+
+
+def as_float64_state(state: MixtureState) -> MixtureState:
+    """``state`` in float64 (a warm start from float32 attributes computes in float64)."""
+    return cast_state(state, np.float64)
+
+
 def valid_rows(X, w=None):
     """Mask of the rows that enter a fit, and the counts of those left out.
 

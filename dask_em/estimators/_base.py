@@ -17,7 +17,9 @@ from dask_em.engine import EMResult, score_block
 from dask_em.engine.marginal import score_block_marginal
 from dask_em.engine.omit import score_block_omit
 from dask_em.estimators._facade import EDGE_CONSTRAINTS, EMEstimator
-from dask_em.fitting import ALGORITHMS, ModelSpec, as_float64_state, cast_state
+from dask_em.engine import as_float64_state, cast_state
+from dask_em.fitting import ModelSpec
+from dask_em.settings import ALGORITHMS
 
 logger = logging.getLogger("dask_em")
 

@@ -7,7 +7,7 @@ from dask_em._validation import Interval, Options
 from dask_em.engine import MixtureState
 from dask_em.estimators._base import MIXTURE_CONSTRAINTS, BaseMixture
 from dask_em.estimators._init_checks import check_weights_init
-from dask_em.fitting import SAMPLE_EM_MAX_STEPS, sample_em_tol
+from dask_em.settings import SAMPLE_EM_MAX_STEPS, sample_em_tol
 from dask_em.initialization import INIT_METHODS
 from dask_em.sample_init import initialize_on_sample
 

@@ -16,7 +16,8 @@ from dask.base import tokenize
 from dask_em._validation import Options, check_is_fitted, validate_params
 from dask_em.data import NAN_POLICIES, prepare
 from dask_em.engine import map_rows
-from dask_em.fitting import as_float64_state, fit_models
+from dask_em.engine import as_float64_state
+from dask_em.fitting import fit_models
 from dask_em.io.locations import check_output
 
 #: Constraints of the data-edge parameters every estimator has.
@@ -51,7 +52,7 @@ _EDGE_DOC = """nan_policy : {"raise", "omit", "marginalize"} or None, default=No
         until ``tol``, so the result is an exact EM fixed point; a few passes in
         all. ``"auto"``: batch EM when the data are in memory (NumPy input, or
         persisted), stepwise when they are streamed. Tuning:
-        :func:`dask_em.fitting.stepwise_setting`."""
+        :func:`dask_em.settings.stepwise_setting`."""
 
 
 class EMEstimator:
@@ -218,7 +219,7 @@ class EMEstimator:
         sample ranking the ``n_init`` starts) and records the features; every call
         then blends the batch's statistics into running statistics with a decaying
         step ``eta_t = (t + t0) ** -alpha`` and takes the M-step (see
-        :func:`dask_em.fitting.partial_fit_step`). A later call with another
+        :func:`dask_em.partial_fit.partial_fit_step`). A later call with another
         number of features, or other feature labels, is an error. After ``fit``,
         the first ``partial_fit`` starts a new stream from the fitted parameters.
 
@@ -238,7 +239,7 @@ class EMEstimator:
         self : object
             The updated estimator.
         """
-        from dask_em.fitting import partial_fit_step
+        from dask_em.partial_fit import partial_fit_step
 
         stream = getattr(self, "_stream", None)
         first = stream is None and not hasattr(self, self._fitted_attribute)

@@ -10,7 +10,7 @@ from dask.delayed import delayed
 
 from dask_em._validation import check_is_fitted
 from dask_em.engine.marginal import impute_block
-from dask_em.fitting import as_float64_state
+from dask_em.engine import as_float64_state
 
 
 def impute(estimator, X, *, array=None, feature_dim=None):

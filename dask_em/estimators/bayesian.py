@@ -28,7 +28,7 @@ from dask_em.estimators._facade import _EDGE_DOC
 from dask_em.estimators._init_checks import check_array_init
 from dask_em.families import bayesian_gaussian as vb
 from dask_em.families.gaussian import COVARIANCE_TYPES, precisions_from_cholesky
-from dask_em.fitting import accelerate_setting
+from dask_em.settings import accelerate_setting
 from dask_em.initialization import INIT_METHODS
 from dask_em.sample_init import initialize_on_sample
 
@@ -82,7 +82,7 @@ class BayesianGaussianMixture(BaseMixture):
     stepwise passes and the batch finish. ``partial_fit`` is one SVI step per
     batch, with the rows seen so far as the data size: the posterior is what a
     batch fit of all of them would weigh against the priors (see
-    :func:`dask_em.fitting.partial_fit_step`); the priors taken from the data are
+    :func:`dask_em.partial_fit.partial_fit_step`); the priors taken from the data are
     those of the first batch, and ``lower_bound_`` is then, as for the other
     models, the batch's mean E-step log-normaliser (not the lower bound).
 

@@ -15,7 +15,7 @@ from dask_em.families.gaussian import (
     covariances_from_cholesky,
     precisions_from_cholesky,
 )
-from dask_em.fitting import SAMPLE_EM_MAX_STEPS, sample_em_tol
+from dask_em.settings import SAMPLE_EM_MAX_STEPS, sample_em_tol
 from dask_em.initialization import INIT_METHODS
 from dask_em.sample_init import initialize_on_sample
 

@@ -24,8 +24,9 @@ from dask_em.estimators._facade import _EDGE_DOC, EDGE_CONSTRAINTS, EMEstimator
 from dask_em.estimators._init_checks import check_array_init
 from dask_em.families import get_family
 from dask_em.families.kmeans import mean_variance
-from dask_em.fitting import ModelSpec, as_float64_state, cast_state
-from dask_em.fitting import SAMPLE_EM_MAX_ITER
+from dask_em.engine import as_float64_state, cast_state
+from dask_em.fitting import ModelSpec
+from dask_em.settings import SAMPLE_EM_MAX_ITER
 from dask_em.sample_init import initialize_on_sample
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,74 @@
+"""The fit's settings: the algorithms' names, the limits of EM on the initialisation
+sample, and the ``dask.config`` keys that tune a fit (``dask_em.stepwise.*``,
+``dask_em.accelerate``), with the subset a checkpoint must match."""
+
+import dask
+
+#: The fit algorithms (``algorithm`` of the estimators).
+ALGORITHMS = ("auto", "em", "stepwise")
+#: Most Lloyd iterations on the initialisation sample of a stepwise KMeans fit (in memory).
+SAMPLE_EM_MAX_ITER = 200
+#: Most E-steps of (SQUAREM-accelerated) EM on the initialisation sample of a stepwise
+#: mixture fit (in memory).
+SAMPLE_EM_MAX_STEPS = 500
+
+
+def sample_em_tol(tol):
+    """Tolerance of EM on the initialisation sample: ``max(tol * 1e-6, 1e-12)``.
+
+    E-steps on the sample cost no pass and, accelerated by SQUAREM, little time
+    (25 ms on 100,000 x 16 rows, K=8 diagonal); the closer the start, the fewer
+    passes follow. A tolerance far below the fit's also carries EM across the
+    plateaus of overlapping clusters, where the mean log-likelihood rises by less
+    than 1e-7 per iteration for a hundred iterations before climbing again (by 1e-2
+    on the benchmark of benchmarks/few_pass.py): tol / 100 stopped there.
+    """
+    return max(tol * 1e-6, 1e-12)
+
+
+def stepwise_setting(name):
+    """A stepwise-EM setting from ``dask.config`` (``dask_em.stepwise.<name>``).
+
+    ``passes`` (1): passes of stepwise EM before the exact batch finish;
+    ``alpha`` (0.6): decay of the step size ``eta_t = (t + t0) ** -alpha``;
+    ``t0`` (2): its offset; ``batch_chunks`` (None: one chunk per thread of the
+    scheduler): the fewest chunks in a mini-batch; ``average`` (0.5): the fraction
+    of the last pass's steps whose running statistics are averaged into the
+    final estimate (Polyak-Ruppert; 0 turns it off): it halves to quarters the
+    distance to the EM fixed point the finish starts from, so 2 finish passes
+    meet ``tol`` where 3 were needed (benchmarks/README.md). Set them with, e.g.,
+    ``dask.config.set({"dask_em.stepwise.passes": 2})``.
+    """
+    defaults = {"passes": 1, "alpha": 0.6, "t0": 2.0, "batch_chunks": None, "average": 0.5}
+    return dask.config.get(f"dask_em.stepwise.{name}", defaults[name])
+
+
+def accelerate_setting():
+    """Whether batch EM passes are accelerated with SQUAREM (``dask_em.accelerate``).
+
+    Off by default (see :mod:`dask_em.engine.accelerate` and benchmarks/README.md
+    for the measurements). Set it with ``dask.config.set({"dask_em.accelerate": True})``;
+    hard-assignment models (KMeans) and variational ones (BayesianGaussianMixture,
+    which warns) are never accelerated. EM on the
+    initialisation sample is accelerated whatever this setting.
+    """
+    return bool(dask.config.get("dask_em.accelerate", False))
+
+
+def checkpoint_settings():
+    """The ``dask.config`` settings a checkpoint must match to be resumed: those that
+    change a fit's result (the reduction's fan-in, the stepwise-EM settings)."""
+    from dask_em.engine import split_every_default
+
+    settings = {"split_every": split_every_default()}
+    settings.update({
+        f"stepwise.{name}": stepwise_setting(name) for name in ("passes", "alpha", "t0", "batch_chunks", "average")
+    })
+    settings["accelerate"] = accelerate_setting()
+    return settings
+
+
+__all__ = [
+    "ALGORITHMS", "SAMPLE_EM_MAX_ITER", "SAMPLE_EM_MAX_STEPS", "accelerate_setting", "checkpoint_settings",
+    "sample_em_tol", "stepwise_setting",
+]
