@@ -93,6 +93,10 @@ def select_n_components(
     ``s2 = inertia / (R M)``, the log-likelihood is
     ``sum_k R_k log(R_k / R) - R M / 2 (log(2 pi s2) + 1)`` and the free
     parameters are ``K M`` centre coordinates, ``K - 1`` weights and one variance.
+    Under ``nan_policy="marginalize"`` (k-POD) the inertia covers the observed
+    coordinates only, and so does the model: ``R M`` becomes ``C``, the (weighted)
+    number of observed coordinates of the rows fitted, in ``s2 = inertia / C`` and
+    in the log-likelihood's second term.
 
     Examples
     --------
@@ -116,13 +120,6 @@ def select_n_components(
         raise ValueError(f"n_components must list at least one int >= 1, got {ks!r}.")
     if covariance_types is not None and not hasattr(estimator, "covariance_type"):
         raise ValueError(f"covariance_types applies to GaussianMixture only, not {type(estimator).__name__}.")
-    if isinstance(estimator, KMeans) and estimator.nan_policy == "marginalize":
-        raise ValueError(
-            "select_n_components does not take KMeans with nan_policy='marginalize': its criterion "
-            "counts every coordinate of every row, while the inertia then covers the observed ones "
-            "only. Select with GaussianMixture(covariance_type='spherical', nan_policy='marginalize'), "
-            "or pass KMeans(nan_policy='omit')."
-        )
     k_param = "n_clusters" if isinstance(estimator, KMeans) else "n_components"
     cov_types = [None] if covariance_types is None else list(covariance_types)
     candidates = []
@@ -174,9 +171,10 @@ def _criterion_terms(estimator, stats):
         return float(stats["loglik"]), n, estimator._n_parameters()
     K, M = estimator.cluster_centers_.shape
     nk = np.asarray(stats["nk"], dtype=np.float64)
-    variance = max(-float(stats["loglik"]) / (n * M), np.finfo(np.float64).tiny)
+    observed = n * M - float(stats.get("missing", 0.0))  # nan_policy="marginalize": observed coordinates only
+    variance = max(-float(stats["loglik"]) / observed, np.finfo(np.float64).tiny)
     shares = nk[nk > 0]
-    ll = float(np.sum(shares * np.log(shares / n))) - n * M / 2.0 * (math.log(2.0 * math.pi * variance) + 1.0)
+    ll = float(np.sum(shares * np.log(shares / n))) - observed / 2.0 * (math.log(2.0 * math.pi * variance) + 1.0)
     return ll, n, K * M + (K - 1) + 1
 
 

@@ -14,7 +14,6 @@ from numpy.testing import assert_allclose
 from sklearn.cluster import KMeans as SKKMeans
 
 from dask_em import KMeans, select_n_components
-from tests._counting import CountComputes
 from tests._references import nearest_centre, xmeans_bic
 
 TRUE_K = 4
@@ -109,12 +108,31 @@ def test_xarray_selection_equals_the_selection_on_flat_finite_rows():
     assert isinstance(labels, xr.DataArray) and int(labels.isnull().sum()) == cube.shape[0] * 200 - len(rows)
 
 
-def test_marginalize_is_refused_before_any_pass():
-    """The X-means criterion counts every coordinate; with gaps it would be biased, so it is
-    refused (and no pass is run: the data are never read)."""
-    X = np.random.default_rng(0).normal(size=(60, 3))
-    X[::7, 1] = np.nan
-    with CountComputes() as counter:
-        with pytest.raises(ValueError, match="nan_policy='marginalize'.*nan_policy='omit'"):
-            select_n_components(KMeans(nan_policy="marginalize"), da.from_array(X, chunks=20), [2, 3])
-    assert counter.count == 0
+def test_marginalize_counts_the_observed_coordinates_only():
+    """k-POD's inertia covers the observed coordinates, and so does its criterion: the
+    X-means BIC with ``R M`` replaced by the number of observed coordinates, recomputed
+    here from the candidates' centres by a row-by-row loop over observed coordinates."""
+    rng = np.random.default_rng(3)
+    X = separated_blobs(n=600, seed=3)
+    X[rng.random(X.shape) < 0.15] = np.nan
+    X = X[np.isfinite(X).any(axis=1)]
+    sel = select_n_components(KMeans(random_state=0, nan_policy="marginalize"), da.from_array(X, chunks=150),
+                              [2, 4, 5])
+    R, M = X.shape
+    observed = int(np.isfinite(X).sum())
+    assert observed < R * M
+    for row, est in zip(sel.table, sel.estimators):
+        C = est.cluster_centers_
+        labels, inertia = [], 0.0
+        for x in X:
+            o = np.isfinite(x)
+            d = ((C[:, o] - x[o]) ** 2).sum(axis=1)
+            labels.append(int(np.argmin(d)))
+            inertia += d.min()
+        sizes = np.bincount(labels, minlength=len(C)).astype(float)
+        nz = sizes[sizes > 0]
+        ll = np.sum(nz * np.log(nz / R)) - observed / 2 * (np.log(2 * np.pi * inertia / observed) + 1)
+        p = len(C) * M + len(C)
+        assert row["log_likelihood"] == pytest.approx(ll, rel=1e-9)
+        assert row["bic"] == pytest.approx(-2 * ll + p * np.log(R), rel=1e-9)
+    assert sel.best_estimator.n_clusters == TRUE_K

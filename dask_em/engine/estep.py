@@ -236,7 +236,8 @@ def estep_block(X, w, payload, index):
     list of dict
         Per mixture: the family's statistics plus ``nk`` (K,), ``loglik`` (weighted
         sum of per-row log-likelihoods), ``weight`` (sum of sample weights),
-        ``n_rows``, ``n_nonfinite``, ``n_bad_weight``.
+        ``n_rows``, ``n_nonfinite``, ``n_bad_weight``; with a marginalising family
+        also ``missing``, the (weighted) number of missing coordinates.
     """
     family, states = payload
     if family.stacks and not family.hard and len(states) > 1 and len({len(s.weights) for s in states}) == 1:
@@ -254,6 +255,7 @@ def estep_block(X, w, payload, index):
         from dask_em.engine.marginal import split_gaps
 
         X, w, gaps = split_gaps(X, w)
+        counts["missing"] = 0.0  # the (weighted) count of missing coordinates, of the rows with gaps
     for i in range(0, max(X.shape[0], 1), step):
         # rows are checked slab by slab: the check leaves the slab in the CPU's
         # caches for the kernels, instead of reading the whole block twice

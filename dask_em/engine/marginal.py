@@ -136,7 +136,8 @@ def estep_gaps(X, w, family, mixtures):
         Per mixture (stacked ones split): the family's statistics, ``nk`` and
         ``loglik``, to add to those of the complete rows.
     counts : dict
-        ``weight``, ``n_rows`` and ``n_bad_weight`` of these rows.
+        ``weight``, ``n_rows`` and ``n_bad_weight`` of these rows, and ``missing``
+        their (weighted) number of missing coordinates.
     """
     X = np.asarray(X, dtype=np.float64)
     n_bad_weight = 0
@@ -147,8 +148,10 @@ def estep_gaps(X, w, family, mixtures):
         keep = ~bad & (w > 0)
         if not keep.all():
             X, w = X[keep], w[keep]
+    n_missing = np.count_nonzero(np.isnan(X), axis=1)
     counts = {"weight": float(X.shape[0] if w is None else w.sum()), "n_rows": X.shape[0],
-              "n_bad_weight": n_bad_weight}
+              "n_bad_weight": n_bad_weight,
+              "missing": float(n_missing.sum() if w is None else n_missing @ w)}
     groups_of_rows = patterns(X)
     floor = 0.5 * log_tiny(np.float64)
     out = []
