@@ -121,7 +121,6 @@ def test_recovers_parameters_from_own_samples(kind):
 
 
 def test_categorical_recovers_parameters_and_infers_categories():
-    rng = np.random.default_rng(2)
     n_cat = [3, 2, 3, 2]  # 2 latent classes need >= 3 features to be identifiable
     probs = np.zeros((2, 4, 3))
     probs[:, 0] = [[0.8, 0.1, 0.1], [0.1, 0.1, 0.8]]
