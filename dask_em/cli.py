@@ -251,9 +251,6 @@ def cmd_impute(args):
 
     _check_output(args.output, "zarr", "output store")
     model = _load(args)
-    family = model._family() if hasattr(model, "impute") else None
-    if family is None or family.missing is None:
-        raise ValueError(f"{type(model).__name__} cannot impute missing features yet.")
     check_input(args, model)
     with dask_client(args.scheduler, quiet=args.quiet):
         result = model.impute(args.store, **_source_kwargs(args))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import dask.array as da
 import numpy as np
 
+from dask_em.engine.inline import in_memory_blocks
 from dask_em.io import from_xarray, is_xarray, is_zarr, open_zarr_array, zarr_to_dask
 from dask_em.io.zarr_source import read_block, warn_missing_chunks_in
 from dask_em.weights import as_row_weights
@@ -352,15 +353,6 @@ def decide_persist(X, persist):
     return bool(persist)
 
 
-def _blocks_held(X):
-    """Whether the graph of ``X`` holds every block as a NumPy array (then persisting
-    it would copy them: a ``dask.compute`` for nothing)."""
-    graph = X.__dask_graph__()
-    keys = X.__dask_keys__()
-    flat = [k for row in keys for k in row] if X.ndim == 2 else keys
-    return all(isinstance(graph.get(k), np.ndarray) for k in flat)
-
-
 def nonfinite_rows_error(n_bad, n_total, fix):
     """The error for rows holding NaN or infinity under ``nan_policy="raise"``."""
     return ValueError(
@@ -429,8 +421,8 @@ class Prepared:
             return self
         if self.source.is_numpy or decide_persist(self.X, self.persist):
             # NumPy input's graph already holds its blocks (da.from_array): nothing to read
-            self.X = self.X if _blocks_held(self.X) else self.X.persist()
-            if self.weights is not None and not _blocks_held(self.weights):
+            self.X = self.X if in_memory_blocks(self.X) is not None else self.X.persist()
+            if self.weights is not None and in_memory_blocks(self.weights) is None:
                 self.weights = self.weights.persist()
             self.in_memory = True
         self.loaded = True

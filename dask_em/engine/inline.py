@@ -20,6 +20,7 @@ import contextlib
 import contextvars
 
 import numpy as np
+from dask.core import flatten
 
 #: Most bytes of data a pass runs in the calling thread when the graph would run
 #: several tasks in parallel (below this, a pass takes about as long as dask's
@@ -45,10 +46,13 @@ def enabled():
     return _enabled.get()
 
 
-def in_memory_blocks(collection, keys):
-    """The blocks of ``collection`` when its graph holds them as NumPy arrays (persisted,
-    or NumPy data wrapped by ``da.from_array``), else ``None``."""
+def in_memory_blocks(collection, keys=None):
+    """The blocks of ``collection`` (those of ``keys``; all of them by default, in
+    order) when its graph holds them as NumPy arrays (persisted, or NumPy data
+    wrapped by ``da.from_array``), else ``None``."""
     graph = collection.__dask_graph__()
+    if keys is None:
+        keys = list(flatten(collection.__dask_keys__()))
     blocks = [graph.get(key) for key in keys]
     return blocks if all(isinstance(b, np.ndarray) for b in blocks) else None
 
