@@ -15,6 +15,7 @@ import dask.array as da
 import numpy as np
 
 from dask_em.engine.inline import in_memory_blocks
+from dask_em.engine.passes import active_client
 from dask_em.io import from_xarray, is_xarray, is_zarr, open_zarr_array, zarr_to_dask
 from dask_em.io.zarr_source import read_block, warn_missing_chunks_in
 from dask_em.weights import as_row_weights
@@ -300,26 +301,23 @@ def _gib(n):
     return f"{n / 2**30:.3g} GiB"
 
 
-def available_memory():
+def available_memory(X=None):
     """Memory the data could be kept in, and where.
 
-    With a distributed client: the sum over workers of their memory limit minus the
-    memory their processes already use (libraries, buffers). Without one: free RAM.
+    With a distributed client as the scheduler that would compute ``X``: the sum
+    over workers of their memory limit minus the memory their processes already
+    use (libraries, buffers). Otherwise (no client, or another scheduler chosen
+    with ``dask.config.set(scheduler=...)`` while one is connected): free RAM.
 
     Returns
     -------
     bytes : int
     where : str
-        ``"cluster"`` (a distributed client is active) or ``"local"``.
+        ``"cluster"`` or ``"local"``.
     """
     import psutil
 
-    try:
-        from distributed import default_client
-
-        client = default_client()
-    except (ImportError, ValueError):
-        client = None
+    client = active_client(X)
     if client is not None:
         total = 0
         for w in client.scheduler_info(n_workers=-1)["workers"].values():
@@ -340,7 +338,7 @@ def decide_persist(X, persist):
         :func:`available_memory` (the workers' memory limits less what their
         processes already use, or the free RAM without a cluster).
     """
-    memory, where = available_memory()
+    memory, where = available_memory(X)
     if isinstance(persist, str):  # "auto"
         persist = X.nbytes <= PERSIST_FRACTION * memory
         reason = f"{_gib(X.nbytes)} of data, {_gib(memory)} of {where} memory free"

@@ -184,13 +184,19 @@ def test_n_init_and_warm_start(data):
     assert abs(warm.lower_bound_ - before) < 1e-3
 
 
-def test_distributed_matches_threaded(data, cluster_client):
+@pytest.mark.parametrize("algorithm", ["em", "stepwise"])
+def test_distributed_matches_threaded(data, cluster_client, algorithm):
+    """Equal (to 1e-10) on two worker processes and on the threaded scheduler, batch and
+    stepwise: the latter given the same mini-batches (their default size follows
+    the scheduler's thread count, which differs between the two on most machines)."""
     X, means = data
     Xd = da.from_array(X, chunks=120)
-    kwargs = dict(n_components=4, covariance_type="full", tol=0.0, max_iter=8, means_init=means)
-    on_cluster = quiet_fit(BayesianGaussianMixture(**kwargs), Xd)
-    with dask.config.set(scheduler="threads"):
-        threaded = quiet_fit(BayesianGaussianMixture(**kwargs), Xd)
+    kwargs = dict(n_components=4, covariance_type="full", tol=0.0, max_iter=8, means_init=means,
+                  algorithm=algorithm, random_state=0)
+    with dask.config.set({"dask_em.stepwise.batch_chunks": 2}):
+        on_cluster = quiet_fit(BayesianGaussianMixture(**kwargs), Xd)
+        with dask.config.set(scheduler="threads"):
+            threaded = quiet_fit(BayesianGaussianMixture(**kwargs), Xd)
     for name in ATTRS:
         np.testing.assert_allclose(getattr(on_cluster, name), getattr(threaded, name), rtol=1e-10, err_msg=name)
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -62,6 +63,10 @@ def test_persist_policy_on_cluster(cluster, store, caplog):
     with Client(cluster), caplog.at_level(logging.INFO, logger="dask_em"):
         gm = GaussianMixture(2, random_state=0).fit(path, array="refl")
         assert "keeping the data in cluster memory" in caplog.text and "GiB of cluster memory free" in caplog.text
+        caplog.clear()
+        with dask.config.set(scheduler="threads"):  # the client computes nothing: local memory counts
+            GaussianMixture(2, random_state=0).fit(path, array="refl")
+        assert "keeping the data in local memory" in caplog.text and "GiB of local memory free" in caplog.text
         caplog.clear()
         GaussianMixture(2, random_state=0, persist=False).fit(path, array="refl")
         assert "streaming the data from its source every iteration (persist=False)" in caplog.text

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -80,6 +81,9 @@ def test_corrupt_chunk_in_a_group_on_a_cluster_worker(tmp_path):
         # and memory:// is private to each worker process: refused before computing
         with pytest.raises(ValueError, match="memory:// is private to each process"):
             write_zarr(da.zeros(10, chunks=5), "memory://h13-cluster/labels.zarr")
+        with dask.config.set(scheduler="threads"):  # computed in this process: memory:// is fine
+            write_zarr(da.arange(10, chunks=5), "memory://h13-threads/labels.zarr")
+        np.testing.assert_array_equal(zarr.open_array("memory://h13-threads/labels.zarr", mode="r")[:], np.arange(10))
 
 
 def test_corrupt_and_missing_chunks_of_a_cube_read_through_xarray(tmp_path, caplog):

@@ -291,6 +291,15 @@ def stall_warning_seconds():
     return float(seconds)
 
 
+def active_client(X=None):
+    """The ``distributed.Client`` that would compute ``X`` (or any collection), or None.
+
+    The active scheduler decides, not the mere existence of a client: under
+    ``dask.config.set(scheduler="threads")`` a connected client computes nothing.
+    """
+    return _distributed_client(get_scheduler(collections=None if X is None else [X]))
+
+
 def _distributed_client(scheduler):
     """The ``distributed.Client`` whose ``get`` is ``scheduler``, or None."""
     client = getattr(scheduler, "__self__", None)

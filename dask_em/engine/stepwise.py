@@ -75,12 +75,11 @@ import time
 
 import dask
 import numpy as np
-from dask.base import get_scheduler
 from dask.system import CPU_COUNT
 
 from dask_em.engine.estep import estep_block, m_step
 from dask_em.engine.loop import EMResult, run_em
-from dask_em.engine.passes import run_pass
+from dask_em.engine.passes import active_client, run_pass
 
 logger = logging.getLogger(__name__)
 
@@ -379,11 +378,9 @@ def scheduler_threads(X=None):
     All workers' threads of a ``distributed`` client, the ``num_workers`` of dask's
     local schedulers, else dask's CPU count.
     """
-    scheduler = get_scheduler(collections=None if X is None else [X])
-    client = getattr(scheduler, "__self__", None)
-    nthreads = getattr(client, "nthreads", None)
-    if callable(nthreads):  # a distributed Client's get
-        return int(sum(nthreads().values()))
+    client = active_client(X)
+    if client is not None:
+        return int(sum(client.nthreads().values()))
     return int(dask.config.get("num_workers", None) or CPU_COUNT)
 
 

@@ -273,19 +273,13 @@ def temporary_sibling(target):
 
 
 def _memory_with_cluster(loc):
-    """Whether ``loc`` is a ``memory://`` URL while a distributed client is active
-    (each worker process has its own memory file system)."""
+    """Whether ``loc`` is a ``memory://`` URL while a distributed client is the active
+    scheduler (each worker process has its own memory file system)."""
+    from dask_em.engine.passes import active_client
+
     protocol = loc.fs.protocol if not loc.is_local else ()
     protocol = protocol if isinstance(protocol, (tuple, list)) else (protocol,)
-    if "memory" not in protocol:
-        return False
-    try:
-        from distributed import default_client
-
-        default_client()
-    except (ImportError, ValueError):
-        return False
-    return True
+    return "memory" in protocol and active_client() is not None
 
 
 def _discard(tmp):
