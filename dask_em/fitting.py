@@ -426,7 +426,9 @@ def _fit_group(prepared, specs, sample, checkpoint, callback, progress=None, log
         check=check,
         callback=chain_callbacks(saver, callback),
         resume=results,
-        accelerate=accelerate_setting(),
+        # a stepwise k-means finish is Lloyd on overlapping clusters, slow to meet its
+        # shift test: Anderson acceleration costs no pass of its own (engine/anderson.py)
+        accelerate=accelerate_setting() or (specs[0].algorithm == "stepwise" and family.hard),
     )
     per_spec = [[r for r, j in zip(results, owner) if j == k] for k in range(len(specs))]
     # the final parameters are scored in one pass for every start that needs it

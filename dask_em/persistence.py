@@ -266,6 +266,42 @@ def read_state(spec, arrays, where):
         raise ModelFileError(f"{where!r} is corrupt: its parameter list is malformed ({exc}).") from None
 
 
+def write_anderson(acc, arrays, prefix):
+    """Put an :class:`~dask_em.engine.anderson.Anderson` acceleration into ``arrays``;
+    return its metadata (a resumed fit continues its sequence bit for bit)."""
+    out = {
+        "depth": int(acc.depth),
+        "best": float(acc.best),
+        "extrapolated": bool(acc.extrapolated),
+        "state": write_state(acc.state, arrays, f"{prefix}/state"),
+        "plain": None if acc.plain is None else write_state(acc.plain, arrays, f"{prefix}/plain"),
+        "points": None,
+    }
+    if acc.xs:  # the accepted points and their steps, one row each
+        out["points"] = {"xs": f"{prefix}/xs", "gs": f"{prefix}/gs"}
+        arrays[f"{prefix}/xs"], arrays[f"{prefix}/gs"] = np.stack(acc.xs), np.stack(acc.gs)
+    return out
+
+
+def read_anderson(spec, arrays, where):
+    """The :class:`~dask_em.engine.anderson.Anderson` that :func:`write_anderson` described."""
+    from dask_em.engine.anderson import Anderson
+
+    try:
+        acc = Anderson(read_state(spec["state"], arrays, where), lower_bound=float(spec["best"]),
+                       depth=int(spec["depth"]))
+        acc.extrapolated = bool(spec["extrapolated"])
+        acc.plain = None if spec["plain"] is None else read_state(spec["plain"], arrays, where)
+        if spec["points"] is not None:
+            xs, gs = (get_array(arrays, spec["points"][k], where) for k in ("xs", "gs"))
+            if xs.ndim != 2 or xs.shape != gs.shape or len(xs) > acc.depth + 1:
+                raise ValueError(f"points of shapes {xs.shape} and {gs.shape}")
+            acc.xs, acc.gs = list(xs), list(gs)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelFileError(f"{where!r} is corrupt: its acceleration state is malformed ({exc}).") from None
+    return acc
+
+
 # ------------------------------------------------------------------ checkpoints
 def array_digest(value):
     """What identifies an array-valued setting by value: SHA-256 of its float64 bytes
@@ -333,6 +369,8 @@ def write_checkpoint(path, estimator, fingerprint, results):
             "converged": bool(res.converged),
             "lower_bound": res.lower_bound,
             "history": res.history,
+            **({} if res.accelerator is None else
+               {"anderson": write_anderson(res.accelerator, arrays, f"start{i}/anderson")}),
         }
         for i, res in enumerate(results)
     ]
@@ -434,6 +472,7 @@ def read_checkpoint(path, estimator, fingerprint):
                     n_iter=n_iter,
                     lower_bound=lower_bound,
                     history=history,
+                    accelerator=read_anderson(s["anderson"], arrays, where) if "anderson" in s else None,
                 )
             )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -44,13 +44,16 @@ def stepwise_setting(name):
 
 
 def accelerate_setting():
-    """Whether batch EM passes are accelerated with SQUAREM (``dask_em.accelerate``).
+    """Whether batch EM passes are accelerated (``dask_em.accelerate``).
 
-    Off by default (see :mod:`dask_em.engine.accelerate` and benchmarks/README.md
-    for the measurements). Set it with ``dask.config.set({"dask_em.accelerate": True})``;
-    hard-assignment models (KMeans) and variational ones (BayesianGaussianMixture,
-    which warns) are never accelerated. EM on the
-    initialisation sample is accelerated whatever this setting.
+    Off by default: SQUAREM for soft mixtures (:mod:`dask_em.engine.accelerate`),
+    Anderson acceleration for KMeans' Lloyd passes (:mod:`dask_em.engine.anderson`);
+    see benchmarks/README.md for the measurements. Set it with
+    ``dask.config.set({"dask_em.accelerate": True})``; variational models
+    (BayesianGaussianMixture, which warns) are never accelerated. Whatever this
+    setting, EM on the initialisation sample is accelerated (SQUAREM), and so is the
+    Lloyd finish of a stepwise KMeans fit (Anderson), which changes no
+    scikit-learn-equivalent path.
     """
     return bool(dask.config.get("dask_em.accelerate", False))
 

@@ -220,5 +220,9 @@ def test_stepwise_kmeans_keeps_the_centres_its_last_pass_scored(tmp_path):
     d2 = ((X64[:, None, :] - km.cluster_centers_.astype(np.float64)[None]) ** 2).sum(axis=2)
     assert km.inertia_ == pytest.approx(d2.min(axis=1).sum(), rel=1e-6)  # float32 centres
     np.testing.assert_array_equal(np.asarray(km.labels_), d2.argmin(axis=1))
+    # the finish is Anderson-accelerated Lloyd: the kept centres pass Lloyd's test
+    labels, centres = d2.argmin(axis=1), km.cluster_centers_.astype(np.float64)
+    step = np.stack([X64[labels == k].mean(axis=0) for k in range(4)])
+    assert ((step - centres) ** 2).sum() <= km.tol * X64.var(axis=0).mean()
     sk = SkKMeans(4, random_state=0, n_init=3).fit(X64)
     assert km.inertia_ <= sk.inertia_ * (1 + 1e-3)

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from dask_em.engine.accelerate import Squarem
+from dask_em.engine.anderson import Anderson
 from dask_em.engine.estep import MixtureState, estep_block, m_step
 from dask_em.engine.passes import run_pass
 
@@ -36,6 +37,9 @@ class EMResult:
         ``"stepwise"``), ``iteration``, ``mean_loglik``, ``change``, ``seconds``.
     last_stats : dict or None
         Summed statistics of the last pass (row counts among them).
+    accelerator : Anderson or None
+        The Anderson acceleration of an accelerated hard-assignment run, kept so a
+        checkpoint resumes it where it was.
     """
 
     state: MixtureState
@@ -43,6 +47,7 @@ class EMResult:
     n_iter: int = 0
     lower_bound: float = -math.inf
     history: list = field(default_factory=list)
+    accelerator: object = None
     last_stats: dict = None
 
 
@@ -123,8 +128,15 @@ def run_em(
         (of plain EM; an accelerated run resumes from its last plain EM step and
         starts a new SQUAREM cycle there).
     accelerate : bool, optional
-        Accelerate with SQUAREM (:class:`~dask_em.engine.accelerate.Squarem`; not
-        for hard-assignment or variational families, which run plain passes): a pass evaluates an extrapolated point or
+        Hard-assignment families (k-means): Anderson acceleration
+        (:class:`~dask_em.engine.anderson.Anderson`): every pass evaluates the next
+        point, a plain step or an extrapolation of the last ones; ``state`` is the
+        M-step of the last point evaluated, ``lower_bound`` that point's mean
+        log-likelihood, ``accelerator`` the acceleration's state, and history entries say which kind of point a
+        pass evaluated (``"anderson"``: ``"plain"``, ``"extrapolated"`` or
+        ``"rejected"``); the stopping rule judges every evaluated point.
+        Soft families: SQUAREM (:class:`~dask_em.engine.accelerate.Squarem`; not for
+        variational families, which run plain passes): a pass evaluates an extrapolated point or
         an EM step. ``state`` is then always a plain EM step (the fallback while
         an extrapolation is being evaluated), ``lower_bound`` the mean
         log-likelihood of the last accepted point, and ``converged`` is tested on
@@ -147,13 +159,22 @@ def run_em(
     def prefix(i):
         return label + (f"init {i}: " if len(results) > 1 else "")
 
-    accs = {}
-    if accelerate and not (family.hard or family.variational):
+    accs, anderson = {}, {}
+    if accelerate and family.hard:
+        for i in active:  # a resumed run continues its acceleration
+            res = results[i]
+            if not isinstance(res.accelerator, Anderson):
+                res.accelerator = Anderson(res.state, lower_bound=res.lower_bound)
+            anderson[i] = res.accelerator
+    elif accelerate and not family.variational:
         accs = {i: Squarem(family, results[i].state, options, lower_bound=results[i].lower_bound) for i in active}
+
+    def evaluated(i):  # the point the next pass evaluates
+        return accs[i].state if i in accs else anderson[i].state if i in anderson else results[i].state
 
     for iteration in range(done + 1, max_iter + 1):
         start = time.perf_counter()
-        payload = (family, [accs[i].state if i in accs else results[i].state for i in active])
+        payload = (family, [evaluated(i) for i in active])
         stats_list = run_pass(
             X,
             estep_block,
@@ -192,12 +213,14 @@ def run_em(
             else:
                 mean_ll = stats["loglik"] / stats["weight"]
                 change = mean_ll - res.lower_bound
-                old_state = res.state
+                old_state = evaluated(i)
                 res.state = m_step(family, stats, old_state, options)
                 res.lower_bound = mean_ll
                 res.n_iter = iteration
                 res.last_stats = stats
                 res.history.append({**entry, "mean_loglik": mean_ll, "change": change, "seconds": seconds})
+                if i in anderson:  # the next point to evaluate
+                    res.history[-1]["anderson"] = anderson[i].update(mean_ll, res.state)
                 # the rule sees this iteration's entry (it may add to it, e.g. a lower bound)
                 converged = rules[i](res, stats, old_state, change)
             logger.log(

@@ -97,10 +97,13 @@ class CentreShift:
         if self.tol_abs is None:
             self.tol_abs = self.tol * mean_variance(stats, old_state.params)
         shift = float(((result.state.params["means"] - old_state.params["means"]) ** 2).sum())
+        # the partition is that of the previous pass, and the evaluated centres are that
+        # pass's centroids (not an accelerated extrapolation): they are a fixed point
         signature = (stats["nk"], stats["sig"])
         before = self.previous.get(id(result))
-        strict = before is not None and all(map(np.array_equal, signature, before))
-        self.previous[id(result)] = signature
+        strict = (before is not None and all(map(np.array_equal, signature, before[0]))
+                  and np.array_equal(old_state.params["means"], before[1]))
+        self.previous[id(result)] = (signature, result.state.params["means"])
         converged = strict or shift <= self.tol_abs
         kept = converged and not strict and self.keep_evaluated
         if kept:  # the centres this pass evaluated, whose statistics (inertia) it holds
