@@ -4,7 +4,7 @@
     python benchmarks/few_pass.py --n 2000000     # a larger store
     python benchmarks/few_pass.py --quick         # small sizes, a smoke run
     python benchmarks/few_pass.py --part memory   # only the in-memory comparison
-    python benchmarks/few_pass.py --accelerate    # batch EM passes with SQUAREM (dask_em.accelerate)
+    python benchmarks/few_pass.py --accelerate    # batch passes accelerated: SQUAREM, Anderson for Lloyd (dask_em.accelerate)
 
 Part 1 (streamed): a float32 Zarr store of overlapping clusters (D=16, K=8) on disk,
 fitted with ``persist=False`` so every pass reads the store, on dask's threaded
@@ -259,7 +259,7 @@ def main():
                         choices=["full", "diag", "spherical", "tied", "kmeans"])
     parser.add_argument("--models", nargs="+", default=["full", "diag", "kmeans"], choices=["full", "diag", "kmeans"])
     parser.add_argument("--accelerate", action="store_true",
-                        help="accelerate the batch EM passes with SQUAREM (dask.config dask_em.accelerate)")
+                        help="accelerate the batch passes: SQUAREM, Anderson for Lloyd (dask.config dask_em.accelerate)")
     parser.add_argument("--schedulers", nargs="+", default=["threads", "LocalCluster"],
                         choices=["threads", "LocalCluster"])
     args = parser.parse_args()

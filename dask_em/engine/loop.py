@@ -125,23 +125,26 @@ def run_em(
         starting from ``inits``: iterations continue from their ``n_iter``, converged
         ones stay out of the passes, and the convergence test uses their saved
         ``lower_bound``, so the outcome equals that of an uninterrupted run
-        (of plain EM; an accelerated run resumes from its last plain EM step and
-        starts a new SQUAREM cycle there).
+        (of plain EM, and of Anderson-accelerated Lloyd, whose state the results
+        carry; a SQUAREM run resumes from its last plain EM step and starts a new
+        cycle there).
     accelerate : bool, optional
         Hard-assignment families (k-means): Anderson acceleration
-        (:class:`~dask_em.engine.anderson.Anderson`): every pass evaluates the next
+        (:class:`~dask_em.engine.anderson.Anderson`). Every pass evaluates the next
         point, a plain step or an extrapolation of the last ones; ``state`` is the
         M-step of the last point evaluated, ``lower_bound`` that point's mean
-        log-likelihood, ``accelerator`` the acceleration's state, and history entries say which kind of point a
-        pass evaluated (``"anderson"``: ``"plain"``, ``"extrapolated"`` or
-        ``"rejected"``); the stopping rule judges every evaluated point.
-        Soft families: SQUAREM (:class:`~dask_em.engine.accelerate.Squarem`; not for
-        variational families, which run plain passes): a pass evaluates an extrapolated point or
-        an EM step. ``state`` is then always a plain EM step (the fallback while
-        an extrapolation is being evaluated), ``lower_bound`` the mean
-        log-likelihood of the last accepted point, and ``converged`` is tested on
-        plain EM steps only; history entries say which kind of point a pass
-        evaluated (``"squarem"``: ``"em"``, ``"extrapolated"`` or ``"rejected"``).
+        log-likelihood, ``accelerator`` the acceleration's state (a checkpoint
+        resumes it); history entries say which kind of point a pass evaluated
+        (``"anderson"``: ``"plain"``, ``"extrapolated"`` or ``"rejected"``), and the
+        stopping rule judges every evaluated point.
+        Other families: SQUAREM (:class:`~dask_em.engine.accelerate.Squarem`; not
+        for variational families, which run plain passes). A pass evaluates an
+        extrapolated point or an EM step; ``state`` is then always a plain EM step
+        (the fallback while an extrapolation is being evaluated), ``lower_bound``
+        the mean log-likelihood of the last accepted point, and ``converged`` is
+        tested on plain EM steps only; history entries say which kind of point a
+        pass evaluated (``"squarem"``: ``"em"``, ``"extrapolated"`` or
+        ``"rejected"``).
 
     Returns
     -------
