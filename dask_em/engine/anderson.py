@@ -2,7 +2,7 @@
 
 On overlapping clusters Lloyd's iteration ``x -> G(x)`` (assign every row to its
 nearest centre, move each centre to its rows' mean) converges linearly and slowly:
-its centre shift shrinks by only 5-15% per pass, so from a stepwise estimate Lloyd
+its squared centre shift shrank by only 10-20% per pass, so from a stepwise estimate Lloyd
 needed 12 passes to meet its tolerance on a 3,000,000-row store (benchmarks/README.md).
 Anderson acceleration (type II, depth ``m``; Walker & Ni 2011, "Anderson acceleration
 for fixed-point iterations", SIAM J. Numer. Anal. 49, 1715-1735; applied to Lloyd by
