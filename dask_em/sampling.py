@@ -193,11 +193,11 @@ def _combine_samples(parts):
     keys = np.concatenate([p["keys"] for p in parts])
     index = np.concatenate([p["index"] for p in parts])
     keep = _smallest(keys, index, m)
+    counts = {key: sum(p[key] for p in parts) for key in ("n_rows", "n_nonfinite", "n_bad_weight")}
     if keep.size == keys.size:  # every row kept (small data): the parts joined as they are
-        out = {"rows": np.concatenate([p["rows"] for p in parts]), "keys": keys, "index": index, "m": m,
-               "weights": None if parts[0]["weights"] is None else np.concatenate([p["weights"] for p in parts])}
-        out.update({key: sum(p[key] for p in parts) for key in ("n_rows", "n_nonfinite", "n_bad_weight")})
-        return out
+        weights = None if parts[0]["weights"] is None else np.concatenate([p["weights"] for p in parts])
+        rows = np.concatenate([p["rows"] for p in parts])
+        return {"rows": rows, "keys": keys, "index": index, "m": m, "weights": weights, **counts}
     # gather each part's kept rows from the part itself: one copy of the kept rows
     bounds = np.cumsum([0] + [len(p["keys"]) for p in parts])
     cuts = np.searchsorted(keep, bounds)
@@ -212,11 +212,9 @@ def _combine_samples(parts):
         else:
             target[...] = p["rows"][loc]
         at += loc.size
-    out = {"rows": rows, "keys": keys[keep], "index": index[keep], "weights": None, "m": m}
+    out = {"rows": rows, "keys": keys[keep], "index": index[keep], "weights": None, "m": m, **counts}
     if parts[0]["weights"] is not None:
         out["weights"] = np.concatenate([np.asarray(p["weights"])[loc] for p, loc in zip(parts, local)])
-    for key in ("n_rows", "n_nonfinite", "n_bad_weight"):
-        out[key] = sum(p[key] for p in parts)
     return out
 
 

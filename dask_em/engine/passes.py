@@ -20,7 +20,7 @@ from dask.utils import parse_timedelta
 
 from dask_em.engine import inline
 from dask_em.engine.blas import blas_limited, one_blas_thread
-from dask_em.engine.inline import in_memory_blocks, kernel_on_blocks, kernel_on_joined_blocks
+from dask_em.engine.inline import kernel_on_blocks, kernel_on_joined_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +122,11 @@ def tree_pass(
     else:
         # blocks already in memory go into the tasks themselves: the graph then holds
         # a few tasks instead of one key per block, which dask handles at ~30 us each
-        data = in_memory_blocks(X, blocks)
+        data = inline.in_memory_blocks(X, blocks)
         if data is not None:
             blocks = data
             dependencies = [d for d in dependencies if d is not X]
-        data = None if extra is None else in_memory_blocks(extra, extras)
+        data = None if extra is None else inline.in_memory_blocks(extra, extras)
         if data is not None:
             extras = data
             dependencies = [d for d in dependencies if d is not extra]
@@ -190,27 +190,32 @@ def run_pass(X, kernel, payload, **kwargs):
     scheduler = get_scheduler(collections=[X])
     client = _distributed_client(scheduler)
     threads = None if client is not None else _local_threads(scheduler)
+    result = _NOT_IN_PROCESS
     if client is None and inline.enabled():
         result = _pass_in_process(X, kernel, payload, threads, scheduler, kwargs)
-        if result is not _NOT_IN_PROCESS:
-            for listener in _pass_listeners.get():
-                listener(X.numblocks[0])
-            return result
-    if client is not None:
-        result = _compute_watched(client, tree_pass(X, kernel, payload, **kwargs), kwargs.get("name", "pass"))
-    elif threads is None:
-        (result,) = dask.compute(tree_pass(X, kernel, payload, **kwargs))
-    else:
-        kwargs.setdefault("blocks_per_task", blocks_per_task(X, threads))
-        graph = tree_pass(X, kernel, payload, **kwargs)
-        with blas_limited():
-            (result,) = dask.compute(graph)
+    if result is _NOT_IN_PROCESS:
+        result = _pass_on_scheduler(X, kernel, payload, client, threads, kwargs)
     for listener in _pass_listeners.get():
         listener(X.numblocks[0])
     return result
 
 
 _NOT_IN_PROCESS = object()
+
+
+def _pass_on_scheduler(X, kernel, payload, client, threads, kwargs):
+    """The pass as a graph, in one ``dask.compute`` (watched on a distributed client;
+    on the threaded scheduler with blocks grouped per task and BLAS on one thread)."""
+    if client is not None:
+        return _compute_watched(client, tree_pass(X, kernel, payload, **kwargs), kwargs.get("name", "pass"))
+    if threads is None:
+        (result,) = dask.compute(tree_pass(X, kernel, payload, **kwargs))
+        return result
+    kwargs.setdefault("blocks_per_task", blocks_per_task(X, threads))
+    graph = tree_pass(X, kernel, payload, **kwargs)
+    with blas_limited():
+        (result,) = dask.compute(graph)
+    return result
 
 
 def _pass_in_process(X, kernel, payload, threads, scheduler, kwargs):

@@ -13,11 +13,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
 
 from dask_em._validation import Interval, Options, check_is_fitted, seed_from, seeds_from
-from dask_em.engine import EMResult, score_block
+from dask_em.engine import EMResult, as_float64_state, cast_state, score_block
 from dask_em.engine.marginal import score_block_marginal
 from dask_em.engine.omit import score_block_omit
 from dask_em.estimators._facade import EDGE_CONSTRAINTS, EMEstimator
-from dask_em.engine import as_float64_state, cast_state
 from dask_em.fitting import ModelSpec
 from dask_em.settings import ALGORITHMS
 

@@ -15,8 +15,7 @@ from dask.base import tokenize
 
 from dask_em._validation import Options, check_is_fitted, validate_params
 from dask_em.data import NAN_POLICIES, prepare
-from dask_em.engine import map_rows
-from dask_em.engine import as_float64_state
+from dask_em.engine import as_float64_state, map_rows
 from dask_em.fitting import fit_models
 from dask_em.io.locations import check_output
 

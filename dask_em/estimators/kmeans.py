@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Cluster
 
 from dask_em._math import as_float64
 from dask_em._validation import Interval, Options, check_is_fitted, seeds_from
-from dask_em.engine import MixtureState, score_block
+from dask_em.engine import MixtureState, as_float64_state, cast_state, score_block
 from dask_em.engine.estep import rows_in_slabs, slab_rows
 from dask_em.engine.marginal import gap_rows, patterns, score_block_marginal
 from dask_em.engine.omit import score_block_omit
@@ -24,7 +24,6 @@ from dask_em.estimators._facade import _EDGE_DOC, EDGE_CONSTRAINTS, EMEstimator
 from dask_em.estimators._init_checks import check_array_init
 from dask_em.families import get_family
 from dask_em.families.kmeans import mean_variance
-from dask_em.engine import as_float64_state, cast_state
 from dask_em.fitting import ModelSpec
 from dask_em.settings import SAMPLE_EM_MAX_ITER
 from dask_em.sample_init import initialize_on_sample
@@ -275,7 +274,6 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
             given = check_array_init("init", self.init, (K, prepared.n_features)).copy()
 
         family = get_family("kmeans")
-        algorithm = {"lloyd": "em"}.get(self.algorithm, self.algorithm)
 
         def initialize(rows, weights, seeds, em_on_sample):
             if given is not None:
@@ -291,7 +289,7 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
             n_components=K,
             initialize=initialize,
             needs_sample=given is None,
-            algorithm=algorithm,
+            algorithm={"lloyd": "em"}.get(self.algorithm, self.algorithm),
             seeds=seeds_from(self.random_state, self._n_starts()),
             tol=self.tol,
             max_iter=self.max_iter,
