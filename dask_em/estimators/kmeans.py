@@ -26,7 +26,8 @@ from dask_em.families import get_family
 from dask_em.families.kmeans import mean_variance
 from dask_em.fitting import ModelSpec
 from dask_em.settings import SAMPLE_EM_MAX_ITER
-from dask_em.sample_init import initialize_on_sample
+from dask_em.initialization import lloyd
+from dask_em.sample_init import initialize_on_sample, nearest_centers
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,12 @@ def _distance_block_marginal(X, payload):
             d[rows] = np.sqrt(-family.missing.log_prob(X_gaps[rows], state.params, factors))
         out[gap] = d
     return out
+
+
+def sample_inertia(rows, weights, centers):
+    """The (weighted) inertia of in-memory ``rows`` (n, D) about their nearest ``centers`` (K, D)."""
+    d2 = nearest_centers(rows, centers)[1]
+    return float(d2.sum() if weights is None else np.dot(weights, d2))
 
 
 class CentreShift:
@@ -278,11 +285,15 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         def initialize(rows, weights, seeds, em_on_sample):
             if given is not None:
                 return [MixtureState(np.full(K, 1.0 / K), {"means": given.copy()})]
-            starts = initialize_on_sample(
-                rows, family, K, INITS[self.init], seeds, weights=weights, em_on_sample=em_on_sample,
-                tol=0.0, max_iter_sample=SAMPLE_EM_MAX_ITER, rank=len(seeds) > 1,
-            )
-            return [MixtureState(np.full(K, 1.0 / K), {"means": s.state.params["means"]}) for s in starts]
+            starts = initialize_on_sample(rows, family, K, INITS[self.init], seeds, weights=weights,
+                                          em_on_sample=False, rank=len(seeds) > 1 and not em_on_sample)
+            means = [s.state.params["means"] for s in starts]
+            if em_on_sample:  # a stepwise fit keeps one start: Lloyd to a fixed partition ranks them
+                rows64 = np.asarray(rows, dtype=np.float64)
+                means = [lloyd(rows64, m, weights, tol=0.0, max_iter=SAMPLE_EM_MAX_ITER) for m in means]
+                if len(means) > 1:
+                    means.sort(key=lambda m: sample_inertia(rows64, weights, m))
+            return [MixtureState(np.full(K, 1.0 / K), {"means": m}) for m in means]
 
         return ModelSpec(
             family=family,
