@@ -360,6 +360,31 @@ def test_initialize_on_sample_kmeans_family():
         initialize_on_sample(Xn, get_family("kmeans"), 3, "random_from_data", [0, 1])
 
 
+def _overlapping(n, K=8, D=16, seed=0):
+    """Anisotropic Gaussians about one standard deviation apart: k-means has several
+    local optima here, and one k-means++ seeding often ends in a poor one."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=3.0, size=(K, D))
+    mixers = np.stack([rng.normal(size=(D, D)) * 0.5 + np.eye(D) * 0.5 for _ in range(K)])
+    labels = rng.integers(0, K, n)
+    return np.einsum("nd,nde->ne", rng.normal(size=(n, D)), mixers[labels]) + centers[labels]
+
+
+def test_kmeans_start_keeps_the_best_of_several_seedings():
+    # a sample larger than k-means++'s seeding subset (10,000 rows): the "kmeans"
+    # start reaches the partition of scikit-learn's best of 10 full k-means runs for
+    # every seed, where one seeding (scikit-learn's n_init=1) often does not
+    X = _overlapping(40_000)
+    best = SkKMeans(8, n_init=10, random_state=0).fit(X).inertia_
+    single = [SkKMeans(8, n_init=1, random_state=s).fit(X).inertia_ for s in range(10)]
+    assert max(single) > 1.02 * best  # the data have worse local optima to fall into
+    family = get_family("kmeans")
+    for seed in range(10):
+        (start,) = initialize_on_sample(X, family, 8, "kmeans", [seed], em_on_sample=False, rank=False)
+        ours = ((X[:, None, :] - start.state.params["means"][None]) ** 2).sum(axis=2).min(axis=1).sum()
+        assert ours == pytest.approx(best, rel=1e-4), seed
+
+
 def test_threaded_and_distributed_draw_the_same_sample(cluster_client):
     Xn = _blobs(n=8_000, seed=7)[0]
     wn = np.random.default_rng(7).uniform(0.0, 2.0, size=8_000)

@@ -45,11 +45,13 @@ class GaussianMixture(BaseMixture):
         Number of starting points; the best fit (highest ``lower_bound_``) is kept.
         All starts share every pass over the data.
     init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default="kmeans"
-        How starting points are chosen, over the chunked data (see
-        :mod:`dask_em.initialization`): "kmeans" is k-means|| seeding plus Lloyd
-        passes, "k-means++" seeds on a uniform sample, "random_from_data" picks K rows,
-        and these three then derive weights and covariances from the nearest-centre
-        assignment; "random" draws random responsibilities.
+        How starting points are chosen, in memory on one sample of
+        ``max(1000 K, 100_000)`` rows drawn in one pass (:mod:`dask_em.sample_init`):
+        "kmeans" is greedy k-means++ plus Lloyd iterations on the sample (as
+        ``KMeans(init="k-means||")``), "k-means++" seeds on the sample alone,
+        "random_from_data" picks K rows of it, and these three then derive weights and
+        covariances from the nearest-centre assignment; "random" draws random
+        responsibilities.
     weights_init : array-like of shape (n_components,), default=None
         Initial mixing weights (sum to 1).
     means_init : array-like of shape (n_components, n_features), default=None

@@ -27,13 +27,14 @@ from dask_em.families.kmeans import mean_variance
 from dask_em.fitting import ModelSpec
 from dask_em.settings import SAMPLE_EM_MAX_ITER
 from dask_em.initialization import lloyd
-from dask_em.sample_init import initialize_on_sample, nearest_centers
+from dask_em.sample_init import initialize_on_sample, sample_inertia
 
 logger = logging.getLogger(__name__)
 
 #: ``init`` strings and the method that seeds on the initialisation sample:
 #: "k-means||" (the scalable seeding's role: a good start for a pass-bound fit) is
-#: k-means++ plus Lloyd iterations on the sample, in memory.
+#: k-means++ plus Lloyd iterations on the sample, in memory (the best of several
+#: seedings when the sample is large: see :func:`dask_em.sample_init._centers_on_sample`).
 INITS = {"k-means||": "kmeans", "k-means++": "k-means++", "random": "random_from_data"}
 
 
@@ -71,12 +72,6 @@ def _distance_block_marginal(X, payload):
             d[rows] = np.sqrt(-family.missing.log_prob(X_gaps[rows], state.params, factors))
         out[gap] = d
     return out
-
-
-def sample_inertia(rows, weights, centers):
-    """The (weighted) inertia of in-memory ``rows`` (n, D) about their nearest ``centers`` (K, D)."""
-    d2 = nearest_centers(rows, centers)[1]
-    return float(d2.sum() if weights is None else np.dot(weights, d2))
 
 
 class CentreShift:
@@ -148,7 +143,9 @@ class KMeans(EMEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         drawn in one pass (:mod:`dask_em.sample_init`; the same whatever the
         chunking; weighted by the sample weights): "k-means||": greedy k-means++
         plus Lloyd iterations on the sample (the scalable good start k-means||
-        gave, without its 7 passes); "k-means++": greedy k-means++ on the sample;
+        gave, without its 7 passes; on a sample of more than ``max(10_000, 100 K)``
+        rows, the best of 4 seedings, each run to Lloyd's fixed point on 10,000 of
+        them); "k-means++": greedy k-means++ on the sample;
         "random": K distinct rows of the sample; an array: these centres (no pass).
     n_init : "auto" or int, default="auto"
         Number of starts (all share every pass); the lowest inertia wins. "auto":
