@@ -325,3 +325,45 @@ def test_threaded_and_distributed_give_the_same_fit(cluster_client):
         warnings.simplefilter("ignore")
         from_numpy = GaussianMixture(**kw).fit(Xn)
     assert from_numpy.lower_bound_ == pytest.approx(local.lower_bound_, rel=1e-3)
+
+
+@pytest.mark.parametrize("cov_type", ["diag", "full"])
+def test_bad_rows_are_left_out_exactly_far_from_the_origin(cov_type):
+    # NaN rows among the first rows of the first slab, and infinite values further
+    # on, in data 1e6 from the origin: the E-step's statistics are those of the
+    # good rows alone, to the precision of rows centred on the means (a reference
+    # point taken from the bad rows would cost ~eps * 1e12 in every square)
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    from dask_em.families.gaussian import cholesky_from_precisions
+
+    rng = np.random.default_rng(3)
+    K, D, n = 3, 4, 20_000
+    means = 1e6 + rng.normal(scale=3.0, size=(K, D))
+    X = means[rng.integers(0, K, n)] + rng.normal(size=(n, D))
+    X[[0, 5, 200], 1] = np.nan
+    X[[9_000, 15_000], [0, 3]] = [np.inf, -np.inf]
+    good = np.isfinite(X).all(axis=1)
+    weights = np.array([0.2, 0.3, 0.5])
+    covariances = np.stack([np.diag(rng.uniform(0.5, 2.0, D)) for _ in range(K)])
+    fam = get_family(f"gaussian-{cov_type}")
+    precisions = np.linalg.inv(covariances)
+    given = precisions if cov_type == "full" else np.diagonal(precisions, axis1=1, axis2=2)
+    state = MixtureState(weights, {"means": means, "precisions_cholesky": cholesky_from_precisions(given, cov_type)})
+    (stats,) = estep_block(X, None, (fam, [state]), 0)
+
+    Xg = X[good]
+    log_dens = np.stack([multivariate_normal(means[k], covariances[k]).logpdf(Xg) for k in range(K)], axis=1)
+    log_dens += np.log(weights)
+    row_ll = logsumexp(log_dens, axis=1)
+    R = np.exp(log_dens - row_ll[:, None])
+    assert stats["n_rows"] == good.sum() and stats["n_nonfinite"] == n - good.sum()
+    np.testing.assert_allclose(stats["loglik"], row_ll.sum(), rtol=1e-11)
+    np.testing.assert_allclose(stats["nk"], R.sum(axis=0), rtol=1e-11)
+    for k in range(K):
+        diff = Xg - means[k]
+        np.testing.assert_allclose(stats["s1"][k], R[:, k] @ diff, rtol=1e-8, atol=1e-8 * n)
+        second = (R[:, k, None] * diff).T @ diff
+        expected = second if cov_type == "full" else np.diag(second)
+        np.testing.assert_allclose(stats["s2"][k], expected, rtol=1e-9)
