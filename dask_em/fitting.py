@@ -362,7 +362,8 @@ def _score(prepared, family, states):
 def _stepwise_phase(prepared, specs, results, sample, check, callback):
     """Stepwise EM from the starts (one per spec), continuing from the sample's statistics."""
     spec = specs[0]
-    passes = stepwise_setting("passes")
+    hard = spec.family.hard
+    passes = stepwise_setting("passes", hard)
     if any(s.warm is not None for s in specs) or passes == 0:
         return results  # a warm start continues with batch EM
     init_stats = None if sample is None else sample.stats(spec.family, [r.state for r in results])
@@ -373,14 +374,14 @@ def _stepwise_phase(prepared, specs, results, sample, check, callback):
         options=spec.options,
         sample_weight=prepared.weights,
         passes=passes,
-        alpha=stepwise_setting("alpha"),
-        t0=stepwise_setting("t0"),
-        batch_chunks=stepwise_setting("batch_chunks"),
+        alpha=stepwise_setting("alpha", hard),
+        t0=stepwise_setting("t0", hard),
+        batch_chunks=stepwise_setting("batch_chunks", hard),
         seed=spec.seeds[0],
         check=check,
         callback=callback,
         init_stats=init_stats,
-        average=stepwise_setting("average"),
+        average=stepwise_setting("average", hard),
         log_level=logging.DEBUG,  # a line per step with verbose=2; a line per pass at INFO
     )
     # the exact finish starts afresh: its first pass has no reference to test against
@@ -394,7 +395,7 @@ def _fit_group(prepared, specs, sample, checkpoint, callback, progress=None, log
     check = pass_check(prepared.nan_policy, specs, logged)
     saver = None
     if checkpoint is not None:
-        saver = Checkpointer(checkpoint, specs[0], prepared, checkpoint_settings())
+        saver = Checkpointer(checkpoint, specs[0], prepared, checkpoint_settings(family.hard))
     resume = saver.resume() if saver is not None else None
     if resume is not None:
         results, owner = resume, [0] * len(resume)

@@ -94,7 +94,8 @@ def partial_fit_step(prepared: Prepared, spec: ModelSpec, stream: StreamState | 
         weight = float(stats["weight"])
         batch = scale_stats(stats, 1.0 / weight)
         t = stream.steps
-        eta = 1.0 if t == 0 else float((t + stepwise_setting("t0")) ** -stepwise_setting("alpha"))
+        t0, alpha = stepwise_setting("t0", family.hard), stepwise_setting("alpha", family.hard)
+        eta = 1.0 if t == 0 else float((t + t0) ** -alpha)
         if stream.running is not None:
             moved = recentred(family, stream.running, stream.reference, stream.state.params)
             batch = blend_stats(moved, batch, eta)

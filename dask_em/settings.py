@@ -26,7 +26,7 @@ def sample_em_tol(tol):
     return max(tol * 1e-6, 1e-12)
 
 
-def stepwise_setting(name):
+def stepwise_setting(name, hard=False):
     """A stepwise-EM setting from ``dask.config`` (``dask_em.stepwise.<name>``).
 
     ``passes`` (1): passes of stepwise EM before the exact batch finish;
@@ -38,9 +38,22 @@ def stepwise_setting(name):
     distance to the EM fixed point the finish starts from, so 2 finish passes
     meet ``tol`` where 3 were needed (benchmarks/README.md). Set them with, e.g.,
     ``dask.config.set({"dask_em.stepwise.passes": 2})``.
+
+    With ``hard`` (K-means, whose mini-batch steps are Lloyd steps on a part of the
+    data), the defaults are ``alpha=0.51`` and ``average=0.25``: the last
+    mini-batches weigh more, and fewer early ones are averaged in. On the benchmark
+    stores the Lloyd finish then needed 3.5-3.7 passes on average instead of
+    4.25-4.33, and as many on smaller data (benchmarks/README.md). A value set in
+    ``dask.config`` applies to every model.
     """
     defaults = {"passes": 1, "alpha": 0.6, "t0": 2.0, "batch_chunks": None, "average": 0.5}
+    if hard:
+        defaults.update(HARD_STEPWISE_DEFAULTS)
     return dask.config.get(f"dask_em.stepwise.{name}", defaults[name])
+
+
+#: Stepwise-EM defaults of hard-assignment families (K-means), see :func:`stepwise_setting`.
+HARD_STEPWISE_DEFAULTS = {"alpha": 0.51, "average": 0.25}
 
 
 def accelerate_setting():
@@ -58,20 +71,22 @@ def accelerate_setting():
     return bool(dask.config.get("dask_em.accelerate", False))
 
 
-def checkpoint_settings():
+def checkpoint_settings(hard=False):
     """The ``dask.config`` settings a checkpoint must match to be resumed: those that
-    change a fit's result (the reduction's fan-in, the stepwise-EM settings)."""
+    change a fit's result (the reduction's fan-in, the stepwise-EM settings, as they
+    apply to a hard-assignment family or not)."""
     from dask_em.engine import split_every_default
 
     settings = {"split_every": split_every_default()}
     settings.update({
-        f"stepwise.{name}": stepwise_setting(name) for name in ("passes", "alpha", "t0", "batch_chunks", "average")
+        f"stepwise.{name}": stepwise_setting(name, hard)
+        for name in ("passes", "alpha", "t0", "batch_chunks", "average")
     })
     settings["accelerate"] = accelerate_setting()
     return settings
 
 
 __all__ = [
-    "ALGORITHMS", "SAMPLE_EM_MAX_ITER", "SAMPLE_EM_MAX_STEPS", "accelerate_setting", "checkpoint_settings",
+    "ALGORITHMS", "HARD_STEPWISE_DEFAULTS", "SAMPLE_EM_MAX_ITER", "SAMPLE_EM_MAX_STEPS", "accelerate_setting", "checkpoint_settings",
     "sample_em_tol", "stepwise_setting",
 ]

@@ -285,3 +285,28 @@ def test_run_stepwise_average_is_validated():
     start = MixtureState(np.full(2, 0.5), {"means": np.zeros((2, 2)), "precisions_cholesky": np.ones((2, 2))})
     with pytest.raises(ValueError, match=r"'average' parameter must be a float in the range \[0, 1\)"):
         run_stepwise(X, family, [start], average=1.0)
+
+
+def test_kmeans_steps_follow_the_hard_family_defaults():
+    # a stepwise KMeans decays its steps with alpha=0.51 (Gaussian mixtures: 0.6)
+    # unless dask.config sets alpha for every model
+    from dask_em import GaussianMixture, KMeans
+
+    X = da.from_array(make_blobs(n=6_000, seed=4), chunks=500)
+
+    def etas(model):
+        seen = []  # the history entries of the stepwise steps, as the callback sees them
+        model.fit(X, callback=lambda i, results: seen.append(dict(results[0].history[-1])))
+        steps = [h for h in seen if h["kind"] == "stepwise"]
+        assert len(steps) > 2
+        # step t = 1, 2, ...: the first blends into the sample's statistics
+        return np.array([h["eta"] for h in steps]), np.arange(1, len(steps) + 1)
+
+    with dask.config.set(scheduler="threads"):
+        eta, t = etas(KMeans(3, algorithm="stepwise", random_state=0))
+        np.testing.assert_allclose(eta, (t + 2.0) ** -0.51)
+        eta, t = etas(GaussianMixture(3, algorithm="stepwise", random_state=0))
+        np.testing.assert_allclose(eta, (t + 2.0) ** -0.6)
+        with dask.config.set({"dask_em.stepwise.alpha": 0.7}):
+            eta, t = etas(KMeans(3, algorithm="stepwise", random_state=0))
+        np.testing.assert_allclose(eta, (t + 2.0) ** -0.7)
