@@ -26,6 +26,10 @@ def sample_em_tol(tol):
     return max(tol * 1e-6, 1e-12)
 
 
+#: Stepwise-EM defaults of hard-assignment families (K-means), see :func:`stepwise_setting`.
+HARD_STEPWISE_DEFAULTS = {"alpha": 0.51, "average": 0.25}
+
+
 def stepwise_setting(name, hard=False):
     """A stepwise-EM setting from ``dask.config`` (``dask_em.stepwise.<name>``).
 
@@ -50,10 +54,6 @@ def stepwise_setting(name, hard=False):
     if hard:
         defaults.update(HARD_STEPWISE_DEFAULTS)
     return dask.config.get(f"dask_em.stepwise.{name}", defaults[name])
-
-
-#: Stepwise-EM defaults of hard-assignment families (K-means), see :func:`stepwise_setting`.
-HARD_STEPWISE_DEFAULTS = {"alpha": 0.51, "average": 0.25}
 
 
 def accelerate_setting():
@@ -87,6 +87,6 @@ def checkpoint_settings(hard=False):
 
 
 __all__ = [
-    "ALGORITHMS", "HARD_STEPWISE_DEFAULTS", "SAMPLE_EM_MAX_ITER", "SAMPLE_EM_MAX_STEPS", "accelerate_setting", "checkpoint_settings",
-    "sample_em_tol", "stepwise_setting",
+    "ALGORITHMS", "HARD_STEPWISE_DEFAULTS", "SAMPLE_EM_MAX_ITER", "SAMPLE_EM_MAX_STEPS", "accelerate_setting",
+    "checkpoint_settings", "sample_em_tol", "stepwise_setting",
 ]
