@@ -54,7 +54,7 @@ from dask_em.sampling import estimation_weights, sample_rows
 from dask_em.settings import (
     accelerate_setting,
     checkpoint_settings,
-    stepwise_setting,
+    stepwise_settings,
 )
 from dask_em.weights import bad_weight_error
 
@@ -362,9 +362,8 @@ def _score(prepared, family, states):
 def _stepwise_phase(prepared, specs, results, sample, check, callback):
     """Stepwise EM from the starts (one per spec), continuing from the sample's statistics."""
     spec = specs[0]
-    hard = spec.family.hard
-    passes = stepwise_setting("passes", hard)
-    if any(s.warm is not None for s in specs) or passes == 0:
+    settings = stepwise_settings(spec.family.hard)
+    if any(s.warm is not None for s in specs) or settings["passes"] == 0:
         return results  # a warm start continues with batch EM
     init_stats = None if sample is None else sample.stats(spec.family, [r.state for r in results])
     stepped = run_stepwise(
@@ -373,15 +372,11 @@ def _stepwise_phase(prepared, specs, results, sample, check, callback):
         [r.state for r in results],
         options=spec.options,
         sample_weight=prepared.weights,
-        passes=passes,
-        alpha=stepwise_setting("alpha", hard),
-        t0=stepwise_setting("t0", hard),
-        batch_chunks=stepwise_setting("batch_chunks", hard),
         seed=spec.seeds[0],
         check=check,
         callback=callback,
         init_stats=init_stats,
-        average=stepwise_setting("average", hard),
+        **settings,  # passes, alpha, t0, batch_chunks, average
         log_level=logging.DEBUG,  # a line per step with verbose=2; a line per pass at INFO
     )
     # the exact finish starts afresh: its first pass has no reference to test against

@@ -26,7 +26,10 @@ def sample_em_tol(tol):
     return max(tol * 1e-6, 1e-12)
 
 
-#: Stepwise-EM defaults of hard-assignment families (K-means), see :func:`stepwise_setting`.
+#: Stepwise-EM defaults (``dask_em.stepwise.<name>``), see :func:`stepwise_setting`;
+#: the names are the keywords of :func:`dask_em.engine.run_stepwise`.
+STEPWISE_DEFAULTS = {"passes": 1, "alpha": 0.6, "t0": 2.0, "batch_chunks": None, "average": 0.5}
+#: Those that differ for hard-assignment families (K-means).
 HARD_STEPWISE_DEFAULTS = {"alpha": 0.51, "average": 0.25}
 
 
@@ -50,10 +53,13 @@ def stepwise_setting(name, hard=False):
     4.25-4.33, and as many on smaller data (benchmarks/README.md). A value set in
     ``dask.config`` applies to every model.
     """
-    defaults = {"passes": 1, "alpha": 0.6, "t0": 2.0, "batch_chunks": None, "average": 0.5}
-    if hard:
-        defaults.update(HARD_STEPWISE_DEFAULTS)
+    defaults = {**STEPWISE_DEFAULTS, **HARD_STEPWISE_DEFAULTS} if hard else STEPWISE_DEFAULTS
     return dask.config.get(f"dask_em.stepwise.{name}", defaults[name])
+
+
+def stepwise_settings(hard=False):
+    """Every stepwise-EM setting (:func:`stepwise_setting`), by name."""
+    return {name: stepwise_setting(name, hard) for name in STEPWISE_DEFAULTS}
 
 
 def accelerate_setting():
@@ -78,15 +84,12 @@ def checkpoint_settings(hard=False):
     from dask_em.engine import split_every_default
 
     settings = {"split_every": split_every_default()}
-    settings.update({
-        f"stepwise.{name}": stepwise_setting(name, hard)
-        for name in ("passes", "alpha", "t0", "batch_chunks", "average")
-    })
+    settings.update({f"stepwise.{name}": value for name, value in stepwise_settings(hard).items()})
     settings["accelerate"] = accelerate_setting()
     return settings
 
 
 __all__ = [
-    "ALGORITHMS", "HARD_STEPWISE_DEFAULTS", "SAMPLE_EM_MAX_ITER", "SAMPLE_EM_MAX_STEPS", "accelerate_setting",
-    "checkpoint_settings", "sample_em_tol", "stepwise_setting",
+    "ALGORITHMS", "HARD_STEPWISE_DEFAULTS", "SAMPLE_EM_MAX_ITER", "SAMPLE_EM_MAX_STEPS", "STEPWISE_DEFAULTS",
+    "accelerate_setting", "checkpoint_settings", "sample_em_tol", "stepwise_setting", "stepwise_settings",
 ]
