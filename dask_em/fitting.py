@@ -54,6 +54,7 @@ from dask_em.sampling import estimation_weights, sample_rows
 from dask_em.settings import (
     accelerate_setting,
     checkpoint_settings,
+    local_fraction,
     stepwise_settings,
 )
 from dask_em.weights import bad_weight_error
@@ -383,6 +384,13 @@ def _stepwise_phase(prepared, specs, results, sample, check, callback):
     return [EMResult(state=r.state, history=r.history) for r in stepped]
 
 
+def _local(spec, prepared):
+    """The fraction of rows a stepwise KMeans finish keeps per pass (``run_em``'s ``local``)."""
+    if spec.algorithm != "stepwise" or not spec.family.hard:
+        return None
+    return local_fraction(spec.n_components, prepared.n_features, prepared.X.shape[0])
+
+
 def _fit_group(prepared, specs, sample, checkpoint, callback, progress=None, logged=None):
     X, weights = prepared.X, prepared.weights
     callback = chain_callbacks(progress, callback)
@@ -423,8 +431,11 @@ def _fit_group(prepared, specs, sample, checkpoint, callback, progress=None, log
         callback=chain_callbacks(saver, callback),
         resume=results,
         # a stepwise k-means finish is Lloyd on overlapping clusters, slow to meet its
-        # shift test: Anderson acceleration costs no pass of its own (engine/anderson.py)
+        # shift test: Anderson acceleration costs no pass of its own (engine/anderson.py),
+        # and steps near the last pass's centres are taken in memory (families/kmeans_region.py;
+        # not with a checkpoint, which must resume bit for bit)
         accelerate=accelerate_setting() or (specs[0].algorithm == "stepwise" and family.hard),
+        local=_local(specs[0], prepared) if saver is None else None,
     )
     per_spec = [[r for r, j in zip(results, owner) if j == k] for k in range(len(specs))]
     # the final parameters are scored in one pass for every start that needs it

@@ -77,6 +77,38 @@ def accelerate_setting():
     return bool(dask.config.get("dask_em.accelerate", False))
 
 
+#: Default memory for the rows a pass of a stepwise KMeans finish keeps (float64).
+LOCAL_BYTES = 64 * 2**20
+
+
+def local_rows_default(n_components, n_features):
+    """Rows a pass of a stepwise KMeans finish keeps by default: :data:`LOCAL_BYTES` of
+    float64 rows, and at least as many as the initialisation sample (``max(1000 K,
+    100_000)``, itself at most 256 MiB)."""
+    from dask_em.sample_init import default_sample_size
+    from dask_em.sampling import sample_size
+
+    return max(LOCAL_BYTES // (8 * max(int(n_features), 1)), sample_size(default_sample_size(n_components), n_features))
+
+
+def local_fraction(n_components, n_features, n_rows):
+    """Fraction of the rows a pass of a stepwise KMeans finish keeps in memory, or None.
+
+    Those nearest a boundary between clusters, with the exact sums of the others:
+    the next Lloyd steps are then taken exactly without a pass, as long as the
+    centres stay near the pass's (:mod:`dask_em.families.kmeans_region`). The more
+    rows kept, the further they may move. By default :func:`local_rows_default`
+    (64 MiB of rows: 524,288 rows of 16 features); ``dask.config.set({"dask_em.local_rows": n})``
+    sets another number, and 0 turns it off (every Lloyd step is a pass).
+    """
+    rows = dask.config.get("dask_em.local_rows", None)
+    if rows is None:
+        rows = local_rows_default(n_components, n_features)
+    if int(rows) <= 0 or n_rows <= 0:
+        return None
+    return min(1.0, int(rows) / int(n_rows))
+
+
 def checkpoint_settings(hard=False):
     """The ``dask.config`` settings a checkpoint must match to be resumed: those that
     change a fit's result (the reduction's fan-in, the stepwise-EM settings, as they
@@ -90,6 +122,6 @@ def checkpoint_settings(hard=False):
 
 
 __all__ = [
-    "ALGORITHMS", "HARD_STEPWISE_DEFAULTS", "SAMPLE_EM_MAX_ITER", "SAMPLE_EM_MAX_STEPS", "STEPWISE_DEFAULTS",
-    "accelerate_setting", "checkpoint_settings", "sample_em_tol", "stepwise_setting", "stepwise_settings",
+    "ALGORITHMS", "HARD_STEPWISE_DEFAULTS", "LOCAL_BYTES", "SAMPLE_EM_MAX_ITER", "SAMPLE_EM_MAX_STEPS", "STEPWISE_DEFAULTS",
+    "accelerate_setting", "checkpoint_settings", "local_fraction", "local_rows_default", "sample_em_tol", "stepwise_setting", "stepwise_settings",
 ]

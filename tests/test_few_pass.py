@@ -214,7 +214,9 @@ def test_stepwise_kmeans_keeps_the_centres_its_last_pass_scored(tmp_path):
     X = _overlapping(seed=2)
     store, arr = _store(tmp_path, X, 1_000)
     km = KMeans(4, random_state=0, persist=False).fit(arr)  # auto -> stepwise
-    assert store.passes(arr) == 2 + km.n_iter_  # sample, stepwise pass, Lloyd passes: nothing more
+    # sample, stepwise pass, Lloyd steps (those near the last pass's centres in memory,
+    # tests/test_kmeans_region.py): nothing more
+    assert 3 <= store.passes(arr) <= 2 + km.n_iter_
     assert store.passes(arr) <= 4 and km.converged_
     X64 = X.astype(np.float64)
     d2 = ((X64[:, None, :] - km.cluster_centers_.astype(np.float64)[None]) ** 2).sum(axis=2)

@@ -186,11 +186,13 @@ def _stacked(states):
     return MixtureState(weights=np.concatenate([s.weights for s in states]), params=params)
 
 
-def _estep_slab(X, w, family, state, cache, groups=1):
+def _estep_slab(X, w, family, state, cache, groups=1, keep=None):
     """Statistics of one slab of valid rows (see :func:`estep_block`): a list of one
     dict per mixture, ``groups`` mixtures being stacked in ``state``."""
     kw = {} if cache is None else {"cache": cache}
     if family.hard_stats is not None:  # assignment and sums in one kernel, no one-hot
+        if keep is not None:
+            kw["keep"] = keep
         return [family.hard_stats(X, w, state.params, **kw)]
     # responsibilities below sqrt(tiny) become 0: their products with the data in
     # the statistics' GEMMs would be subnormal numbers, on which BLAS runs ~50x slower
@@ -227,7 +229,9 @@ def estep_block(X, w, payload, index):
     X : ndarray of shape (n, D)
     w : ndarray of shape (n,) or None
         Sample weights.
-    payload : tuple (family, list of MixtureState)
+    payload : tuple (family, list of MixtureState[, keep])
+        ``keep``, a fraction of the rows, asks a family with :attr:`Family.local`
+        for the ``region`` of the pass too (see :func:`dask_em.engine.loop.run_em`).
     index : int
         Position of the block (unused; part of the kernel signature).
 
@@ -239,7 +243,8 @@ def estep_block(X, w, payload, index):
         ``n_rows``, ``n_nonfinite``, ``n_bad_weight``; with a marginalising family
         also ``missing``, the (weighted) number of missing coordinates.
     """
-    family, states = payload
+    family, states = payload[:2]
+    keep = payload[2] if len(payload) > 2 else None
     if family.stacks and not family.hard and len(states) > 1 and len({len(s.weights) for s in states}) == 1:
         mixtures = [(_stacked(states), len(states))]  # one set of GEMMs for all starts
     else:
@@ -267,7 +272,7 @@ def estep_block(X, w, payload, index):
         for (mixture, groups), cache in zip(mixtures, caches):
             if cache is not None:
                 cache["rows"] = rows
-            slab += _estep_slab(Xs, ws, family, mixture, cache, groups)
+            slab += _estep_slab(Xs, ws, family, mixture, cache, groups, keep)
         if totals is None:
             totals = slab
         else:

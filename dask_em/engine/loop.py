@@ -16,6 +16,9 @@ from dask_em.engine.passes import run_pass
 
 logger = logging.getLogger(__name__)
 
+#: The row counts of a pass, which an iteration evaluated in memory keeps from it.
+_COUNTS = ("weight", "n_rows", "n_nonfinite", "n_bad_weight")
+
 
 @dataclass
 class EMResult:
@@ -89,6 +92,7 @@ def run_em(
     log_level=logging.INFO,
     resume=None,
     accelerate=False,
+    local=None,
 ):
     """Run EM from each starting state until convergence or ``max_iter``.
 
@@ -145,6 +149,14 @@ def run_em(
         tested on plain EM steps only; history entries say which kind of point a
         pass evaluated (``"squarem"``: ``"em"``, ``"extrapolated"`` or
         ``"rejected"``).
+    local : float, optional
+        Families with :attr:`~dask_em.families.Family.local` (k-means): every pass also
+        keeps this fraction of the rows, those nearest a boundary, with the exact
+        sums of the others, and an iteration whose point is near enough the last
+        pass's is evaluated from them in memory, exactly, without a pass (history
+        entries say ``"in_memory": True``). Iterations count as before; passes are
+        fewer. Not for a resumed run's bit-for-bit outcome: its first iteration is
+        a pass where the interrupted run may have had none.
 
     Returns
     -------
@@ -175,25 +187,44 @@ def run_em(
     def evaluated(i):  # the point the next pass evaluates
         return accs[i].state if i in accs else anderson[i].state if i in anderson else results[i].state
 
+    local = local if local is not None and family.local is not None and not family.marginalize else None
+    regions = {}  # i -> the region of its last pass, and that pass's row counts
+
     for iteration in range(done + 1, max_iter + 1):
         start = time.perf_counter()
-        payload = (family, [evaluated(i) for i in active])
-        stats_list = run_pass(
-            X,
-            estep_block,
-            payload,
-            name=f"estep-{family.name}",
-            extra=sample_weight,
-            split_every=split_every,
-            row_wise=True,
-        )
-        if check is not None:
-            check(stats_list[0])
+        in_memory = {}
+        for i in active:
+            if i in regions:
+                stats = family.local(regions[i][0], evaluated(i).params)
+                if stats is not None:
+                    in_memory[i] = {**regions[i][1], **stats}
+        need = [i for i in active if i not in in_memory]
+        if need:
+            payload = (family, [evaluated(i) for i in need]) + ((local,) if local is not None else ())
+            stats_list = run_pass(
+                X,
+                estep_block,
+                payload,
+                name=f"estep-{family.name}",
+                extra=sample_weight,
+                split_every=split_every,
+                row_wise=True,
+            )
+            if check is not None:
+                check(stats_list[0])
+            for i, stats in zip(need, stats_list):
+                if local is not None:
+                    region = stats.pop("region")
+                    regions[i] = (region, {k: v for k, v in stats.items() if k in _COUNTS})
+                in_memory[i] = stats
         seconds = time.perf_counter() - start
         still_active = []
-        for i, stats in zip(active, stats_list):
+        for i in active:
+            stats = in_memory[i]
             res = results[i]
             entry = {"kind": "batch", "iteration": iteration}
+            if i not in need:
+                entry["in_memory"] = True
             if i in accs:
                 acc = accs[i]
                 old_state = acc.state
@@ -228,12 +259,13 @@ def run_em(
                 converged = rules[i](res, stats, old_state, change)
             logger.log(
                 log_level,
-                "%siteration %d: mean log-likelihood %.8g, change %.3g, %.3f s",
+                "%siteration %d: mean log-likelihood %.8g, change %.3g, %.3f s%s",
                 prefix(i),
                 iteration,
                 mean_ll,
                 change,
                 seconds,
+                "" if i in need else " (in memory)",
             )
             if converged:
                 res.converged = True

@@ -191,6 +191,13 @@ class Family:
         (:mod:`dask_em.engine.accelerate`) does not apply: its safeguard judges a
         point by ``loglik``, and extrapolated statistics can leave the posterior's
         domain.
+    local : callable or None
+        Hard families whose ``hard_stats`` takes ``keep=`` (a fraction of the rows):
+        it then also returns ``region``, a summary of the pass from which
+        ``local(region, params) -> dict or None`` gives the statistics of a whole
+        pass at other parameters near those of the pass, without reading the data
+        (``None`` where it cannot; :mod:`dask_em.families.kmeans_region`).
+        ``None``: every step needs a pass.
     marginalize : bool
         Set by the fit pipeline when ``nan_policy="marginalize"``: the E-step
         hands rows with gaps to :mod:`dask_em.engine.marginal` (needs ``missing``).
@@ -222,3 +229,4 @@ class Family:
     variational: bool = False
     marginalize: bool = False
     hard_stats: Callable = None
+    local: Callable = None

@@ -33,6 +33,7 @@ exact to about ``eps (|xc|^2 + |cc_k|^2)``. Expanded about the origin instead (a
 scikit-learn's Lloyd does), data far from it would lose ``eps |x|^2``.
 """
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -41,6 +42,8 @@ from dask_em._math import dot, work_array
 from dask_em.families._checks import check_keys, check_shape, check_values
 from dask_em.families._family import Family, Params, Stats
 from dask_em.families.kmeans_missing import missing_ops
+from dask_em.families.kmeans_region import evaluate as evaluate_region
+from dask_em.families.kmeans_region import slab_region
 
 
 class FarRows:
@@ -180,7 +183,7 @@ def suff_stats(X: np.ndarray, resp: np.ndarray, params: Params, cache=None) -> S
     }
 
 
-def hard_stats(X: np.ndarray, w: np.ndarray | None, params: Params, cache=None) -> Stats:
+def hard_stats(X: np.ndarray, w: np.ndarray | None, params: Params, cache=None, keep=None) -> Stats:
     """Statistics of the rows assigned to their nearest centre, in three GEMMs.
 
     The statistics of :func:`suff_stats` for the one-hot assignment of each row to
@@ -204,11 +207,16 @@ def hard_stats(X: np.ndarray, w: np.ndarray | None, params: Params, cache=None) 
     cache : dict, optional
         See :attr:`Family.caches`: ``"work"`` (a :class:`~dask_em._math.Workspace`),
         ``"rows"``, and the block's reference point and values of the centres.
+    keep : float, optional
+        Also return ``region``, a :class:`~dask_em.families.kmeans_region.Region`
+        keeping about this fraction of the rows (those nearest a boundary), from
+        which further Lloyd steps are taken in memory (:attr:`Family.local`).
 
     Returns
     -------
     dict
-        ``s1``, ``s2``, ``sig``, ``far`` (as :func:`suff_stats`), ``nk``, ``loglik``.
+        ``s1``, ``s2``, ``sig``, ``far`` (as :func:`suff_stats`), ``nk``, ``loglik``;
+        ``region`` with ``keep``.
     """
     cache = {} if cache is None else cache
     work = cache.get("work")
@@ -239,7 +247,7 @@ def hard_stats(X: np.ndarray, w: np.ndarray | None, params: Params, cache=None) 
     if w is None and nk.sum() != n:
         _first_only(resp)
         sig, s2, nk = dot(resp, out[K:].T).T
-    return {
+    stats = {
         "s1": dot(resp, xc) - nk[:, None] * derived["cc"],
         "s2": s2,
         "sig": sig,
@@ -247,6 +255,26 @@ def hard_stats(X: np.ndarray, w: np.ndarray | None, params: Params, cache=None) 
         "nk": nk,
         "loglik": -float(s2.sum()),
     }
+    if keep is not None:
+        stats["region"] = _region(X, w, d2, xsq, out[K], best, stats, derived, keep)
+    return stats
+
+
+def _region(X, w, d2, xsq, sv, best, stats, derived, keep):
+    """The slab's :class:`~dask_em.families.kmeans_region.Region` (see :func:`hard_stats`):
+    ``d2`` (K, n) the squared distances less ``|xc|^2``, ``best`` the nearest one."""
+    n = X.shape[0]
+    labels = np.argmin(d2, axis=0)  # the first of equally near centres, as ``resp``
+    if d2.shape[0] > 1:
+        others = d2.copy()
+        others[labels, np.arange(n)] = np.inf
+        second = np.min(others, axis=0)
+        second += xsq
+        np.maximum(second, 0.0, out=second)
+    else:
+        second = np.full(n, np.inf)
+    scale = math.sqrt(float(xsq.max(initial=0.0)) + float(derived["ccsq"].max()))
+    return slab_region(X, w, labels, best, second, scale, sv, stats, derived["centers"], keep)
 
 
 def _first_only(resp):
@@ -400,4 +428,5 @@ FAMILY = Family(
     check_params=check_params,
     recentre=recentre,
     missing=missing_ops(FarRows, _signature_vector),
+    local=evaluate_region,
 )

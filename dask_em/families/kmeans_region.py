@@ -1,0 +1,222 @@
+"""Exact Lloyd steps in memory: the rows near the clusters' boundaries, and the sums of the others.
+
+A pass of Lloyd's algorithm at centres ``c0`` assigns every row to its nearest centre.
+A row's *margin* is the distance to its second-nearest centre minus the distance to its
+nearest. When every centre then moves by ``delta_k = |c_k - c0_k|``, a row's distance to
+its own centre grows by at most ``delta_own`` and to any other shrinks by at most
+``delta_other`` (the triangle inequality), so a row whose margin exceeds the sum of the
+two largest moves keeps its centre. A :class:`Region` keeps, from one pass:
+
+- the rows with the smallest margins (at most a fraction ``fraction`` of the rows), with
+  their weights;
+- the exact sums (``nk``, ``s1``, ``s2``, ``sig``, as :func:`dask_em.families.kmeans.hard_stats`
+  returns them) of all other rows, about ``c0``, and ``thr``, a margin every one of them
+  exceeds.
+
+:func:`evaluate` then gives the statistics of a whole pass at any centres ``c`` within
+that region (the two largest moves from ``c0`` summing to less than ``thr``) without
+reading the data: the other rows' sums moved exactly to ``c`` (the algebra of
+``x - c = (x - c0) + (c0 - c)``), plus the kept rows assigned afresh. Lloyd steps from
+there are the steps a pass would take (up to the order of summation), until a step
+leaves the region; then a pass is needed again. On overlapping clusters, where Lloyd
+moves the centres by a little per pass for many passes, most of those passes become
+steps in memory.
+
+Margins are taken from the pass's distances (float64, about a point near the block),
+less an allowance for their rounding, so a row is only counted as fixed when its
+margin exceeds ``thr`` with room to spare.
+"""
+
+import math
+
+import numpy as np
+
+#: Allowance for rounding, relative to the largest distance from the block's reference
+#: point (the distances' float64 rounding is about 1e-8 of it at worst; see the module).
+MARGIN_SLACK = 1e-6
+
+
+def _weighted_onehot(labels, weights, K):
+    """(K, m) indicator of each row's centre, times its weight."""
+    out = np.zeros((K, labels.size))
+    out[labels, np.arange(labels.size)] = weights
+    return out
+
+
+class Region:
+    """Rows near the boundaries at centres ``c0``, and the exact sums of all other rows.
+
+    Combined with ``+`` (associative; ``0 + r`` is ``r``), so it travels through the
+    engine's key-wise tree sum. A sum keeps the ``ceil(fraction * covered)`` rows of
+    smallest margin and folds the others into the sums, lowering ``thr`` to the
+    smallest margin it folded.
+
+    Attributes
+    ----------
+    centers : ndarray (K, D)
+        ``c0``, the centres the pass evaluated.
+    nk, s1, s2, sig : ndarray
+        (K,), (K, D), (K,), (K,): sums of the rows not kept, about ``c0``.
+    rows : ndarray (m, D)
+        The kept rows (float64).
+    weights, sv, margin : ndarray (m,)
+        Their weights, signature terms (see :mod:`dask_em.families.kmeans`) and margins.
+    labels : ndarray of int (m,)
+        Their nearest centre at ``c0``.
+    thr : float
+        Every row not kept has a margin above ``thr`` (``inf`` when none is).
+    covered : int
+        Rows the region describes (kept or summed).
+    fraction : float
+        Most rows kept, as a fraction of ``covered``.
+    """
+
+    def __init__(self, centers, nk, s1, s2, sig, rows, weights, sv, margin, labels, thr, covered, fraction):
+        self.centers = centers
+        self.nk, self.s1, self.s2, self.sig = nk, s1, s2, sig
+        self.rows, self.weights, self.sv, self.margin, self.labels = rows, weights, sv, margin, labels
+        self.thr, self.covered, self.fraction = float(thr), int(covered), float(fraction)
+
+    def _trimmed(self):
+        """Fold all but the ``ceil(fraction * covered)`` smallest margins into the sums."""
+        keep = math.ceil(self.fraction * self.covered)
+        if self.margin.size <= keep:
+            return self
+        order = np.argsort(self.margin, kind="stable")
+        kept, folded = order[:keep], order[keep:]
+        K = self.centers.shape[0]
+        rows, labels, w = self.rows[folded], self.labels[folded], self.weights[folded]
+        onehot = _weighted_onehot(labels, w, K)
+        diff = rows - self.centers[labels]
+        nk = self.nk + onehot.sum(axis=1)
+        s1 = self.s1 + onehot @ diff
+        s2 = self.s2 + onehot @ np.einsum("ij,ij->i", diff, diff)
+        sig = self.sig + onehot @ self.sv[folded]
+        thr = min(self.thr, float(self.margin[folded].min()))
+        return Region(self.centers, nk, s1, s2, sig, self.rows[kept], self.weights[kept], self.sv[kept],
+                      self.margin[kept], self.labels[kept], thr, self.covered, self.fraction)
+
+    def __add__(self, other):
+        if not isinstance(other, Region):
+            return self if other == 0 else NotImplemented
+        joined = Region(
+            self.centers,
+            self.nk + other.nk,
+            self.s1 + other.s1,
+            self.s2 + other.s2,
+            self.sig + other.sig,
+            np.concatenate([self.rows, other.rows]),
+            np.concatenate([self.weights, other.weights]),
+            np.concatenate([self.sv, other.sv]),
+            np.concatenate([self.margin, other.margin]),
+            np.concatenate([self.labels, other.labels]),
+            min(self.thr, other.thr),
+            self.covered + other.covered,
+            self.fraction,
+        )
+        return joined._trimmed()
+
+    __radd__ = __add__
+
+    def contains(self, centers):
+        """Whether every row not kept keeps its centre at ``centers`` (K, D)."""
+        moves = np.sort(np.sqrt(((np.asarray(centers, dtype=np.float64) - self.centers) ** 2).sum(axis=1)))
+        return bool(moves[-2:].sum() < self.thr)
+
+
+def slab_region(X, w, labels, d_best, d_second, xc_scale, sv, stats, centers, fraction):
+    """The :class:`Region` of one slab, from the quantities ``hard_stats`` computed.
+
+    Parameters
+    ----------
+    X : ndarray (n, D), float64
+        The slab's valid rows.
+    w : ndarray (n,) or None
+        Their weights.
+    labels : ndarray of int (n,)
+        Nearest centre of each row.
+    d_best, d_second : ndarray (n,)
+        Squared distances to the nearest and the second-nearest centre (``inf`` when K = 1).
+    xc_scale : float
+        The largest distance from the slab's reference point to a row or a centre
+        (the scale of the distances' rounding).
+    sv : ndarray (n,)
+        Each row's signature term.
+    stats : dict
+        The slab's ``nk``, ``s1``, ``s2``, ``sig`` (about ``centers``), all rows.
+    centers : ndarray (K, D)
+    fraction : float
+        Rows kept, as a fraction of the slab's (twice that here, trimmed when summed).
+    """
+    n = X.shape[0]
+    margin = np.sqrt(d_second) - np.sqrt(d_best) - MARGIN_SLACK * xc_scale
+    keep = min(n, math.ceil(2.0 * fraction * n))
+    if keep < n:
+        part = np.argpartition(margin, keep - 1)
+        kept, folded = np.sort(part[:keep]), part[keep:]
+        thr = float(margin[folded].min())
+    else:
+        kept, thr = np.arange(n), math.inf
+    weights = np.ones(kept.size) if w is None else np.asarray(w[kept], dtype=np.float64)
+    rows, lab = X[kept], labels[kept]
+    K = centers.shape[0]
+    onehot = _weighted_onehot(lab, weights, K)
+    diff = rows - centers[lab]
+    return Region(
+        centers,
+        stats["nk"] - onehot.sum(axis=1),
+        stats["s1"] - onehot @ diff,
+        stats["s2"] - onehot @ np.einsum("ij,ij->i", diff, diff),
+        stats["sig"] - onehot @ sv[kept],
+        np.array(rows, dtype=np.float64),
+        weights,
+        np.array(sv[kept], dtype=np.float64),
+        margin[kept],
+        lab,
+        thr,
+        n,
+        fraction,
+    )
+
+
+def evaluate(region, params):
+    """The statistics a pass would return at ``params``, or ``None`` outside the region.
+
+    ``None`` also when a cluster would be empty (its re-seeding needs the pass's
+    farthest rows). The row counts of the pass (``weight``, ``n_rows`` ...) are not
+    included; the caller keeps those of the pass that made the region.
+
+    Parameters
+    ----------
+    region : Region
+    params : dict with ``means`` (K, D)
+
+    Returns
+    -------
+    dict or None
+        ``nk``, ``s1``, ``s2``, ``sig``, ``loglik`` as :func:`dask_em.families.kmeans.hard_stats`.
+    """
+    c = np.asarray(params["means"], dtype=np.float64)
+    if not region.contains(c):
+        return None
+    K = c.shape[0]
+    dd = region.centers - c  # the other rows' sums, moved exactly from c0 to c
+    nk = region.nk
+    s1 = region.s1 + nk[:, None] * dd
+    s2 = region.s2 + 2.0 * np.einsum("ij,ij->i", dd, region.s1) + nk * np.einsum("ij,ij->i", dd, dd)
+    sig = region.sig.copy()
+    rows = region.rows
+    if rows.shape[0]:
+        ref = c.mean(axis=0)
+        xc, cc = rows - ref, c - ref
+        d2 = np.einsum("ij,ij->i", xc, xc)[:, None] - 2.0 * xc @ cc.T + np.einsum("ij,ij->i", cc, cc)
+        labels = np.argmin(d2, axis=1)
+        onehot = _weighted_onehot(labels, region.weights, K)
+        diff = rows - c[labels]
+        nk = nk + onehot.sum(axis=1)
+        s1 = s1 + onehot @ diff
+        s2 = s2 + onehot @ np.einsum("ij,ij->i", diff, diff)
+        sig = sig + onehot @ region.sv
+    if np.any(nk <= 0):
+        return None
+    return {"nk": nk, "s1": s1, "s2": s2, "sig": sig, "loglik": -float(s2.sum())}

@@ -1,0 +1,151 @@
+"""Lloyd steps in memory from the rows near the boundaries (dask_em.families.kmeans_region).
+
+References are computed here directly on all rows with NumPy (distances to every
+centre, nearest centre, sums), never from the region's own arithmetic.
+"""
+
+import dask
+import numpy as np
+import pytest
+import zarr
+
+from dask_em import KMeans
+from dask_em.families.kmeans import FAMILY, _signature_vector
+from dask_em.families.kmeans_region import Region, evaluate
+from dask_em.testing import CountingStore
+
+
+def _overlapping(n=40_000, D=6, K=4, seed=0, spread=0.7):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=spread, size=(K, D))
+    labels = rng.integers(0, K, n)
+    return centers[labels] + rng.normal(size=(n, D)), centers
+
+
+def _direct(X, w, c):
+    """Lloyd's statistics at centres ``c`` over all rows, computed directly."""
+    d2 = ((X[:, None, :] - c[None]) ** 2).sum(axis=2)
+    labels = d2.argmin(axis=1)
+    K = c.shape[0]
+    nk = np.bincount(labels, weights=w, minlength=K)
+    s1 = np.stack([(w[labels == k, None] * (X[labels == k] - c[k])).sum(axis=0) for k in range(K)])
+    s2 = np.bincount(labels, weights=w * d2[np.arange(len(X)), labels], minlength=K)
+    return labels, d2, nk, s1, s2
+
+
+def _region(X, w, c0, fraction, blocks, order=None):
+    """The region of a pass over ``blocks`` row blocks, summed in ``order``."""
+    parts = [FAMILY.hard_stats(Xb, wb, {"means": c0}, keep=fraction)["region"]
+             for Xb, wb in zip(np.array_split(X, blocks), np.array_split(w, blocks))]
+    order = range(blocks) if order is None else order
+    return sum(parts[i] for i in order)
+
+
+def test_region_statistics_are_those_of_a_pass_at_nearby_centres():
+    X, centers = _overlapping()
+    w = np.random.default_rng(1).uniform(0.5, 2.0, len(X))
+    c0 = centers + np.random.default_rng(2).normal(scale=0.05, size=centers.shape)
+    region = _region(X, w, c0, 0.1, blocks=7)
+    assert isinstance(region, Region) and region.covered == len(X)
+    assert region.rows.shape[0] <= np.ceil(0.1 * len(X))
+    # every row left out of region.rows has a margin above thr (margins computed here)
+    _, d2, *_ = _direct(X, w, c0)
+    d = np.sqrt(np.sort(d2, axis=1))
+    margins = d[:, 1] - d[:, 0]
+    kept = {tuple(r) for r in region.rows}
+    out = np.array([tuple(r) not in kept for r in X])
+    assert out.sum() == len(X) - region.rows.shape[0]
+    assert margins[out].min() >= region.thr > 0
+    assert region.rows.shape[0] >= 0.09 * len(X)  # the smallest margins, about 10% of rows
+    # centres moved within the region: a pass's statistics, exactly
+    rng = np.random.default_rng(3)
+    for scale in (0.0, 0.2, 0.45):
+        move = rng.normal(size=c0.shape)
+        move *= scale * region.thr / np.linalg.norm(move, axis=1, keepdims=True)
+        c = c0 + move
+        got = evaluate(region, {"means": c})
+        assert got is not None
+        labels, _, nk, s1, s2 = _direct(X, w, c)
+        np.testing.assert_allclose(got["nk"], nk, rtol=1e-12)
+        np.testing.assert_allclose(got["s1"], s1, rtol=1e-9, atol=1e-9 * np.abs(s1).max())
+        np.testing.assert_allclose(got["s2"], s2, rtol=1e-11)
+        assert got["loglik"] == pytest.approx(-s2.sum(), rel=1e-12)
+    # beyond it, no answer: the pass is needed
+    move = np.zeros_like(c0)
+    move[:2, 0] = 0.51 * region.thr
+    assert evaluate(region, {"means": c0 + move}) is None
+
+
+def test_region_signature_and_order_of_sums():
+    """At the pass's own centres the region gives the pass's statistics (the
+    signature too); summing the blocks in another order keeps every row exactly once."""
+    X, centers = _overlapping(n=12_000, seed=4)
+    w = np.ones(len(X))
+    whole = FAMILY.hard_stats(X, None, {"means": centers}, keep=0.05)
+    a = _region(X, w, centers, 0.05, blocks=5)
+    b = _region(X, w, centers, 0.05, blocks=5, order=[3, 0, 4, 1, 2])
+    for region in (a, b, whole["region"]):
+        got = evaluate(region, {"means": centers})
+        assert got["nk"].sum() == len(X)
+        np.testing.assert_array_equal(got["nk"], whole["nk"])
+        np.testing.assert_allclose(got["s2"], whole["s2"], rtol=1e-12)
+    # the signature, sum of (x - ref) . v over each cluster: the pass's ref is the
+    # block's first rows' mean, so compare the single-block region with it
+    got = evaluate(whole["region"], {"means": centers})
+    np.testing.assert_allclose(got["sig"], whole["sig"], rtol=1e-9, atol=1e-9 * np.abs(whole["sig"]).max())
+    ref = X.mean(axis=0)
+    labels = ((X[:, None] - centers[None]) ** 2).sum(axis=2).argmin(axis=1)
+    sig = np.bincount(labels, weights=(X - ref) @ _signature_vector(X.shape[1]), minlength=len(centers))
+    np.testing.assert_allclose(whole["sig"], sig, rtol=1e-9, atol=1e-9 * np.abs(sig).max())
+
+
+def _anisotropic(n, D, K, seed, spread=0.6):
+    """K anisotropic Gaussians about one standard deviation apart: Lloyd is slow on them."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=spread, size=(K, D))
+    mixers = np.stack([rng.normal(size=(D, D)) * 0.5 + np.eye(D) * 0.5 for _ in range(K)])
+    labels = rng.integers(0, K, n)
+    rows = np.einsum("nd,nde->ne", rng.normal(size=(n, D)), mixers[labels]) + centers[labels]
+    return rows.astype(np.float32)
+
+
+def _store(path, X, chunk_rows):
+    z = zarr.create_array(str(path), shape=X.shape, chunks=(chunk_rows, X.shape[1]), dtype=X.dtype)
+    z[:] = X
+    store = CountingStore(path)
+    return store, zarr.open_array(store, mode="r")
+
+
+def test_stepwise_kmeans_takes_its_lloyd_steps_in_memory(tmp_path):
+    """The same iterates as with a pass per Lloyd step (local_rows=0), in fewer passes."""
+    X = _anisotropic(n=60_000, D=16, K=8, seed=1)
+    fits = {}
+    for rows in (0, 6_000):  # off; 10% of the rows
+        store, arr = _store(tmp_path / f"X{rows}.zarr", X, 1_000)
+        with dask.config.set({"dask_em.local_rows": rows}):
+            km = KMeans(8, random_state=0, persist=False, algorithm="stepwise").fit(arr)
+        fits[rows] = (km, store.passes(arr))
+    (off, off_passes), (on, on_passes) = fits[0], fits[6_000]
+    assert off_passes == 2 + off.n_iter_  # sample, stepwise pass, a pass per Lloyd step
+    assert on.n_iter_ == off.n_iter_ >= 4
+    assert on_passes < off_passes and on_passes <= 4
+    np.testing.assert_allclose(on.cluster_centers_, off.cluster_centers_, rtol=0, atol=1e-6)  # float32 attributes
+    assert on.inertia_ == pytest.approx(off.inertia_, rel=1e-9)
+    # the kept centres' inertia, checked directly
+    X64, c = X.astype(np.float64), on.cluster_centers_.astype(np.float64)
+    d2 = ((X64[:, None, :] - c[None]) ** 2).sum(axis=2)
+    assert on.inertia_ == pytest.approx(d2.min(axis=1).sum(), rel=1e-6)
+    np.testing.assert_array_equal(np.asarray(on.labels_), d2.argmin(axis=1))
+
+
+def test_local_rows_setting():
+    from dask_em.settings import local_fraction, local_rows_default
+
+    assert local_rows_default(8, 16) == 64 * 2**20 // (8 * 16)
+    assert local_rows_default(1000, 16) == 1_000_000  # the sample's size when larger
+    assert local_fraction(8, 16, 10**9) == pytest.approx(524_288 / 10**9)
+    assert local_fraction(8, 16, 1000) == 1.0
+    with dask.config.set({"dask_em.local_rows": 0}):
+        assert local_fraction(8, 16, 10**6) is None
+    with dask.config.set({"dask_em.local_rows": 250}):
+        assert local_fraction(8, 16, 1000) == 0.25
