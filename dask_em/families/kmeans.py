@@ -34,6 +34,7 @@ scikit-learn's Lloyd does), data far from it would lose ``eps |x|^2``.
 """
 
 import math
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -428,5 +429,5 @@ FAMILY = Family(
     check_params=check_params,
     recentre=recentre,
     missing=missing_ops(FarRows, _signature_vector),
-    local=evaluate_region,
+    local=partial(evaluate_region, kernel=hard_stats),
 )

@@ -31,9 +31,13 @@ import math
 
 import numpy as np
 
+from dask_em._math import Workspace
+
 #: Allowance for rounding, relative to the largest distance from the block's reference
 #: point (the distances' float64 rounding is about 1e-8 of it at worst; see the module).
 MARGIN_SLACK = 1e-6
+#: Rows a slab keeps, as a multiple of its share (``fraction`` of its rows).
+SLAB_EXCESS = 1.5
 
 
 def _weighted_onehot(labels, weights, K):
@@ -47,9 +51,10 @@ class Region:
     """Rows near the boundaries at centres ``c0``, and the exact sums of all other rows.
 
     Combined with ``+`` (associative; ``0 + r`` is ``r``), so it travels through the
-    engine's key-wise tree sum. A sum keeps the ``ceil(fraction * covered)`` rows of
-    smallest margin and folds the others into the sums, lowering ``thr`` to the
-    smallest margin it folded.
+    engine's key-wise tree sum. Each slab keeps :data:`SLAB_EXCESS` times its share of
+    rows, so that the region's rows are close to the smallest margins of all rows;
+    :meth:`trimmed` keeps the ``ceil(fraction * covered)`` rows of smallest margin and
+    folds the others into the sums, lowering ``thr`` to the smallest margin it folded.
 
     Attributes
     ----------
@@ -71,16 +76,43 @@ class Region:
         Most rows kept, as a fraction of ``covered``.
     """
 
+    _FIELDS = ("rows", "weights", "sv", "margin", "labels")
+
     def __init__(self, centers, nk, s1, s2, sig, rows, weights, sv, margin, labels, thr, covered, fraction):
         self.centers = centers
         self.nk, self.s1, self.s2, self.sig = nk, s1, s2, sig
-        self.rows, self.weights, self.sv, self.margin, self.labels = rows, weights, sv, margin, labels
+        # the kept rows' arrays, as parts joined when first read (a sum of many slabs'
+        # regions would otherwise copy the growing arrays again at every step)
+        self._parts = [(rows, weights, sv, margin, labels)]
         self.thr, self.covered, self.fraction = float(thr), int(covered), float(fraction)
+        self._trimmed = None
+        self.memo, self.work = {}, Workspace()  # for evaluate's kernel
 
-    def _trimmed(self):
-        """Fold all but the ``ceil(fraction * covered)`` smallest margins into the sums."""
+    @property
+    def size(self):
+        """Rows kept."""
+        return sum(part[3].size for part in self._parts)
+
+    def _joined(self):
+        if len(self._parts) > 1:
+            self._parts = [tuple(np.concatenate(arrays) for arrays in zip(*self._parts))]
+        return self._parts[0]
+
+    rows = property(lambda self: self._joined()[0])
+    weights = property(lambda self: self._joined()[1])
+    sv = property(lambda self: self._joined()[2])
+    margin = property(lambda self: self._joined()[3])
+    labels = property(lambda self: self._joined()[4])
+
+    def trimmed(self):
+        """The region keeping the ``ceil(fraction * covered)`` rows of smallest margin,
+        the others folded into the sums (``thr`` lowered to the smallest margin
+        folded); ``self`` when it keeps no more. Computed once."""
+        if self._trimmed is not None:
+            return self._trimmed
         keep = math.ceil(self.fraction * self.covered)
-        if self.margin.size <= keep:
+        if self.size <= keep:
+            self._trimmed = self
             return self
         order = np.argsort(self.margin, kind="stable")
         kept, folded = order[:keep], order[keep:]
@@ -88,33 +120,31 @@ class Region:
         rows, labels, w = self.rows[folded], self.labels[folded], self.weights[folded]
         onehot = _weighted_onehot(labels, w, K)
         diff = rows - self.centers[labels]
-        nk = self.nk + onehot.sum(axis=1)
-        s1 = self.s1 + onehot @ diff
-        s2 = self.s2 + onehot @ np.einsum("ij,ij->i", diff, diff)
-        sig = self.sig + onehot @ self.sv[folded]
-        thr = min(self.thr, float(self.margin[folded].min()))
-        return Region(self.centers, nk, s1, s2, sig, self.rows[kept], self.weights[kept], self.sv[kept],
-                      self.margin[kept], self.labels[kept], thr, self.covered, self.fraction)
+        self._trimmed = Region(
+            self.centers,
+            self.nk + onehot.sum(axis=1),
+            self.s1 + onehot @ diff,
+            self.s2 + onehot @ np.einsum("ij,ij->i", diff, diff),
+            self.sig + onehot @ self.sv[folded],
+            self.rows[kept], self.weights[kept], self.sv[kept], self.margin[kept], self.labels[kept],
+            min(self.thr, float(self.margin[folded].min())),
+            self.covered,
+            self.fraction,
+        )
+        return self._trimmed
 
     def __add__(self, other):
         if not isinstance(other, Region):
             return self if other == 0 else NotImplemented
-        joined = Region(
-            self.centers,
-            self.nk + other.nk,
-            self.s1 + other.s1,
-            self.s2 + other.s2,
-            self.sig + other.sig,
-            np.concatenate([self.rows, other.rows]),
-            np.concatenate([self.weights, other.weights]),
-            np.concatenate([self.sv, other.sv]),
-            np.concatenate([self.margin, other.margin]),
-            np.concatenate([self.labels, other.labels]),
-            min(self.thr, other.thr),
-            self.covered + other.covered,
-            self.fraction,
-        )
-        return joined._trimmed()
+        joined = Region(self.centers, self.nk + other.nk, self.s1 + other.s1, self.s2 + other.s2,
+                        self.sig + other.sig, *([None] * 5), min(self.thr, other.thr),
+                        self.covered + other.covered, self.fraction)
+        joined._parts = self._parts + other._parts
+        # slabs keep SLAB_EXCESS times their share: trimmed at the end (``trimmed``),
+        # or here when far more than the share piles up, so memory stays bounded
+        if joined.size > 2 * math.ceil(self.fraction * joined.covered) + 1024:
+            return joined.trimmed()
+        return joined
 
     __radd__ = __add__
 
@@ -146,11 +176,16 @@ def slab_region(X, w, labels, d_best, d_second, xc_scale, sv, stats, centers, fr
         The slab's ``nk``, ``s1``, ``s2``, ``sig`` (about ``centers``), all rows.
     centers : ndarray (K, D)
     fraction : float
-        Rows kept, as a fraction of the slab's (twice that here, trimmed when summed).
+        Rows kept, as a fraction of all rows (:data:`SLAB_EXCESS` times that here).
     """
     n = X.shape[0]
     margin = np.sqrt(d_second) - np.sqrt(d_best) - MARGIN_SLACK * xc_scale
-    keep = min(n, math.ceil(2.0 * fraction * n))
+    keep = min(n, math.ceil(SLAB_EXCESS * fraction * n))
+    if keep == n:  # every row kept: nothing to sum
+        K, D = centers.shape
+        weights = np.ones(n) if w is None else np.asarray(w, dtype=np.float64)
+        return Region(centers, np.zeros(K), np.zeros((K, D)), np.zeros(K), np.zeros(K), np.array(X, dtype=np.float64),
+                      weights, np.array(sv, dtype=np.float64), margin, labels, math.inf, n, fraction)
     if keep < n:
         part = np.argpartition(margin, keep - 1)
         kept, folded = np.sort(part[:keep]), part[keep:]
@@ -179,7 +214,7 @@ def slab_region(X, w, labels, d_best, d_second, xc_scale, sv, stats, centers, fr
     )
 
 
-def evaluate(region, params):
+def evaluate(region, params, kernel):
     """The statistics a pass would return at ``params``, or ``None`` outside the region.
 
     ``None`` also when a cluster would be empty (its re-seeding needs the pass's
@@ -190,6 +225,13 @@ def evaluate(region, params):
     ----------
     region : Region
     params : dict with ``means`` (K, D)
+    kernel : callable
+        ``kernel(rows, weights, params, cache) -> dict``, the family's statistics of
+        rows assigned to their nearest centre (:func:`dask_em.families.kmeans.hard_stats`),
+        run on the kept rows. Its ``sig`` is taken about the kept rows' mean (a
+        ``cache`` per call, sharing the rows about that mean and the work arrays
+        between calls), so two evaluations of the same partition give the same
+        ``sig``, bit for bit, as strict convergence needs.
 
     Returns
     -------
@@ -197,26 +239,18 @@ def evaluate(region, params):
         ``nk``, ``s1``, ``s2``, ``sig``, ``loglik`` as :func:`dask_em.families.kmeans.hard_stats`.
     """
     c = np.asarray(params["means"], dtype=np.float64)
+    region = region.trimmed()
     if not region.contains(c):
         return None
-    K = c.shape[0]
     dd = region.centers - c  # the other rows' sums, moved exactly from c0 to c
     nk = region.nk
     s1 = region.s1 + nk[:, None] * dd
     s2 = region.s2 + 2.0 * np.einsum("ij,ij->i", dd, region.s1) + nk * np.einsum("ij,ij->i", dd, dd)
-    sig = region.sig.copy()
-    rows = region.rows
-    if rows.shape[0]:
-        ref = c.mean(axis=0)
-        xc, cc = rows - ref, c - ref
-        d2 = np.einsum("ij,ij->i", xc, xc)[:, None] - 2.0 * xc @ cc.T + np.einsum("ij,ij->i", cc, cc)
-        labels = np.argmin(d2, axis=1)
-        onehot = _weighted_onehot(labels, region.weights, K)
-        diff = rows - c[labels]
-        nk = nk + onehot.sum(axis=1)
-        s1 = s1 + onehot @ diff
-        s2 = s2 + onehot @ np.einsum("ij,ij->i", diff, diff)
-        sig = sig + onehot @ region.sv
+    sig = region.sig
+    if region.size:
+        # the kept rows about their mean, and the work arrays, serve every evaluation
+        kept = kernel(region.rows, region.weights, {"means": c}, cache={"rows": region.memo, "work": region.work})
+        nk, s1, s2, sig = nk + kept["nk"], s1 + kept["s1"], s2 + kept["s2"], sig + kept["sig"]
     if np.any(nk <= 0):
         return None
     return {"nk": nk, "s1": s1, "s2": s2, "sig": sig, "loglik": -float(s2.sum())}
