@@ -114,8 +114,8 @@ class Region:
         if self.size <= keep:
             self._trimmed = self
             return self
-        order = np.argsort(self.margin, kind="stable")
-        kept, folded = order[:keep], order[keep:]
+        order = np.argpartition(self.margin, keep)
+        kept, folded = np.sort(order[:keep]), order[keep:]
         K = self.centers.shape[0]
         rows, labels, w = self.rows[folded], self.labels[folded], self.weights[folded]
         onehot = _weighted_onehot(labels, w, K)
