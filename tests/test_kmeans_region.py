@@ -156,3 +156,30 @@ def test_local_rows_setting():
         assert local_fraction(8, 16, 10**6) is None
     with dask.config.set({"dask_em.local_rows": 250}):
         assert local_fraction(8, 16, 1000) == 0.25
+
+
+def test_weighted_stepwise_kmeans_on_a_process_cluster(tmp_path, cluster_client):
+    """The regions travel between worker processes and through the tree sums; with
+    sample weights the steps in memory are still a pass's steps."""
+    import dask.array as da
+
+    from dask_em.engine.passes import watch_passes
+
+    X = _anisotropic(n=40_000, D=8, K=5, seed=3).astype(np.float64)
+    w = np.random.default_rng(4).uniform(0.2, 3.0, len(X))
+    path = str(tmp_path / "W.zarr")
+    zarr.create_array(path, shape=X.shape, chunks=(2_000, 8), dtype=X.dtype)[:] = X
+    fits = {}
+    for rows in (0, 8_000):
+        blocks = []  # row blocks read by each pass, counted on the client
+        with dask.config.set({"dask_em.local_rows": rows}), watch_passes(blocks.append):
+            km = KMeans(5, random_state=1, persist=False, algorithm="stepwise", tol=1e-6)
+            km.fit(da.from_zarr(path), sample_weight=da.from_array(w, chunks=2_000))
+        fits[rows] = (km, sum(blocks) / 20)
+    (off, off_passes), (on, on_passes) = fits[0], fits[8_000]
+    assert on.n_iter_ == off.n_iter_ >= 4 and on_passes < off_passes
+    assert off_passes == 2 + off.n_iter_
+    np.testing.assert_allclose(on.cluster_centers_, off.cluster_centers_, rtol=1e-10)
+    assert on.inertia_ == pytest.approx(off.inertia_, rel=1e-10)
+    d2 = ((X[:, None, :] - on.cluster_centers_[None]) ** 2).sum(axis=2)
+    assert on.inertia_ == pytest.approx((w * d2.min(axis=1)).sum(), rel=1e-9)

@@ -151,8 +151,8 @@ def run_em(
         ``"rejected"``).
     local : float, optional
         Families with :attr:`~dask_em.families.Family.local` (k-means): every pass also
-        keeps this fraction of the rows, those nearest a boundary, with the exact
-        sums of the others, and an iteration whose point is near enough the last
+        keeps this fraction of the rows (shared by the mixtures of the pass), those
+        nearest a boundary, with the exact sums of the others, and an iteration whose point is near enough the last
         pass's is evaluated from them in memory, exactly, without a pass (history
         entries say ``"in_memory": True``). Iterations count as before; passes are
         fewer. Not for a resumed run's bit-for-bit outcome: its first iteration is
@@ -200,7 +200,9 @@ def run_em(
                     in_memory[i] = {**regions[i][1], **stats}
         need = [i for i in active if i not in in_memory]
         if need:
-            payload = (family, [evaluated(i) for i in need]) + ((local,) if local is not None else ())
+            # the kept rows' budget is shared by the mixtures of the pass
+            keep = () if local is None else (local / len(need),)
+            payload = (family, [evaluated(i) for i in need]) + keep
             stats_list = run_pass(
                 X,
                 estep_block,
@@ -269,6 +271,7 @@ def run_em(
             )
             if converged:
                 res.converged = True
+                regions.pop(i, None)
                 logger.log(log_level, "%sconverged after %d iterations", prefix(i), iteration)
             else:
                 still_active.append(i)
