@@ -28,6 +28,8 @@ margin exceeds ``thr`` with room to spare.
 """
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -38,6 +40,8 @@ from dask_em._math import Workspace
 MARGIN_SLACK = 1e-6
 #: Rows a slab keeps, as a multiple of its share (``fraction`` of its rows).
 SLAB_EXCESS = 1.5
+#: Kept rows per call of the kernel in :func:`evaluate` (work arrays of a few MiB).
+PIECE_ROWS = 65_536
 
 
 def _weighted_onehot(labels, weights, K):
@@ -86,7 +90,7 @@ class Region:
         self._parts = [(rows, weights, sv, margin, labels)]
         self.thr, self.covered, self.fraction = float(thr), int(covered), float(fraction)
         self._trimmed = None
-        self.memo, self.work = {}, Workspace()  # for evaluate's kernel
+        self._pieces = None  # for evaluate's kernel: the kept rows in pieces, their caches
 
     @property
     def size(self):
@@ -214,6 +218,28 @@ def slab_region(X, w, labels, d_best, d_second, xc_scale, sv, stats, centers, fr
     )
 
 
+def _run_pieces(region, kernel, params):
+    """``kernel`` on every piece of :data:`PIECE_ROWS` kept rows, on up to
+    ``os.cpu_count()`` threads; the results in the pieces' order. Each piece keeps its
+    rows about their mean and its work arrays between calls, so its ``sig`` is the
+    same, bit for bit, for the same partition; the pieces do not depend on the
+    thread count, so neither do the sums."""
+    if region._pieces is None:
+        rows, weights = region.rows, region.weights
+        region._pieces = [(rows[i:i + PIECE_ROWS], weights[i:i + PIECE_ROWS], {}, Workspace())
+                          for i in range(0, rows.shape[0], PIECE_ROWS)]
+
+    def run(piece):
+        rows, weights, memo, work = piece
+        return kernel(rows, weights, params, cache={"rows": memo, "work": work})
+
+    threads = min(len(region._pieces), os.cpu_count() or 1)
+    if threads == 1:
+        return [run(piece) for piece in region._pieces]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(run, region._pieces))
+
+
 def evaluate(region, params, kernel):
     """The statistics a pass would return at ``params``, or ``None`` outside the region.
 
@@ -228,10 +254,9 @@ def evaluate(region, params, kernel):
     kernel : callable
         ``kernel(rows, weights, params, cache) -> dict``, the family's statistics of
         rows assigned to their nearest centre (:func:`dask_em.families.kmeans.hard_stats`),
-        run on the kept rows. Its ``sig`` is taken about the kept rows' mean (a
-        ``cache`` per call, sharing the rows about that mean and the work arrays
-        between calls), so two evaluations of the same partition give the same
-        ``sig``, bit for bit, as strict convergence needs.
+        run on the kept rows, in pieces (:func:`_run_pieces`). Its ``sig`` is taken
+        about each piece's mean, so two evaluations of the same partition give the
+        same ``sig``, bit for bit, as strict convergence needs.
 
     Returns
     -------
@@ -248,9 +273,8 @@ def evaluate(region, params, kernel):
     s2 = region.s2 + 2.0 * np.einsum("ij,ij->i", dd, region.s1) + nk * np.einsum("ij,ij->i", dd, dd)
     sig = region.sig
     if region.size:
-        # the kept rows about their mean, and the work arrays, serve every evaluation
-        kept = kernel(region.rows, region.weights, {"means": c}, cache={"rows": region.memo, "work": region.work})
-        nk, s1, s2, sig = nk + kept["nk"], s1 + kept["s1"], s2 + kept["s2"], sig + kept["sig"]
+        for part in _run_pieces(region, kernel, {"means": c}):
+            nk, s1, s2, sig = nk + part["nk"], s1 + part["s1"], s2 + part["s2"], sig + part["sig"]
     if np.any(nk <= 0):
         return None
     return {"nk": nk, "s1": s1, "s2": s2, "sig": sig, "loglik": -float(s2.sum())}
