@@ -152,11 +152,12 @@ def run_em(
     local : float, optional
         Families with :attr:`~dask_em.families.Family.local` (k-means): every pass also
         keeps this fraction of the rows (shared by the mixtures of the pass), those
-        nearest a boundary, with the exact sums of the others, and an iteration whose point is near enough the last
-        pass's is evaluated from them in memory, exactly, without a pass (history
-        entries say ``"in_memory": True``). Iterations count as before; passes are
-        fewer. Not for a resumed run's bit-for-bit outcome: its first iteration is
-        a pass where the interrupted run may have had none.
+        nearest a boundary, with the exact sums of the others, and an iteration
+        whose point is near enough the last pass's is evaluated from them in
+        memory, exactly, without a pass (history entries say ``"in_memory": True``).
+        Iterations count as before; passes are fewer. Not for a resumed run's
+        bit-for-bit outcome: its first iteration is a pass where the interrupted
+        run may have had none.
 
     Returns
     -------

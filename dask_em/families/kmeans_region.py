@@ -80,8 +80,6 @@ class Region:
         Most rows kept, as a fraction of ``covered``.
     """
 
-    _FIELDS = ("rows", "weights", "sv", "margin", "labels")
-
     def __init__(self, centers, nk, s1, s2, sig, rows, weights, sv, margin, labels, thr, covered, fraction):
         self.centers = centers
         self.nk, self.s1, self.s2, self.sig = nk, s1, s2, sig
@@ -190,12 +188,9 @@ def slab_region(X, w, labels, d_best, d_second, xc_scale, sv, stats, centers, fr
         weights = np.ones(n) if w is None else np.asarray(w, dtype=np.float64)
         return Region(centers, np.zeros(K), np.zeros((K, D)), np.zeros(K), np.zeros(K), np.array(X, dtype=np.float64),
                       weights, np.array(sv, dtype=np.float64), margin, labels, math.inf, n, fraction)
-    if keep < n:
-        part = np.argpartition(margin, keep - 1)
-        kept, folded = np.sort(part[:keep]), part[keep:]
-        thr = float(margin[folded].min())
-    else:
-        kept, thr = np.arange(n), math.inf
+    part = np.argpartition(margin, keep - 1)
+    kept, folded = np.sort(part[:keep]), part[keep:]
+    thr = float(margin[folded].min())
     weights = np.ones(kept.size) if w is None else np.asarray(w[kept], dtype=np.float64)
     rows, lab = X[kept], labels[kept]
     K = centers.shape[0]
