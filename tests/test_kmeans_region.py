@@ -13,6 +13,8 @@ from dask_em import KMeans
 from dask_em.families.kmeans import FAMILY
 from dask_em.families.kmeans_region import Region
 from dask_em.testing import CountingStore
+# K anisotropic Gaussians about 1 sd apart, on which Lloyd is slow
+from tests.test_few_pass import _overlapping as _anisotropic
 
 
 def _overlapping(n=40_000, D=6, K=4, seed=0, spread=0.7):
@@ -104,16 +106,6 @@ def test_region_order_of_sums_and_signature():
             different += 1
             assert not np.array_equal(got["sig"], at_c0["sig"])
     assert same and different
-
-
-def _anisotropic(n, D, K, seed, spread=0.6):
-    """K anisotropic Gaussians about one standard deviation apart: Lloyd is slow on them."""
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(scale=spread, size=(K, D))
-    mixers = np.stack([rng.normal(size=(D, D)) * 0.5 + np.eye(D) * 0.5 for _ in range(K)])
-    labels = rng.integers(0, K, n)
-    rows = np.einsum("nd,nde->ne", rng.normal(size=(n, D)), mixers[labels]) + centers[labels]
-    return rows.astype(np.float32)
 
 
 def _store(path, X, chunk_rows):
