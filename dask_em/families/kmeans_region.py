@@ -44,11 +44,13 @@ SLAB_EXCESS = 1.5
 PIECE_ROWS = 65_536
 
 
-def _weighted_onehot(labels, weights, K):
-    """(K, m) indicator of each row's centre, times its weight."""
-    out = np.zeros((K, labels.size))
-    out[labels, np.arange(labels.size)] = weights
-    return out
+def _row_sums(centers, rows, labels, weights, sv):
+    """``nk``, ``s1``, ``s2``, ``sig`` of ``rows`` (m, D) assigned to ``labels``, about
+    ``centers`` (K, D), as :func:`dask_em.families.kmeans.hard_stats` sums them."""
+    onehot = np.zeros((centers.shape[0], labels.size))  # each row's centre, times its weight
+    onehot[labels, np.arange(labels.size)] = weights
+    diff = rows - centers[labels]
+    return onehot.sum(axis=1), onehot @ diff, onehot @ np.einsum("ij,ij->i", diff, diff), onehot @ sv
 
 
 class Region:
@@ -118,16 +120,10 @@ class Region:
             return self
         order = np.argpartition(self.margin, keep)
         kept, folded = np.sort(order[:keep]), order[keep:]
-        K = self.centers.shape[0]
-        rows, labels, w = self.rows[folded], self.labels[folded], self.weights[folded]
-        onehot = _weighted_onehot(labels, w, K)
-        diff = rows - self.centers[labels]
+        nk, s1, s2, sig = _row_sums(self.centers, self.rows[folded], self.labels[folded], self.weights[folded],
+                                    self.sv[folded])
         self._trimmed = Region(
-            self.centers,
-            self.nk + onehot.sum(axis=1),
-            self.s1 + onehot @ diff,
-            self.s2 + onehot @ np.einsum("ij,ij->i", diff, diff),
-            self.sig + onehot @ self.sv[folded],
+            self.centers, self.nk + nk, self.s1 + s1, self.s2 + s2, self.sig + sig,
             self.rows[kept], self.weights[kept], self.sv[kept], self.margin[kept], self.labels[kept],
             min(self.thr, float(self.margin[folded].min())),
             self.covered,
@@ -193,15 +189,13 @@ def slab_region(X, w, labels, d_best, d_second, xc_scale, sv, stats, centers, fr
     thr = float(margin[folded].min())
     weights = np.ones(kept.size) if w is None else np.asarray(w[kept], dtype=np.float64)
     rows, lab = X[kept], labels[kept]
-    K = centers.shape[0]
-    onehot = _weighted_onehot(lab, weights, K)
-    diff = rows - centers[lab]
+    nk, s1, s2, sig = _row_sums(centers, rows, lab, weights, sv[kept])
     return Region(
         centers,
-        stats["nk"] - onehot.sum(axis=1),
-        stats["s1"] - onehot @ diff,
-        stats["s2"] - onehot @ np.einsum("ij,ij->i", diff, diff),
-        stats["sig"] - onehot @ sv[kept],
+        stats["nk"] - nk,
+        stats["s1"] - s1,
+        stats["s2"] - s2,
+        stats["sig"] - sig,
         np.array(rows, dtype=np.float64),
         weights,
         np.array(sv[kept], dtype=np.float64),
