@@ -67,12 +67,14 @@ def cpu_description():
     return f"{model}; numpy SIMD {simd}; {os.cpu_count()} cores"
 
 
-def overlapping_clusters(n, D=16, K=8, seed=0, spread=0.6, chunk=100_000):
-    """Rows of K anisotropic Gaussians whose centres are about one standard deviation
-    apart: batch EM needs many iterations on them."""
+def overlapping_clusters(n, D=16, K=8, seed=0, spread=0.6, mixing=0.5, chunk=100_000):
+    """Rows of K Gaussians whose centres are about one standard deviation apart: batch
+    EM needs many iterations on them. ``mixing`` sets how anisotropic and how unlike
+    each other their covariances are (0: all the identity; 0.5, the default: each
+    ``0.5 I + 0.5 G`` with G standard normal)."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(scale=spread, size=(K, D))
-    mixers = [rng.normal(size=(D, D)) * 0.5 + np.eye(D) * 0.5 for _ in range(K)]
+    mixers = [rng.normal(size=(D, D)) * mixing + np.eye(D) * (1 - mixing) for _ in range(K)]
     out = np.empty((n, D), dtype=np.float32)
     for i in range(0, n, chunk):
         m = min(chunk, n - i)
@@ -118,8 +120,9 @@ def read_pass_seconds(path):
 
 
 def streamed(args):
-    print(f"\n== Part 1: a streamed float32 Zarr store, N={args.n:,} D=16 K=8, chunks of {args.chunk:,} rows")
-    X = overlapping_clusters(args.n)
+    print(f"\n== Part 1: a streamed float32 Zarr store, N={args.n:,} D=16 K=8, chunks of {args.chunk:,} rows, "
+          f"centre spread {args.spread}, mixing {args.mixing}")
+    X = overlapping_clusters(args.n, spread=args.spread, mixing=args.mixing)
     folder = tempfile.mkdtemp(prefix="dask-em-few-pass-")
     try:
         path = write_store(folder, X, args.chunk)
@@ -249,6 +252,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=600_000, help="rows of the streamed store")
     parser.add_argument("--chunk", type=int, default=5_000, help="rows per chunk of the store")
+    parser.add_argument("--spread", type=float, default=0.6, help="streamed store: scale of the cluster centres")
+    parser.add_argument("--mixing", type=float, default=0.5,
+                        help="streamed store: 0 for identity covariances, 0.5 for unlike anisotropic ones")
     parser.add_argument("--stream-seeds", type=int, default=1,
                         help="streamed: fits with random_state 0 .. stream-seeds - 1, and their means")
     parser.add_argument("--quick", action="store_true")

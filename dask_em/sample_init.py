@@ -26,6 +26,8 @@ are read again. One pass in all, whatever ``n_init``.
 
 import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +44,8 @@ SAMPLE_ROWS_PER_COMPONENT = 1000
 SAMPLE_MIN_ROWS = 100_000
 #: EM iterations on the sample that rank the starts (:func:`initialize_from_sample`).
 SAMPLE_EM_MAX_ITER = 10
+#: Rows per piece of an E-step on the sample (:func:`estep_sample`).
+SAMPLE_PIECE_ROWS = 8192
 #: Seedings tried by the ``"kmeans"`` method when k-means++ seeds on a part of the
 #: sample (see :func:`_centers_on_sample`). On overlapping clusters (N = 1e5 to 1e7,
 #: D = 16, K = 8) the best of 4 reached the least-inertia partition 6 times in 6 at
@@ -155,13 +159,49 @@ def nearest_centers(points, centers):
     return labels, d2
 
 
+def estep_sample(rows, weights, payload, threads=None):
+    """:func:`~dask_em.engine.estep_block` on the in-memory sample, on the machine's threads.
+
+    The rows are cut into pieces of :data:`SAMPLE_PIECE_ROWS` that run on up to
+    ``threads`` threads (default ``os.cpu_count()``; NumPy's and BLAS's calls release
+    the GIL, and BLAS runs on one thread meanwhile, see
+    :func:`~dask_em.engine.blas.blas_limited`), and their statistics are summed in
+    the pieces' order: the same bits whatever the number of threads. Measured on
+    100,000 x 16 rows, K=8, two cores: 60 -> 38 ms an E-step (full), 21 -> 15 ms (diag).
+
+    Parameters
+    ----------
+    rows : ndarray of shape (n, D)
+    weights : ndarray of shape (n,) or None
+    payload : tuple (family, list of MixtureState)
+    threads : int, optional
+
+    Returns
+    -------
+    list of dict
+        Per mixture, the statistics of all the rows (as :func:`estep_block`).
+    """
+    n = rows.shape[0]
+    starts = range(0, n, SAMPLE_PIECE_ROWS)
+
+    def piece(i):
+        w = None if weights is None else weights[i : i + SAMPLE_PIECE_ROWS]
+        return estep_block(rows[i : i + SAMPLE_PIECE_ROWS], w, payload, i)
+
+    threads = max(1, min(len(starts), threads or os.cpu_count() or 1))
+    if threads == 1:
+        return add_stats([piece(i) for i in starts])
+    with ThreadPoolExecutor(threads, thread_name_prefix="dask-em-sample") as pool:
+        return add_stats(list(pool.map(piece, starts)))
+
+
 def _start_from_assignment(rows, weights, family, centers, rng, ref, options):
     """A :class:`MixtureState` from the statistics of the rows assigned to their
     nearest centre (``centers``) or given random responsibilities (``rng``)."""
     K = ref.shape[0]
     if family.hard and centers is not None:  # a Lloyd step: the E-step of a fit, in a few GEMMs
         start = MixtureState(np.full(K, 1.0 / K), {"means": centers})
-        (stats,) = estep_block(rows, weights, (family, [start]), 0)
+        (stats,) = estep_sample(rows, weights, (family, [start]))
         return m_step(family, stats, start, options)
     stats = None
     step = _slab_step(K)
@@ -223,7 +263,7 @@ def _em_on_sample(rows, weights, family, starts, options, tol, max_iter, acceler
     false or the family assigns hard (K-means: plain Lloyd iterations)."""
 
     def estep(states):
-        return estep_block(rows, weights, (family, states), 0)
+        return estep_sample(rows, weights, (family, states))
 
     if accelerate and not family.hard:
         accs = run_squarem(estep, family, [s.state for s in starts], options=options, tol=tol, max_iter=max_iter)
@@ -359,7 +399,7 @@ def initialize_on_sample(
             logger.debug("start of seed %d after %d EM iterations on the sample (not scored: nothing to rank)",
                          s.seed, s.n_iter)
         return starts
-    for start, stats in zip(starts, estep_block(rows, weights, (family, [s.state for s in starts]), 0)):
+    for start, stats in zip(starts, estep_sample(rows, weights, (family, [s.state for s in starts]))):
         start.sample_loglik = float(stats["loglik"] / stats["weight"])
     starts.sort(key=lambda s: -s.sample_loglik if math.isfinite(s.sample_loglik) else math.inf)
     for s in starts:

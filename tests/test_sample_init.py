@@ -350,6 +350,49 @@ def test_in_memory_lloyd_matches_scikit_learn():
     np.testing.assert_allclose(weighted, repeated, atol=1e-8)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_lloyd_on_threads_matches_scikit_learn_whatever_the_thread_count(weighted):
+    """Several slabs of rows (20,000 x 16: six), shared among 1, 2 or 3 threads: the
+    same centres bit for bit, and scikit-learn's Lloyd fixed point."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(20_000, 16)) + 1.5 * rng.integers(0, 4, 20_000)[:, None]
+    start = X[rng.choice(len(X), 5, replace=False)]
+    w = rng.uniform(0.5, 2.0, len(X)) if weighted else None
+    runs = [lloyd(X, start, w, tol=0.0, max_iter=300, threads=t) for t in (1, 2, 3)]
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])
+    sk = SkKMeans(5, init=start, n_init=1, algorithm="lloyd", tol=0.0, max_iter=300).fit(X, sample_weight=w)
+    np.testing.assert_allclose(runs[0], sk.cluster_centers_, atol=1e-8)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sample_estep_in_pieces_matches_a_row_by_row_reference(weighted):
+    """The sample's E-step in pieces (20,000 rows: three) on 1, 2 or 3 threads: the same
+    bits, and the log-likelihood and counts scipy gives row by row."""
+    from scipy.special import logsumexp
+
+    from dask_em.engine import MixtureState
+    from dask_em.families.gaussian import cholesky_from_precisions
+    from dask_em.sample_init import SAMPLE_PIECE_ROWS, estep_sample
+
+    X, _, means, covs, mix = _blobs(n=20_000, seed=4)
+    assert len(X) > 2 * SAMPLE_PIECE_ROWS
+    w = np.random.default_rng(1).uniform(0.5, 2.0, len(X)) if weighted else None
+    prec_chol = cholesky_from_precisions(np.linalg.inv(covs), "full")
+    state = MixtureState(mix, {"means": means, "precisions_cholesky": prec_chol})
+    family = get_family("gaussian-full")
+    runs = [estep_sample(X, w, (family, [state]), threads=t)[0] for t in (1, 2, 3)]
+    for run in runs[1:]:
+        assert all(np.array_equal(run[key], runs[0][key]) for key in runs[0])
+    log_dens = np.stack([stats.multivariate_normal(means[k], covs[k]).logpdf(X) for k in range(3)], axis=1)
+    log_dens += np.log(mix)
+    row_ll = logsumexp(log_dens, axis=1)
+    r = np.exp(log_dens - row_ll[:, None])
+    ww = np.ones(len(X)) if w is None else w
+    np.testing.assert_allclose(runs[0]["loglik"], ww @ row_ll, rtol=1e-11)
+    np.testing.assert_allclose(runs[0]["nk"], ww @ r, rtol=1e-11)
+    np.testing.assert_allclose(runs[0]["weight"], ww.sum(), rtol=1e-13)
+
+
 def test_initialize_on_sample_kmeans_family():
     # the hard family (K-means) goes through the same in-memory path
     Xn, _, means, _, _ = _blobs(n=4_000, seed=6)
