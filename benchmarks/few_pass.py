@@ -198,10 +198,20 @@ def compare(name, X, K, cov, seeds, repeats=1):
     se = np.sqrt((np.var(quality["ours"], ddof=1) + np.var(quality["sk"], ddof=1)) / len(seeds)) \
         if len(seeds) > 1 else np.nan
     label = "-inertia/row" if cov == "kmeans" else "loglik/row"
-    verdict = "meets" if t_ours <= 2 * t_sk and q_ours >= q_sk - 1e-3 * abs(q_sk) else "MISSES"
+    # Equal quality: the mean over seeds at least scikit-learn's (to 1e-3 relative), or,
+    # over several seeds, less by under two standard errors of the difference: the two
+    # sides' seeds land in random local optima, so identical algorithms differ either
+    # way by about one standard error.
+    if q_ours >= q_sk - 1e-3 * abs(q_sk):
+        quality = "equal or better"
+    elif len(seeds) >= 10 and q_ours >= q_sk - 2 * se:
+        quality = "equal within 2 SE"
+    else:
+        quality = "worse" if len(seeds) >= 10 else "worse (too few seeds to tell)"
+    verdict = "meets" if t_ours <= 2 * t_sk and quality.startswith("equal") else "MISSES"
     print(f"{name:<30}{t_ours:>9.4f} s{t_sk:>9.4f} s  ratio {t_ours / t_sk:5.2f}  mean {label} "
-          f"{q_ours:.6g} vs {q_sk:.6g} (difference {q_ours - q_sk:+.3g} +- {se:.2g})  "
-          f"target <= 2 at equal quality: {verdict}", flush=True)
+          f"{q_ours:.6g} vs {q_sk:.6g} (difference {q_ours - q_sk:+.3g} +- {se:.2g}, {len(seeds)} seeds: "
+          f"{quality})  target <= 2 at equal quality: {verdict}", flush=True)
 
 
 def in_memory(args):

@@ -19,10 +19,11 @@ selection; no pass when every starting parameter is given.
 """
 
 import contextlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from dask_em.settings import in_memory_threads
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 #: Rows of the sample k-means++ seeds on (at least; 100 K for large K).
@@ -169,10 +170,10 @@ def lloyd(points, centers, weights=None, *, max_iter=SAMPLE_LLOYD_MAX_ITER, tol=
     2**16 elements of ``P`` keep the work in cache: measured on 100,000 x 16 rows,
     K=8, an iteration took 4.1 ms this way against 9.4 ms with (n, D) slabs and
     (K, n) products of 2**16 elements, and scikit-learn's (Cython, one thread) 5.1 ms.
-    The slabs are shared among up to ``os.cpu_count()`` threads (NumPy and BLAS
-    release the GIL; call it with BLAS on one thread, as the fit does), and their sums
-    are added in the slabs' order: the same bits whatever ``threads`` (default
-    ``os.cpu_count()``).
+    The slabs are shared among up to ``threads`` threads (default
+    :func:`~dask_em.settings.in_memory_threads`; NumPy and BLAS release the GIL; call
+    it with BLAS on one thread, as the fit does), and their sums are added in the
+    slabs' order: the same bits whatever the number of threads.
 
     Returns
     -------
@@ -193,7 +194,7 @@ def lloyd(points, centers, weights=None, *, max_iter=SAMPLE_LLOYD_MAX_ITER, tol=
     centers = np.array(centers, dtype=np.float64)
     d2 = np.empty(n)
     coef = np.empty((K, D + 1))
-    threads = max(1, min(len(slabs), threads or os.cpu_count() or 1))
+    threads = max(1, min(len(slabs), threads or in_memory_threads()))
     works = [np.empty(K * min(step, n)) for _ in range(threads)]
     parts = [None] * len(slabs)  # each slab's (K, D + 1) sums, added in the slabs' order
 

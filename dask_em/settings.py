@@ -3,6 +3,7 @@ sample, and the ``dask.config`` keys that tune a fit (``dask_em.stepwise.*``,
 ``dask_em.accelerate``), with the subset a checkpoint must match."""
 
 import dask
+from dask.system import CPU_COUNT
 
 #: The fit algorithms (``algorithm`` of the estimators).
 ALGORITHMS = ("auto", "em", "stepwise")
@@ -32,6 +33,14 @@ def sample_em_tol(tol):
     stopped there. So in practice :data:`SAMPLE_EM_MAX_STEPS` ends it.
     """
     return max(tol * 1e-6, 1e-12)
+
+
+def in_memory_threads():
+    """Threads of the fit's in-memory work (the initialisation sample's E-steps and
+    Lloyd iterations, a KMeans fit's steps on its kept rows): those of dask's local
+    threaded scheduler, ``dask.config`` key ``num_workers`` (default: the cores
+    available, ``dask.system.CPU_COUNT``)."""
+    return max(1, int(dask.config.get("num_workers", None) or CPU_COUNT))
 
 
 #: Stepwise-EM defaults (``dask_em.stepwise.<name>``), see :func:`stepwise_setting`;
@@ -131,5 +140,5 @@ def checkpoint_settings(hard=False):
 
 __all__ = [
     "ALGORITHMS", "HARD_STEPWISE_DEFAULTS", "LOCAL_BYTES", "SAMPLE_EM_MAX_ITER", "SAMPLE_EM_MAX_STEPS", "STEPWISE_DEFAULTS",
-    "accelerate_setting", "checkpoint_settings", "local_fraction", "local_rows_default", "sample_em_tol", "stepwise_setting", "stepwise_settings",
+    "accelerate_setting", "checkpoint_settings", "in_memory_threads", "local_fraction", "local_rows_default", "sample_em_tol", "stepwise_setting", "stepwise_settings",
 ]

@@ -350,6 +350,16 @@ def test_in_memory_lloyd_matches_scikit_learn():
     np.testing.assert_allclose(weighted, repeated, atol=1e-8)
 
 
+def test_in_memory_work_uses_the_threaded_schedulers_thread_count():
+    from dask.system import CPU_COUNT
+
+    from dask_em.settings import in_memory_threads
+
+    assert in_memory_threads() == CPU_COUNT
+    with dask.config.set(num_workers=3):
+        assert in_memory_threads() == 3
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_lloyd_on_threads_matches_scikit_learn_whatever_the_thread_count(weighted):
     """Several slabs of rows (20,000 x 16: six), shared among 1, 2 or 3 threads: the

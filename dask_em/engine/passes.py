@@ -15,12 +15,12 @@ from dask.base import get_scheduler, tokenize
 from dask.delayed import Delayed, delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.local import get_sync
-from dask.system import CPU_COUNT
 from dask.utils import parse_timedelta
 
 from dask_em.engine import inline
 from dask_em.engine.blas import blas_limited, one_blas_thread
 from dask_em.engine.inline import kernel_on_blocks, kernel_on_joined_blocks
+from dask_em.settings import in_memory_threads
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def blocks_per_task(X, n_threads):
 def _local_threads(scheduler):
     """Threads of dask's local threaded scheduler, or ``None`` for other schedulers."""
     if scheduler is dask.threaded.get:
-        return dask.config.get("num_workers", None) or CPU_COUNT
+        return in_memory_threads()
     return None
 
 

@@ -28,12 +28,12 @@ margin exceeds ``thr`` with room to spare.
 """
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from dask_em._math import Workspace
+from dask_em.settings import in_memory_threads
 
 #: Allowance for rounding, relative to the largest distance from the block's reference
 #: point (the distances' float64 rounding is about 1e-8 of it at worst; see the module).
@@ -209,7 +209,7 @@ def slab_region(X, w, labels, d_best, d_second, xc_scale, sv, stats, centers, fr
 
 def _run_pieces(region, kernel, params):
     """``kernel`` on every piece of :data:`PIECE_ROWS` kept rows, on up to
-    ``os.cpu_count()`` threads; the results in the pieces' order. Each piece keeps its
+    :func:`~dask_em.settings.in_memory_threads` threads; the results in the pieces' order. Each piece keeps its
     rows about their mean and its work arrays between calls, so its ``sig`` is the
     same, bit for bit, for the same partition; the pieces do not depend on the
     thread count, so neither do the sums."""
@@ -222,7 +222,7 @@ def _run_pieces(region, kernel, params):
         rows, weights, memo, work = piece
         return kernel(rows, weights, params, cache={"rows": memo, "work": work})
 
-    threads = min(len(region._pieces), os.cpu_count() or 1)
+    threads = min(len(region._pieces), in_memory_threads())
     if threads == 1:
         return [run(piece) for piece in region._pieces]
     with ThreadPoolExecutor(threads) as pool:
