@@ -113,32 +113,6 @@ def test_partial_fit_chunk_by_chunk_reaches_batch_em():
     np.testing.assert_allclose(gm.means_[_align(gm.means_, sk.means_)], sk.means_, atol=0.05)
 
 
-def test_partial_fit_inside_dask_ml_incremental():
-    """dask-ml's ``Incremental`` calls ``partial_fit`` once per block (in a shuffled
-    order by default): the model the loop above reaches, and for KMeans, with the
-    blocks in order, the centres of feeding them by hand."""
-    from dask_ml.wrappers import Incremental
-
-    X, _ = _blobs(n=30_000, seed=1)
-    Xd = da.from_array(X, chunks=(1_500, -1))
-    sk = SkGaussianMixture(3, random_state=0, tol=1e-8).fit(X)
-    inc = Incremental(GaussianMixture(3, random_state=0)).fit(Xd)
-    gm = inc.estimator_
-    assert isinstance(gm, GaussianMixture) and gm.n_iter_ == Xd.numblocks[0]
-    assert abs(gm.score(X) - sk.score(X)) < 1e-3
-    np.testing.assert_allclose(gm.means_[_align(gm.means_, sk.means_)], sk.means_, atol=0.05)
-    labels = inc.predict(Xd)  # dask-ml maps predict over the blocks, lazily
-    assert isinstance(labels, da.Array)
-    to_sk = np.empty(3, dtype=int)
-    to_sk[_align(gm.means_, sk.means_)] = np.arange(3)
-    assert np.mean(to_sk[labels.compute()] == sk.predict(X)) > 0.999
-    by_hand = KMeans(3, random_state=0)
-    for block in Xd.blocks:
-        by_hand.partial_fit(block.compute())
-    km = Incremental(KMeans(3, random_state=0), shuffle_blocks=False).fit(Xd).estimator_
-    np.testing.assert_array_equal(km.cluster_centers_, by_hand.cluster_centers_)
-
-
 def test_partial_fit_of_a_discrete_model_and_after_fit():
     rng = np.random.default_rng(2)
     X = np.concatenate([rng.poisson(lam, (4_000, 3)) for lam in (1.0, 9.0)])[rng.permutation(8_000)]

@@ -209,10 +209,10 @@ def slab_region(X, w, labels, d_best, d_second, xc_scale, sv, stats, centers, fr
 
 def _run_pieces(region, kernel, params):
     """``kernel`` on every piece of :data:`PIECE_ROWS` kept rows, on up to
-    :func:`~dask_em.settings.in_memory_threads` threads; the results in the pieces' order. Each piece keeps its
-    rows about their mean and its work arrays between calls, so its ``sig`` is the
-    same, bit for bit, for the same partition; the pieces do not depend on the
-    thread count, so neither do the sums."""
+    :func:`~dask_em.settings.in_memory_threads` threads; the results in the pieces'
+    order. Each piece keeps its rows about their mean and its work arrays between
+    calls, so its ``sig`` is the same, bit for bit, for the same partition; the
+    pieces do not depend on the thread count, so neither do the sums."""
     if region._pieces is None:
         rows, weights = region.rows, region.weights
         region._pieces = [(rows[i:i + PIECE_ROWS], weights[i:i + PIECE_ROWS], {}, Workspace())
