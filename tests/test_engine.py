@@ -87,6 +87,9 @@ def test_pass_graph_has_readable_deterministic_names():
     a = tree_pass(X, estep_block, (fam, [state]), name="estep-gaussian-diag", split_every=4)
     b = tree_pass(X, estep_block, (fam, [state]), name="estep-gaussian-diag", split_every=4)
     assert a.key == b.key
+    moved = MixtureState(np.full(2, 0.5), {"means": np.ones((2, 4)), "precisions_cholesky": np.ones((2, 4))})
+    assert tree_pass(X, estep_block, (fam, [moved]), name="estep-gaussian-diag", split_every=4).key != a.key
+    assert tree_pass(X * 2, estep_block, (fam, [state]), name="estep-gaussian-diag", split_every=4).key != a.key
     groups = {key_split(k) for k in a.dask.keys()}
     assert {"estep-gaussian-diag", "estep-gaussian-diag-combine"} <= groups
     n_estep = sum(key_split(k) == "estep-gaussian-diag" for k in a.dask.keys())

@@ -355,7 +355,8 @@ def test_in_memory_work_uses_the_threaded_schedulers_thread_count():
 
     from dask_em.settings import in_memory_threads
 
-    assert in_memory_threads() == CPU_COUNT
+    with dask.config.set(num_workers=None):
+        assert in_memory_threads() == CPU_COUNT
     with dask.config.set(num_workers=3):
         assert in_memory_threads() == 3
 
