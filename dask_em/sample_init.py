@@ -26,7 +26,6 @@ are read again. One pass in all, whatever ``n_init``.
 
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +34,7 @@ from dask_em.engine import MixtureState, add_stats, estep_block, m_step
 from dask_em.engine.accelerate import run_squarem
 from dask_em.initialization import INIT_METHODS, KMEANSPP_SAMPLE, kmeans_plusplus, lloyd, min_sq_dist
 from dask_em.sampling import SAMPLE_MAX_BYTES, estimation_weights, sample_rows
-from dask_em.settings import in_memory_threads
+from dask_em.settings import map_on_threads
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +162,7 @@ def estep_sample(rows, weights, payload, threads=None):
     """:func:`~dask_em.engine.estep_block` on the in-memory sample, on the machine's threads.
 
     The rows are cut into pieces of :data:`SAMPLE_PIECE_ROWS` that run on up to
-    ``threads`` threads (default :func:`~dask_em.settings.in_memory_threads`; NumPy's
+    ``threads`` threads (:func:`~dask_em.settings.map_on_threads`; NumPy's
     and BLAS's calls release the GIL, and BLAS runs on one thread meanwhile, see
     :func:`~dask_em.engine.blas.blas_limited`), and their statistics are summed in
     the pieces' order: the same bits whatever the number of threads. Measured on
@@ -188,11 +187,7 @@ def estep_sample(rows, weights, payload, threads=None):
         w = None if weights is None else weights[i : i + SAMPLE_PIECE_ROWS]
         return estep_block(rows[i : i + SAMPLE_PIECE_ROWS], w, payload, i)
 
-    threads = max(1, min(len(starts), threads or in_memory_threads()))
-    if threads == 1:
-        return add_stats([piece(i) for i in starts])
-    with ThreadPoolExecutor(threads, thread_name_prefix="dask-em-sample") as pool:
-        return add_stats(list(pool.map(piece, starts)))
+    return add_stats(map_on_threads(piece, starts, threads))
 
 
 def _start_from_assignment(rows, weights, family, centers, rng, ref, options):

@@ -2,6 +2,8 @@
 sample, and the ``dask.config`` keys that tune a fit (``dask_em.stepwise.*``,
 ``dask_em.accelerate``), with the subset a checkpoint must match."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import dask
 from dask.system import CPU_COUNT
 
@@ -41,6 +43,17 @@ def in_memory_threads():
     threaded scheduler, ``dask.config`` key ``num_workers`` (default: the cores
     available, ``dask.system.CPU_COUNT``)."""
     return max(1, int(dask.config.get("num_workers", None) or CPU_COUNT))
+
+
+def map_on_threads(fn, items, threads=None):
+    """``[fn(item) for item in items]``, run on up to ``threads`` threads (default
+    :func:`in_memory_threads`), in the calling thread when that is one; the results
+    in the items' order, so sums taken over them do not depend on the thread count."""
+    threads = max(1, min(len(items), threads or in_memory_threads()))
+    if threads == 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(fn, items))
 
 
 #: Stepwise-EM defaults (``dask_em.stepwise.<name>``), see :func:`stepwise_setting`;
@@ -140,5 +153,5 @@ def checkpoint_settings(hard=False):
 
 __all__ = [
     "ALGORITHMS", "HARD_STEPWISE_DEFAULTS", "LOCAL_BYTES", "SAMPLE_EM_MAX_ITER", "SAMPLE_EM_MAX_STEPS", "STEPWISE_DEFAULTS",
-    "accelerate_setting", "checkpoint_settings", "in_memory_threads", "local_fraction", "local_rows_default", "sample_em_tol", "stepwise_setting", "stepwise_settings",
+    "accelerate_setting", "checkpoint_settings", "in_memory_threads", "local_fraction", "map_on_threads", "local_rows_default", "sample_em_tol", "stepwise_setting", "stepwise_settings",
 ]

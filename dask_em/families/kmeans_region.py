@@ -28,12 +28,11 @@ margin exceeds ``thr`` with room to spare.
 """
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from dask_em._math import Workspace
-from dask_em.settings import in_memory_threads
+from dask_em.settings import map_on_threads
 
 #: Allowance for rounding, relative to the largest distance from the block's reference
 #: point (the distances' float64 rounding is about 1e-8 of it at worst; see the module).
@@ -208,8 +207,8 @@ def slab_region(X, w, labels, d_best, d_second, xc_scale, sv, stats, centers, fr
 
 
 def _run_pieces(region, kernel, params):
-    """``kernel`` on every piece of :data:`PIECE_ROWS` kept rows, on up to
-    :func:`~dask_em.settings.in_memory_threads` threads; the results in the pieces'
+    """``kernel`` on every piece of :data:`PIECE_ROWS` kept rows, on the in-memory
+    threads (:func:`~dask_em.settings.map_on_threads`); the results in the pieces'
     order. Each piece keeps its rows about their mean and its work arrays between
     calls, so its ``sig`` is the same, bit for bit, for the same partition; the
     pieces do not depend on the thread count, so neither do the sums."""
@@ -222,11 +221,7 @@ def _run_pieces(region, kernel, params):
         rows, weights, memo, work = piece
         return kernel(rows, weights, params, cache={"rows": memo, "work": work})
 
-    threads = min(len(region._pieces), in_memory_threads())
-    if threads == 1:
-        return [run(piece) for piece in region._pieces]
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(run, region._pieces))
+    return map_on_threads(run, region._pieces)
 
 
 def evaluate(region, params, kernel):
