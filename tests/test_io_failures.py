@@ -4,6 +4,8 @@
   ``StoreReadError`` naming the store, the chunk index and its rows, also when the
   read fails on a worker process of a LocalCluster.
   The same for a cube read through xarray (``feature_dim``).
+- A store that the cluster cannot unpickle ends the fit with an error that gives the
+  scheduler's message, also when the input was to be kept in the cluster's memory.
 - A deleted chunk file of a local store is read as the fill value (Zarr's rule),
   and the count of missing chunks is logged as a warning.
 - Outputs that cannot be written (a missing folder, a folder where a file goes, a
@@ -84,6 +86,30 @@ def test_corrupt_chunk_in_a_group_on_a_cluster_worker(tmp_path):
         with dask.config.set(scheduler="threads"):  # computed in this process: memory:// is fine
             write_zarr(da.arange(10, chunks=5), "memory://h13-threads/labels.zarr")
         np.testing.assert_array_equal(zarr.open_array("memory://h13-threads/labels.zarr", mode="r")[:], np.arange(10))
+
+
+class _StoreTheClusterCannotLoad(zarr.storage.LocalStore):
+    """Pickles here, fails to unpickle on the cluster, as a store class missing there
+    (or of another version) does."""
+
+    def __setstate__(self, state):
+        raise ImportError("this store class cannot be loaded on the cluster")
+
+
+@pytest.mark.parametrize("persist", ["auto", False])
+def test_a_store_the_cluster_cannot_unpickle_is_a_clear_error(tmp_path, persist):
+    """Kept in memory (persist), the failed input used to surface as distributed's
+    'FuturesCancelledError: lost dependencies' of the sampling pass; now the pass says
+    it could not run and gives the scheduler's own message."""
+    from distributed import Client, LocalCluster
+
+    path = store(tmp_path / "data.zarr", blobs())
+    arr = zarr.open_array(_StoreTheClusterCannotLoad(str(path)), mode="r")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster):
+        expected = "could not run: the data it reads, kept in the cluster's memory" if persist else ""
+        with pytest.raises(RuntimeError, match=f"{expected}.*deserialization of the task graph"):
+            GaussianMixture(2, random_state=0, persist=persist).fit(arr)
 
 
 def test_corrupt_and_missing_chunks_of_a_cube_read_through_xarray(tmp_path, caplog):

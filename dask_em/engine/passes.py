@@ -377,40 +377,71 @@ def _compute_watched(client, graph, name):
     scheduler for its transition count then, and after every further
     :func:`stall_warning_seconds`.
     """
-    from distributed import wait
+    from concurrent.futures import CancelledError
 
     period = stall_warning_seconds()
     future = client.compute(graph)
     try:
-        if period is None:
-            return future.result()
-        first = min(_WATCH_AFTER, period / 2)
-        try:
-            wait([future], timeout=first)
-            return future.result()
-        except TimeoutError:
-            pass
-        last = _cluster_state(client)
-        stalled, timeout = first, period - first
-        while True:
-            try:
-                wait([future], timeout=timeout)
-                return future.result()
-            except TimeoutError:
-                pass
-            state = _cluster_state(client)
-            moved = state is not None and last is not None and state["transitions"] != last["transitions"]
-            last = state if state is not None else last
-            stalled, timeout = (0.0 if moved else stalled + timeout), period
-            if not moved:
-                logger.warning(
-                    "the pass %r has made no progress for %.0f s: %s. It keeps waiting "
-                    "(dask.config 'dask_em.stall_warning' sets this delay).",
-                    name, stalled, stall_cause(state),
-                )
+        return _wait_watched(client, future, name, period)
+    except CancelledError as error:
+        raise _cancelled(graph, name, error) from error
     finally:
         if not future.done():
             future.cancel()
+
+
+def _cancelled(graph, name, error):
+    """The error to raise when the scheduler cancelled a pass: the failure of data it
+    reads from the cluster's memory (a persisted input that failed, for example
+    because the scheduler could not unpickle its graph) when there is one, else the
+    scheduler's reason, with what to do."""
+    from distributed import futures_of
+
+    for held in futures_of(graph):
+        if held.status == "error":
+            cause = held.exception()
+            return RuntimeError(
+                f"the pass {name!r} could not run: the data it reads, kept in the cluster's memory "
+                f"(persist), failed on the cluster with {type(cause).__name__}: {str(cause).strip()} "
+                "Read the scheduler's and workers' logs for the cause; a store or package that the "
+                "cluster cannot load (one missing or of another version there) is the usual one."
+            )
+    return RuntimeError(
+        f"the pass {name!r} was cancelled by the scheduler ({str(error).strip()}). Its inputs were "
+        "lost or cancelled on the cluster; read the scheduler's log, then fit again."
+    )
+
+
+def _wait_watched(client, future, name, period):
+    """``future``'s result, with a warning after every ``period`` seconds without progress."""
+    from distributed import wait
+
+    if period is None:
+        return future.result()
+    first = min(_WATCH_AFTER, period / 2)
+    try:
+        wait([future], timeout=first)
+        return future.result()
+    except TimeoutError:
+        pass
+    last = _cluster_state(client)
+    stalled, timeout = first, period - first
+    while True:
+        try:
+            wait([future], timeout=timeout)
+            return future.result()
+        except TimeoutError:
+            pass
+        state = _cluster_state(client)
+        moved = state is not None and last is not None and state["transitions"] != last["transitions"]
+        last = state if state is not None else last
+        stalled, timeout = (0.0 if moved else stalled + timeout), period
+        if not moved:
+            logger.warning(
+                "the pass %r has made no progress for %.0f s: %s. It keeps waiting "
+                "(dask.config 'dask_em.stall_warning' sets this delay).",
+                name, stalled, stall_cause(state),
+            )
 
 
 def map_rows(X, kernel, payload, *, name, dtype, n_cols=None):
