@@ -412,26 +412,31 @@ def _cancelled(graph, name, error):
     )
 
 
-def _wait_watched(client, future, name, period):
-    """``future``'s result, with a warning after every ``period`` seconds without progress."""
+def _result_within(future, timeout):
+    """``(True, result)`` when ``future`` ends within ``timeout`` seconds, else ``(False, None)``."""
     from distributed import wait
 
+    try:
+        wait([future], timeout=timeout)
+    except TimeoutError:
+        return False, None
+    return True, future.result()
+
+
+def _wait_watched(client, future, name, period):
+    """``future``'s result, with a warning after every ``period`` seconds without progress."""
     if period is None:
         return future.result()
     first = min(_WATCH_AFTER, period / 2)
-    try:
-        wait([future], timeout=first)
-        return future.result()
-    except TimeoutError:
-        pass
+    done, result = _result_within(future, first)
+    if done:
+        return result
     last = _cluster_state(client)
     stalled, timeout = first, period - first
     while True:
-        try:
-            wait([future], timeout=timeout)
-            return future.result()
-        except TimeoutError:
-            pass
+        done, result = _result_within(future, timeout)
+        if done:
+            return result
         state = _cluster_state(client)
         moved = state is not None and last is not None and state["transitions"] != last["transitions"]
         last = state if state is not None else last
