@@ -254,6 +254,47 @@ def test_threaded_and_distributed_give_identical_results(cluster_client):
         assert [h["mean_loglik"] for h in a.history] == [h["mean_loglik"] for h in b.history]
 
 
+def test_streamed_mini_batches_give_the_same_results_on_every_scheduler(tmp_path, cluster_client):
+    """Blocks read from a Zarr store on the threaded scheduler take BlockPasses' direct
+    path (the store's graph materialised once, one ``dask.threaded.get`` per step):
+    the same tasks and combine tree as a compute of ``X.blocks[...]``, so the same
+    bits as the synchronous scheduler and a distributed cluster, one compute a step."""
+    import zarr
+
+    from dask_em.engine.passes import BlockPasses
+
+    Xn, _ = _blobs(n=6000, chunk=150)
+    w = np.random.default_rng(4).uniform(0.5, 2.0, size=len(Xn))
+    z = zarr.create_array(str(tmp_path / "X.zarr"), shape=Xn.shape, chunks=(150, Xn.shape[1]), dtype="f8")
+    z[:] = Xn
+    zw = zarr.create_array(str(tmp_path / "w.zarr"), shape=w.shape, chunks=(300,), dtype="f8")  # other chunks
+    zw[:] = w
+    X, weights = da.from_zarr(z), da.from_zarr(zw)
+    family = get_family("gaussian-full")
+    inits = [_init(Xn, seed=s) for s in (0, 1)]
+    kw = dict(options=OPTIONS, passes=2, seed=5, batch_chunks=4, log_level=logging.DEBUG, sample_weight=weights)
+    with dask.config.set(scheduler="threads"):
+        assert BlockPasses(X, weights)._graph is not None  # the direct path
+        assert BlockPasses(da.from_array(Xn, chunks=(150, -1)))._graph is None  # in memory: run_pass
+        with CountComputes() as counter:
+            threads = run_stepwise(X, family, inits, **kw)
+    assert counter.count == threads[0].n_iter == 2 * (40 // 4)
+    with dask.config.set(scheduler="sync"):
+        assert BlockPasses(X)._graph is None
+        sync = run_stepwise(X, family, inits, **kw)
+    remote = run_stepwise(X, family, inits, **kw)  # the client is the default scheduler
+    for other in (sync, remote):
+        for a, b in zip(threads, other):
+            np.testing.assert_array_equal(a.state.weights, b.state.weights)
+            for key in a.state.params:
+                np.testing.assert_array_equal(a.state.params[key], b.state.params[key])
+            assert [h["mean_loglik"] for h in a.history] == [h["mean_loglik"] for h in b.history]
+    # and the weights are those of the rows: against the same rows in memory
+    (memory,) = run_stepwise(da.from_array(Xn, chunks=(150, -1)), family, inits[:1],
+                             **{**kw, "sample_weight": da.from_array(w, chunks=150)})
+    np.testing.assert_allclose(memory.state.params["means"], threads[0].state.params["means"], rtol=1e-9)
+
+
 @pytest.mark.parametrize("kind", ["full", "diag", "kmeans"])
 def test_averaged_statistics_are_the_mean_of_the_sums_about_one_reference(kind):
     """Polyak-Ruppert averaging of running statistics taken about different

@@ -7,9 +7,11 @@ from running statistics that blend the old with the new::
     s <- (1 - eta_t) s + eta_t (N / N_b) s_b,     eta_t = (t + t0) ** -alpha
 
 so that a few passes over the data get close to the maximum-likelihood fit, where
-batch EM may need dozens. Each step is one ``dask.compute`` over the blocks of its
+batch EM may need dozens. Each step is one compute over the blocks of its
 mini-batch, with the engine's E-step kernel (:func:`~dask_em.engine.estep.estep_block`)
-and tree reduction, for every start at once.
+and tree reduction, for every start at once (on the threaded scheduler, over blocks
+read from their source, straight from the data's graph materialised once: see
+:class:`~dask_em.engine.passes.BlockPasses`).
 
 Scale. ``s_b``, the statistics of a mini-batch of ``N_b`` rows, is multiplied by
 ``N / N_b`` (``N`` rows in all; both counted from the chunk sizes, so without a
@@ -79,7 +81,7 @@ from dask.system import CPU_COUNT
 
 from dask_em.engine.estep import estep_block, m_step
 from dask_em.engine.loop import EMResult, run_em
-from dask_em.engine.passes import active_client, run_pass
+from dask_em.engine.passes import BlockPasses, active_client
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +193,7 @@ def run_stepwise(
     if batch_chunks is None:
         batch_chunks = max(1, scheduler_threads(X))
     n_batches = max(1, n_blocks // batch_chunks)
-    if sample_weight is not None:
-        sample_weight = sample_weight.rechunk((X.chunks[0],))
+    source = BlockPasses(X, sample_weight)  # the mini-batches' passes
     results = [EMResult(state=s) for s in inits]
     running = [None] * len(inits)  # blended statistics, one per start
     reference = [None] * len(inits)  # the parameters ``running`` is taken about
@@ -216,16 +217,8 @@ def run_stepwise(
             n_rows = int(sizes[blocks].sum())
             start = time.perf_counter()
             payload = (family, [res.state for res in results])
-            stats_list = run_pass(
-                X.blocks[blocks],
-                estep_block,
-                payload,
-                name=name,
-                extra=None if sample_weight is None else sample_weight.blocks[blocks],
-                split_every=split_every,
-                row_wise=True,
-                blocks_per_task=1,  # one task per block: the same sums on any scheduler
-            )
+            # one task per block: the same sums on any scheduler
+            stats_list = source.run(blocks, estep_block, payload, name=name, split_every=split_every, row_wise=True)
             if check is not None:
                 check(stats_list[0])
             seconds = time.perf_counter() - start
