@@ -227,8 +227,7 @@ def run_pass(X, kernel, payload, **kwargs):
         result = _pass_in_process(X, kernel, payload, threads, scheduler, kwargs)
     if result is _NOT_IN_PROCESS:
         result = _pass_on_scheduler(X, kernel, payload, client, threads, kwargs)
-    for listener in _pass_listeners.get():
-        listener(X.numblocks[0])
+    _passed(X.numblocks[0])
     return result
 
 
@@ -262,12 +261,7 @@ class BlockPasses:
         self.X = X
         self.extra = None if extra is None else extra.rechunk((X.chunks[0],))
         self._graph = None
-        scheduler = get_scheduler(collections=[X])
-        if (
-            scheduler is dask.threaded.get
-            and _distributed_client(scheduler) is None
-            and inline.in_memory_blocks(X) is None
-        ):
+        if _local_threads(get_scheduler(collections=[X])) is not None and inline.in_memory_blocks(X) is None:
             graphs = [X.__dask_graph__()] + ([] if self.extra is None else [self.extra.__dask_graph__()])
             self._graph = collections.ChainMap(*(dict(g) for g in graphs))
 
@@ -292,8 +286,7 @@ class BlockPasses:
         graph, _ = cull(collections.ChainMap(layer, self._graph), [root])
         with blas_limited():
             result = dask.threaded.get(graph, root)
-        for listener in _pass_listeners.get():
-            listener(len(keys))
+        _passed(len(keys))
         return result
 
 
@@ -350,6 +343,12 @@ def _pass_in_process(X, kernel, payload, threads, scheduler, kwargs):
 
 
 _pass_listeners = contextvars.ContextVar("dask_em_pass_listeners", default=())
+
+
+def _passed(n_blocks):
+    """Tell the listeners of :func:`watch_passes` that a pass over ``n_blocks`` row blocks ended."""
+    for listener in _pass_listeners.get():
+        listener(n_blocks)
 
 
 @contextlib.contextmanager
