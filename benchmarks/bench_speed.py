@@ -22,6 +22,7 @@ the fixed overhead per iteration with 1,000 chunks.
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import platform
 import shutil
@@ -42,6 +43,7 @@ from dask_em import GaussianMixture, KMeans
 from dask_em.data import as_row_chunked
 from dask_em.engine import run_pass
 from dask_em.engine.estep import slab_rows
+from dask_em.engine.vector_exp import exp_floored, uses_own_exp
 
 
 def seconds_per_iteration(fit, iters):
@@ -144,11 +146,31 @@ def square_gemm_rate(size=2048, repeat=3):
     return 2.0 * size**3 / best
 
 
+def exp_description():
+    """Which exp the float64 responsibilities use (dask_em.engine.vector_exp), and
+    numpy's float64 exp per element on one thread (scalar libm without AVX-512)."""
+    x = np.random.default_rng(0).uniform(-300.0, 0.0, 1 << 16)
+    out = np.empty_like(x)
+    numpy_ns = min(seconds_per_iteration(lambda: np.exp(x, out=out), 1) for _ in range(20)) / x.size * 1e9
+    if importlib.util.find_spec("numba") is None:
+        return f"numpy's ({numpy_ns:.2f} ns an element; numba is not installed)"
+    import numba
+
+    which = "dask-em's own" if uses_own_exp(np.float64) else "numpy's"
+    start = time.perf_counter()
+    exp_floored(x.copy(), -354.0)  # compiles, or loads numba's cache
+    first = time.perf_counter() - start
+    own_ns = min(seconds_per_iteration(lambda: exp_floored(out, -354.0), 1) for _ in range(20)) / x.size * 1e9
+    return (f"{which}; numpy's {numpy_ns:.2f} ns an element, dask-em's own (numba {numba.__version__}) "
+            f"{own_ns:.2f} ns, its first call {first:.2f} s")
+
+
 def machine():
     """Print the machine; return the square-GEMM rate (FLOP/s) for the floors."""
     rate = square_gemm_rate()
     print(f"CPU: {cpu_model()}; {os.cpu_count()} cores")
     print(f"numpy {np.__version__}, SIMD {numpy_simd()}; BLAS {blas_description()}")
+    print(f"float64 exp of the responsibilities: {exp_description()}")
     print(f"square GEMM (2048, float64, all cores): {rate / 1e9:.1f} GFLOP/s")
     return rate
 
@@ -169,6 +191,22 @@ def in_memory(n, iters, gemm_rate):
             least = 2 * N * K * D * D / gemm_rate
             print(f"{'':<44}machine floor (2 N K D^2 at the square-GEMM rate): {least:.3f} s; ratio {ours / least:.2f}"
                   f" (target <= 3)")
+
+
+def own_exp(n, iters, repeat=3):
+    """In-memory fits with numpy's exp and with dask-em's own, alternated in one run."""
+    if importlib.util.find_spec("numba") is None:
+        print("own exp: numba is not installed here (pip install 'dask-em[fast]'); skipped")
+        return
+    for (N, D, K, cov) in [(n, 16, 8, "diag"), (n, 16, 8, "full")]:
+        Xd = as_row_chunked(make_data(N, D, K))[0].persist()
+        times = {"numpy": [], "numba": []}
+        for _ in range(repeat):
+            for choice in times:
+                with dask.config.set({"dask_em.exp": choice}):
+                    times[choice].append(fit_time(Xd, K, cov, iters)())
+        ours, theirs = min(times["numba"]), min(times["numpy"])
+        report(f"own exp vs numpy's, {cov} N={N} D={D} K={K}", ours, theirs, "numpy's exp", 1.0)
 
 
 def float32(n, iters):
@@ -321,7 +359,7 @@ def scaling(sizes, iters):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
-    ap.add_argument("--only", nargs="*", default=["memory", "float32", "streaming", "kmeans", "predict", "scaling"])
+    ap.add_argument("--only", nargs="*", default=["memory", "float32", "exp", "streaming", "kmeans", "predict", "scaling"])
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     n = 100_000 if args.quick else 1_000_000
@@ -335,6 +373,8 @@ def main():
                 in_memory(n, iters, gemm_rate)
             if "float32" in args.only:
                 float32(n, iters)
+            if "exp" in args.only:
+                own_exp(n, iters)
         if "streaming" in args.only:
             streaming(n * 2, iters, workdir)
         if "kmeans" in args.only:

@@ -2,6 +2,7 @@
 
 import warnings
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -36,11 +37,17 @@ def _fit_pair(X, cov_type, kind, max_iter=20):
     return gm, sk
 
 
+# the responsibilities' exp: numpy's, and dask-em's own (engine/vector_exp.py)
+EXPS = ["numpy", "numba"]
+
+
+@pytest.mark.parametrize("exp", EXPS)
 @pytest.mark.parametrize("kind", ["numpy", "dask"])
 @pytest.mark.parametrize("cov_type", COV_TYPES)
-def test_parameters_equal_sklearn(cov_type, kind):
+def test_parameters_equal_sklearn(cov_type, kind, exp):
     X = make_blobs()
-    gm, sk = _fit_pair(X, cov_type, kind)
+    with dask.config.set({"dask_em.exp": exp}):
+        gm, sk = _fit_pair(X, cov_type, kind)
     np.testing.assert_allclose(gm.weights_, sk.weights_, rtol=1e-6)
     np.testing.assert_allclose(gm.means_, sk.means_, rtol=1e-6)
     np.testing.assert_allclose(gm.covariances_, sk.covariances_, rtol=1e-6)
@@ -81,12 +88,15 @@ def test_shifted_data_keep_their_precision(cov_type, kind):
     assert np.mean(labels == shifted.predict(X + shift)) >= 0.999
 
 
+@pytest.mark.parametrize("exp", EXPS)
 @pytest.mark.parametrize("cov_type", COV_TYPES)
-def test_scores_equal_sklearn(cov_type):
+def test_scores_equal_sklearn(cov_type, exp):
     X = make_blobs(seed=3)
-    gm, sk = _fit_pair(X, cov_type, "numpy", max_iter=5)
-    Xd = da.from_array(X, chunks=(700, -1))
-    np.testing.assert_allclose(gm.predict_proba(Xd).compute(), sk.predict_proba(X), rtol=1e-6, atol=1e-10)
+    with dask.config.set({"dask_em.exp": exp}):
+        gm, sk = _fit_pair(X, cov_type, "numpy", max_iter=5)
+        Xd = da.from_array(X, chunks=(700, -1))
+        proba = gm.predict_proba(Xd).compute()
+    np.testing.assert_allclose(proba, sk.predict_proba(X), rtol=1e-6, atol=1e-10)
     np.testing.assert_allclose(gm.score_samples(Xd).compute(), sk.score_samples(X), rtol=1e-8)
     assert gm.score(Xd) == pytest.approx(sk.score(X), rel=1e-9)
     assert gm.bic(X) == pytest.approx(sk.bic(X), rel=1e-9)

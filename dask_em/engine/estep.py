@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dask_em._math import Workspace, as_float64, work_array
+from dask_em.engine.vector_exp import softmax_floored, uses_own_exp
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
@@ -124,12 +125,17 @@ def responsibilities(wlp, hard, floor=None, overwrite=False, groups=1, work=None
     at3 = at.reshape(groups, n_all // groups, n)
     if floor is None:
         floor = log_tiny(at.dtype) + np.log(at3.shape[1]) + 1.0
-    top = np.max(at3, axis=1, out=work_array(work, "top", (groups, n), at.dtype))
-    top[~np.isfinite(top)] = 0.0
-    at3 -= top[:, None, :]
-    _exp_floored(at, floor, work)
-    total = np.sum(at3, axis=1, out=work_array(work, "total", (groups, n), at.dtype))
-    at3 *= np.reciprocal(total, out=work_array(work, "scale", (groups, n), at.dtype))[:, None, :]
+    top = work_array(work, "top", (groups, n), at.dtype)
+    total = work_array(work, "total", (groups, n), at.dtype)
+    if uses_own_exp(at.dtype):  # the passes below in one compiled loop (engine/vector_exp.py)
+        softmax_floored(at, groups, floor, top, total)
+    else:
+        np.max(at3, axis=1, out=top)
+        top[~np.isfinite(top)] = 0.0
+        at3 -= top[:, None, :]
+        _exp_floored(at, floor, work)
+        np.sum(at3, axis=1, out=total)
+        at3 *= np.reciprocal(total, out=work_array(work, "scale", (groups, n), at.dtype))[:, None, :]
     row_ll = np.log(total)  # a new array: it outlives the work arrays
     row_ll += top
     return at.T, (row_ll[0] if groups == 1 else row_ll)
@@ -142,7 +148,8 @@ def _exp_floored(a, floor, work=None):
     branch-free passes, each result within ``exp(floor)`` of ``exp(a)``. numpy's
     exp runs 10 to 70 times slower on inputs whose result is subnormal or zero
     (float64, numpy 2.4), and masked writes several times slower than a plain pass
-    on mixed data.
+    on mixed data. (dask-em's own exp, :mod:`dask_em.engine.vector_exp`, gives
+    ``exp(a)`` above ``floor`` and exactly 0 at or below.)
     """
     c = _exp_in_arrays(float(floor), a.dtype.str)
     if c is None:  # this numpy's exp differs between positions of an array

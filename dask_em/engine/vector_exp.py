@@ -1,0 +1,110 @@
+"""Which ``exp`` the responsibilities use: numpy's, or dask-em's own compiled one.
+
+The responsibilities take one ``exp`` per row and component (see
+:func:`dask_em.engine.estep.responsibilities`). numpy vectorises its float64 ``exp``
+only where it dispatches AVX-512 (x86-64-v4). Elsewhere (AVX2 servers such as AMD
+EPYC before Zen 4, older Intel, ARM) it calls libm's scalar ``exp``: 6.5 to 9.5 ns an
+element against about 1, which made ``exp`` 29% of the diagonal-covariance E-step
+(benchmarks/README.md). dask-em's own ``exp`` (:mod:`dask_em.engine._exp_numba`,
+compiled with numba) runs at about 1 ns an element on either, as accurate as numpy's,
+and :func:`softmax_floored` fuses it with the other passes of the responsibilities.
+Where numpy's exp is vectorised, the two are as fast (benchmarks/README.md).
+
+The ``dask.config`` key ``dask_em.exp`` chooses, in each process that runs E-steps
+(set it before starting a cluster, or in the workers' configuration, e.g. the
+environment variable ``DASK_DASK_EM__EXP=numpy``):
+
+- ``"auto"`` (default): the own ``exp`` where numba can be imported and numpy's
+  float64 ``exp`` is not vectorised (:func:`numpy_exp_is_vector`), else numpy's;
+- ``"numba"``: the own ``exp``; an error if numba is missing;
+- ``"numpy"``: numpy's.
+
+numba is optional: ``pip install "dask-em[fast]"`` installs it. The kernel compiles
+on its first use in a process (about a second) and numba caches it on disk. float32
+data keep numpy's ``exp``, vectorised on AVX2 as well.
+"""
+
+import functools
+
+import dask
+import numpy as np
+
+#: Values of the ``dask_em.exp`` setting.
+EXP_CHOICES = ("auto", "numba", "numpy")
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_available():
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def numpy_exp_is_vector() -> bool:
+    """Whether numpy dispatches a vectorised float64 ``exp`` on this CPU.
+
+    numpy (1.22 to 2.4 at least) has one for AVX-512 only: its dispatch target
+    ``AVX512F`` or ``AVX512_SKX`` (numpy 1.x), ``X86_V4`` (numpy 2.4), when the CPU
+    has it and ``NPY_DISABLE_CPU_FEATURES`` does not turn it off. Elsewhere,
+    including ARM, its float64 ``exp`` is libm's, one element at a time.
+    """
+    try:
+        from numpy._core._multiarray_umath import __cpu_baseline__, __cpu_dispatch__, __cpu_features__
+    except ImportError:  # numpy 1.x
+        try:
+            from numpy.core._multiarray_umath import __cpu_baseline__, __cpu_dispatch__, __cpu_features__
+        except ImportError:
+            return False
+    targets = set(__cpu_dispatch__) | set(__cpu_baseline__)
+    return any(__cpu_features__.get(t) for t in ("X86_V4", "AVX512_SKX", "AVX512F") if t in targets)
+
+
+def exp_setting():
+    """The ``dask_em.exp`` setting of this process, checked (see the module docstring)."""
+    choice = dask.config.get("dask_em.exp", "auto")
+    if choice not in EXP_CHOICES:
+        raise ValueError(
+            f"dask.config 'dask_em.exp' is {choice!r}; it must be one of {', '.join(map(repr, EXP_CHOICES))} "
+            "(dask_em.engine.vector_exp explains them)"
+        )
+    if choice == "numba" and not _numba_available():
+        raise ImportError(
+            "dask.config 'dask_em.exp' is 'numba' but numba cannot be imported in this process; "
+            "install it (pip install 'dask-em[fast]') or set 'dask_em.exp' to 'auto' or 'numpy'"
+        )
+    return choice
+
+
+def uses_own_exp(dtype) -> bool:
+    """Whether the responsibilities of ``dtype`` rows use dask-em's own ``exp`` here."""
+    if np.dtype(dtype) != np.float64:
+        return False
+    choice = exp_setting()
+    return choice == "numba" or (choice == "auto" and not numpy_exp_is_vector() and _numba_available())
+
+
+def softmax_floored(at: np.ndarray, groups: int, floor: float, top: np.ndarray, total: np.ndarray) -> None:
+    """Soft responsibilities in place, with dask-em's own ``exp``, in one compiled loop.
+
+    What :func:`dask_em.engine.estep.responsibilities` does with numpy's passes:
+    per group of ``K = at.shape[0] // groups`` components and per row, the largest
+    weighted log-probability ``top`` (0 where it is not finite), ``exp(at - top)``
+    (exactly 0 at or below ``floor``), their sum ``total``, and ``at`` divided by it
+    (times its reciprocal). On AVX2 (numpy's exp scalar), 18 against 74 ns a row for
+    K = 8; where numpy's exp is vectorised, 27 against 29 (benchmarks/README.md).
+
+    Parameters
+    ----------
+    at : ndarray of shape (groups * K, n), float64, C-contiguous
+        Weighted log-probabilities on entry, responsibilities on return.
+    groups : int
+    floor : float
+    top, total : ndarray of shape (groups, n), float64, C-contiguous
+        Filled.
+    """
+    from dask_em.engine._exp_numba import softmax_floored as kernel
+
+    kernel(at, int(groups), float(floor), top, total)
