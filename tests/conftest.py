@@ -1,7 +1,19 @@
 """Shared fixtures: seeded data sets and a real distributed cluster."""
 
+import os
+
+import dask
 import numpy as np
 import pytest
+
+# The responsibilities' exp is numpy's in every test unless a test asks for dask-em's
+# own (tests/test_vector_exp.py, tests/test_gaussian_parity.py test both): the test
+# extra installs numba, and on a CPU without AVX-512 the default ("auto") would load it
+# in every process, LocalCluster workers included (+100 MB each, above what the
+# suite's small worker memory limits allow). Set here and in the environment, so
+# worker processes and the command line's subprocesses see it too.
+os.environ["DASK_DASK_EM__EXP"] = "numpy"
+dask.config.set({"dask_em.exp": "numpy"})
 
 
 def make_blobs(n=3000, n_features=4, n_components=3, seed=0, shift=0.0, spread=5.0):

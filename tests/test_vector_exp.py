@@ -142,6 +142,7 @@ def test_auto_takes_the_own_exp_where_numpys_is_not_vectorised():
         "from dask_em.engine.vector_exp import numpy_exp_is_vector, uses_own_exp\n"
         "print(numpy_exp_is_vector(), uses_own_exp(np.float64))\n",
         NPY_DISABLE_CPU_FEATURES=off,
+        DASK_DASK_EM__EXP="auto",  # the default, which tests/conftest.py overrides
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True"]

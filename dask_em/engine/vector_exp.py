@@ -20,8 +20,10 @@ environment variable ``DASK_DASK_EM__EXP=numpy``):
 - ``"numpy"``: numpy's.
 
 numba is optional: ``pip install "dask-em[fast]"`` installs it. The kernel compiles
-on its first use in a process (about a second) and numba caches it on disk. float32
-data keep numpy's ``exp``, vectorised on AVX2 as well.
+on its first use in a process (about a second) and numba caches it on disk (0.3 s to
+load it). A process that uses it holds about 100 MB more (numba 49 MB, LLVM 51 MB,
+measured on numba 0.68): count it in small worker memory limits, or set ``"numpy"``.
+float32 data keep numpy's ``exp``, vectorised on AVX2 as well.
 """
 
 import functools
