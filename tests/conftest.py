@@ -11,9 +11,11 @@ import pytest
 # extra installs numba, and on a CPU without AVX-512 the default ("auto") would load it
 # in every process, LocalCluster workers included (+100 MB each, above what the
 # suite's small worker memory limits allow). Set here and in the environment, so
-# worker processes and the command line's subprocesses see it too.
-os.environ["DASK_DASK_EM__EXP"] = "numpy"
-dask.config.set({"dask_em.exp": "numpy"})
+# worker processes and the command line's subprocesses see it too; a run started with
+# DASK_DASK_EM__EXP=numba takes dask-em's own everywhere (the 400 MiB workers of
+# tests/test_cli_cluster.py then pause).
+os.environ.setdefault("DASK_DASK_EM__EXP", "numpy")
+dask.config.set({"dask_em.exp": os.environ["DASK_DASK_EM__EXP"]})
 
 
 def make_blobs(n=3000, n_features=4, n_components=3, seed=0, shift=0.0, spread=5.0):

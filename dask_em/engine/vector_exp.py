@@ -48,10 +48,11 @@ def _numba_available():
 def numpy_exp_is_vector() -> bool:
     """Whether numpy dispatches a vectorised float64 ``exp`` on this CPU.
 
-    numpy (1.22 to 2.4 at least) has one for AVX-512 only: its dispatch target
-    ``AVX512F`` or ``AVX512_SKX`` (numpy 1.x), ``X86_V4`` (numpy 2.4), when the CPU
-    has it and ``NPY_DISABLE_CPU_FEATURES`` does not turn it off. Elsewhere,
-    including ARM, its float64 ``exp`` is libm's, one element at a time.
+    numpy has one for AVX-512 only (its dispatch target ``X86_V4`` in numpy 2.4,
+    ``AVX512F`` / ``AVX512_SKX`` in numpy 1.x), used when the CPU has it and
+    ``NPY_DISABLE_CPU_FEATURES`` does not turn it off. Elsewhere, ARM included, its
+    float64 ``exp`` is libm's, one element at a time (measured with numpy 2.4.6:
+    6.5 to 9.5 ns an element with AVX-512 turned off, 0.8 to 1.2 with it).
     """
     try:
         from numpy._core._multiarray_umath import __cpu_baseline__, __cpu_dispatch__, __cpu_features__
@@ -103,9 +104,12 @@ def softmax_floored(at: np.ndarray, groups: int, floor: float, top: np.ndarray, 
     at : ndarray of shape (groups * K, n), float64, C-contiguous
         Weighted log-probabilities on entry, responsibilities on return.
     groups : int
+        Mixtures side by side in ``at``, each normalised on its own.
     floor : float
+        Differences ``at - top`` at or below it give exactly 0.
     top, total : ndarray of shape (groups, n), float64, C-contiguous
-        Filled.
+        Filled with the largest log-probability (0 where not finite) and the sum of
+        the exponentials, per row and mixture.
     """
     from dask_em.engine._exp_numba import softmax_floored as kernel
 
