@@ -96,8 +96,9 @@ def softmax_floored(at: np.ndarray, groups: int, floor: float, top: np.ndarray, 
     per group of ``K = at.shape[0] // groups`` components and per row, the largest
     weighted log-probability ``top`` (0 where it is not finite), ``exp(at - top)``
     (exactly 0 at or below ``floor``), their sum ``total``, and ``at`` divided by it
-    (times its reciprocal). On AVX2 (numpy's exp scalar), 18 against 74 ns a row for
-    K = 8; where numpy's exp is vectorised, 27 against 29 (benchmarks/README.md).
+    (times its reciprocal). With numpy's exp scalar (AVX-512 turned off), 36-48
+    against 105-110 ns a row for K = 8; where it is vectorised, 27-34 against 33-34
+    (benchmarks/README.md).
 
     Parameters
     ----------
