@@ -31,7 +31,8 @@ _SHIFTER = 6755399441055744.0  # 1.5 * 2**52
 _EXP_BIAS = np.int64(1023) << np.int64(52)
 #: Above this, 2**k would overflow the exponent; numpy's exp overflows at 709.78.
 X_MAX = 709.0
-_C = tuple(1.0 / math.factorial(i) for i in range(14))
+_DEGREE = 13
+_C = np.array([1.0 / math.factorial(i) for i in range(_DEGREE + 1)])  # Taylor coefficients
 
 
 @numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
@@ -51,20 +52,9 @@ def _exp_tile(t, floor, bits, red):  # pragma: no cover - compiled
         ibits[i] = (ibits[i] << 52) + _EXP_BIAS
     for i in range(m):
         r = red[i]
-        p = _C[13]
-        p = p * r + _C[12]
-        p = p * r + _C[11]
-        p = p * r + _C[10]
-        p = p * r + _C[9]
-        p = p * r + _C[8]
-        p = p * r + _C[7]
-        p = p * r + _C[6]
-        p = p * r + _C[5]
-        p = p * r + _C[4]
-        p = p * r + _C[3]
-        p = p * r + _C[2]
-        p = p * r + _C[1]
-        p = p * r + _C[0]
+        p = _C[_DEGREE]
+        for d in range(_DEGREE - 1, -1, -1):  # Horner; a constant trip count, unrolled
+            p = p * r + _C[d]
         x = t[i]
         t[i] = np.inf if x > X_MAX else (0.0 if x <= floor else p * bits[i])
 
