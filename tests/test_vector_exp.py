@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import dask
+import dask.array as da
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
@@ -110,6 +111,12 @@ def test_the_setting():
         uses_own_exp(np.float64)
 
 
+def test_a_bad_setting_stops_a_fit_before_its_first_pass():
+    X = make_blobs(n=300)
+    with dask.config.set({"dask_em.exp": "numbaa"}), pytest.raises(ValueError, match="'dask_em.exp' is 'numbaa'"):
+        GaussianMixture(2, random_state=0).fit(da.from_array(X, chunks=100))
+
+
 def _python(code, **env):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=120)
@@ -154,11 +161,11 @@ def test_a_cluster_of_worker_processes_fits_with_the_own_exp():
     X = make_blobs(n=3000, seed=2)
     kw = dict(n_components=3, covariance_type="diag", tol=0, max_iter=10, random_state=0)
     with dask.config.set({"dask_em.exp": "numba"}):
-        local = GaussianMixture(**kw).fit(dask.array.from_array(X, chunks=(500, -1)))
+        local = GaussianMixture(**kw).fit(da.from_array(X, chunks=(500, -1)))
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
             assert set(client.run(uses_own_exp, np.float64).values()) == {True}
-            remote = GaussianMixture(**kw).fit(dask.array.from_array(X, chunks=(500, -1)))
+            remote = GaussianMixture(**kw).fit(da.from_array(X, chunks=(500, -1)))
     np.testing.assert_array_equal(remote.means_, local.means_)
     np.testing.assert_array_equal(remote.covariances_, local.covariances_)
     assert remote.lower_bound_ == local.lower_bound_
