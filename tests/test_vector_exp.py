@@ -13,7 +13,7 @@ from distributed import Client, LocalCluster
 
 from dask_em import GaussianMixture
 from dask_em.engine.estep import log_tiny, responsibilities
-from dask_em.engine.vector_exp import numpy_exp_is_vector, uses_own_exp
+from dask_em.engine.vector_exp import LOWEST_FLOOR, numpy_exp_is_vector, uses_own_exp
 from tests.conftest import make_blobs
 
 FLOOR = 0.5 * log_tiny(np.float64)  # the E-step's floor
@@ -62,6 +62,27 @@ def test_own_responsibilities_match_an_extended_precision_reference(n, groups):
     # below the floor exactly 0, above it never
     np.testing.assert_array_equal(resp == 0, resp_ref == 0)
     assert (resp_ref == 0).any() and (resp_ref[::5, 0] == 0).all() and (resp_ref[1::5, 0] > 0).all()
+
+
+@pytest.mark.parametrize("floor", [log_tiny(np.float64) + np.log(8) + 1.0, -720.0])
+def test_the_lowest_floors(floor):
+    """The floor the E-step's scoring takes (-705, 2**k still normal) and one below the
+    own exp's range, which numpy's passes take instead: both exact."""
+    rng = np.random.default_rng(3)
+    wlp = -rng.uniform(0, 800, size=(600, 8))
+    wlp[:, 0] = 0.0
+    wlp[::3, 1] = floor
+    wlp[1::3, 1] = np.nextafter(floor, 0)
+    resp_ref, ll_ref = _reference(wlp, 1, floor)
+    with dask.config.set({"dask_em.exp": "numba"}):
+        resp, ll = responsibilities(wlp.copy(), False, floor, overwrite=True)
+    np.testing.assert_array_equal(resp[::3, 1], 0.0)
+    if floor >= LOWEST_FLOOR:  # the own exp: exact zeros at the floor only
+        assert np.all(np.abs(resp - resp_ref) <= EPS8 * resp_ref)
+        assert (resp[1::3, 1] > 0).all()
+    else:  # numpy's passes: within exp(floor) (a subnormal number here)
+        assert np.all(np.abs(resp - resp_ref) <= EPS8 * resp_ref + np.exp(floor))
+    np.testing.assert_allclose(ll, ll_ref[0], rtol=1e-15, atol=2e-15)
 
 
 def test_numpys_exp_meets_the_same_reference():
@@ -146,7 +167,7 @@ def test_auto_takes_the_own_exp_where_numpys_is_not_vectorised():
     off = " ".join(t for t in __cpu_dispatch__ if t.startswith(("AVX512", "X86_V4")))
     out = _python(
         "import numpy as np\n"
-        "from dask_em.engine.vector_exp import numpy_exp_is_vector, uses_own_exp\n"
+        "from dask_em.engine.vector_exp import LOWEST_FLOOR, numpy_exp_is_vector, uses_own_exp\n"
         "print(numpy_exp_is_vector(), uses_own_exp(np.float64))\n",
         NPY_DISABLE_CPU_FEATURES=off,
         DASK_DASK_EM__EXP="auto",  # the default, which tests/conftest.py overrides

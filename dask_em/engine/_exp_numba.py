@@ -38,7 +38,8 @@ _C = np.array([1.0 / math.factorial(i) for i in range(_DEGREE + 1)])  # Taylor c
 @numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
 def _exp_tile(t, floor, bits, red):  # pragma: no cover - compiled
     """``t = exp(t)`` in place above ``floor``, 0 at or below, ``inf`` above
-    :data:`X_MAX`; ``t`` at most :data:`TILE` long, ``bits`` and ``red`` scratch."""
+    :data:`X_MAX`; ``t`` at most :data:`TILE` long, ``bits`` and ``red`` scratch.
+    ``floor`` at least -708 (``vector_exp.LOWEST_FLOOR``), so ``2**k`` is normal."""
     m = t.size
     ibits = bits.view(np.int64)
     for i in range(m):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dask_em._math import Workspace, as_float64, work_array
-from dask_em.engine.vector_exp import softmax_floored, uses_own_exp
+from dask_em.engine.vector_exp import LOWEST_FLOOR, softmax_floored, uses_own_exp
 
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
@@ -127,7 +127,7 @@ def responsibilities(wlp, hard, floor=None, overwrite=False, groups=1, work=None
         floor = log_tiny(at.dtype) + np.log(at3.shape[1]) + 1.0
     top = work_array(work, "top", (groups, n), at.dtype)
     total = work_array(work, "total", (groups, n), at.dtype)
-    if uses_own_exp(at.dtype):  # the passes below in one compiled loop (engine/vector_exp.py)
+    if floor >= LOWEST_FLOOR and uses_own_exp(at.dtype):  # the passes below in one compiled loop
         softmax_floored(at, groups, floor, top, total)
     else:
         np.max(at3, axis=1, out=top)

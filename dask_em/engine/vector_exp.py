@@ -33,6 +33,9 @@ import numpy as np
 
 #: Values of the ``dask_em.exp`` setting.
 EXP_CHOICES = ("auto", "numba", "numpy")
+#: Lowest floor the own exp takes: at and above it ``2**k`` is a normal number. The
+#: E-step's floors are -354 and above (float64); a lower one gets numpy's passes.
+LOWEST_FLOOR = -708.0
 
 
 @functools.lru_cache(maxsize=None)
@@ -107,7 +110,8 @@ def softmax_floored(at: np.ndarray, groups: int, floor: float, top: np.ndarray, 
     groups : int
         Mixtures side by side in ``at``, each normalised on its own.
     floor : float
-        Differences ``at - top`` at or below it give exactly 0.
+        Differences ``at - top`` at or below it give exactly 0; at least
+        :data:`LOWEST_FLOOR`.
     top, total : ndarray of shape (groups, n), float64, C-contiguous
         Filled with the largest log-probability (0 where not finite) and the sum of
         the exponentials, per row and mixture.
