@@ -223,7 +223,7 @@ def own_exp(n, iters, repeat=3):
                     times[choice].append(fit_time(Xd, K, cov, iters)())
         ours, theirs = min(times["numba"]), min(times["numpy"])
         print(f"{f'own exp vs numpy exp, {cov} N={N} D={D} K={K}':<44}{ours:>9.3f} s{theirs:>9.3f} s "
-              f"(numpy's exp ) ratio {ours / theirs:5.2f}  (no target: below 1, the own exp is faster)")
+              f"(numpy's exp) ratio {ours / theirs:5.2f}  (no target: below 1, the own exp is faster)")
 
 
 def float32(n, iters):

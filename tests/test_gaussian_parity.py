@@ -95,12 +95,11 @@ def test_scores_equal_sklearn(cov_type, exp):
     with dask.config.set({"dask_em.exp": exp}):
         gm, sk = _fit_pair(X, cov_type, "numpy", max_iter=5)
         Xd = da.from_array(X, chunks=(700, -1))
-        proba = gm.predict_proba(Xd).compute()
-    np.testing.assert_allclose(proba, sk.predict_proba(X), rtol=1e-6, atol=1e-10)
-    np.testing.assert_allclose(gm.score_samples(Xd).compute(), sk.score_samples(X), rtol=1e-8)
-    assert gm.score(Xd) == pytest.approx(sk.score(X), rel=1e-9)
-    assert gm.bic(X) == pytest.approx(sk.bic(X), rel=1e-9)
-    assert gm.aic(Xd) == pytest.approx(sk.aic(X), rel=1e-9)
+        np.testing.assert_allclose(gm.predict_proba(Xd).compute(), sk.predict_proba(X), rtol=1e-6, atol=1e-10)
+        np.testing.assert_allclose(gm.score_samples(Xd).compute(), sk.score_samples(X), rtol=1e-8)
+        assert gm.score(Xd) == pytest.approx(sk.score(X), rel=1e-9)
+        assert gm.bic(X) == pytest.approx(sk.bic(X), rel=1e-9)
+        assert gm.aic(Xd) == pytest.approx(sk.aic(X), rel=1e-9)
     assert gm._n_parameters() == sk._n_parameters()
 
 

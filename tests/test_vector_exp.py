@@ -13,7 +13,7 @@ from distributed import Client, LocalCluster
 
 from dask_em import GaussianMixture
 from dask_em.engine.estep import log_tiny, responsibilities
-from dask_em.engine.vector_exp import LOWEST_FLOOR, numpy_exp_is_vector, uses_own_exp
+from dask_em.engine.vector_exp import LOWEST_FLOOR, numpy_exp_is_vector, softmax_floored, uses_own_exp
 from tests.conftest import make_blobs
 
 FLOOR = 0.5 * log_tiny(np.float64)  # the E-step's floor
@@ -85,6 +85,33 @@ def test_the_lowest_floors(floor):
     np.testing.assert_allclose(ll, ll_ref[0], rtol=1e-15, atol=2e-15)
 
 
+def test_own_exp_is_within_an_ulp_of_an_extended_precision_exp():
+    """The exp itself (``_exp_tile``) over [-708, 709], including the points farthest
+    from a multiple of ln 2 (where the polynomial's error is largest), the floor, and
+    values past its range."""
+    from dask_em.engine._exp_numba import TILE, X_MAX, _exp_tile
+
+    rng = np.random.default_rng(5)
+    k = np.arange(-1020, 1023)
+    half = (k + 0.5) * np.log(2)
+    x = np.concatenate([rng.uniform(-708, 709, 100_000), half, np.nextafter(half, -np.inf), -half])
+    x = x[(x > -708) & (x <= X_MAX)]
+    out = x.copy()
+    bits, red = np.empty(TILE), np.empty(TILE)
+    for start in range(0, x.size, TILE):
+        _exp_tile(out[start : start + TILE], -708.0, bits, red)
+    exact = np.exp(x.astype(np.longdouble))
+    ulps = np.abs(out.astype(np.longdouble) - exact) / np.spacing(exact.astype(np.float64))
+    assert ulps.max() <= 1.0
+    special = np.array([-708.0, np.nextafter(-708.0, 0), -np.inf, np.nan, np.inf, X_MAX, np.nextafter(X_MAX, np.inf),
+                        750.0, 0.0, -0.0])
+    _exp_tile(special, -708.0, bits, red)
+    assert special[0] == 0.0 and special[1] == pytest.approx(np.exp(np.nextafter(-708.0, 0)), rel=1e-15)
+    assert special[2] == 0.0 and np.isnan(special[3]) and special[4] == np.inf
+    assert special[5] == pytest.approx(np.exp(X_MAX), rel=1e-15)
+    assert special[6] == special[7] == np.inf and special[8] == special[9] == 1.0
+
+
 def test_numpys_exp_meets_the_same_reference():
     """The bound above is the one numpy's own passes meet (but for the exp(floor)
     they subtract)."""
@@ -130,6 +157,60 @@ def test_the_setting():
         assert uses_own_exp(np.float64) == (not numpy_exp_is_vector())
     with dask.config.set({"dask_em.exp": "fast"}), pytest.raises(ValueError, match="'auto', 'numba', 'numpy'"):
         uses_own_exp(np.float64)
+    with pytest.raises(ValueError, match="floors of -708.0 and above"):
+        softmax_floored(np.zeros((2, 3)), 1, -709.0, np.zeros((1, 3)), np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_stacked_starts_with_the_own_exp_match_a_row_by_row_reference(covariance_type):
+    """Two starts stacked into one set of GEMMs (groups=2 in the responsibilities):
+    each start's statistics against scipy, row by row."""
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    from dask_em.engine import estep_block
+    from dask_em.engine.estep import MixtureState
+    from dask_em.families import get_family
+    from dask_em.families.gaussian import precisions_cholesky_from_covariances
+
+    X = make_blobs(n=700, seed=8)
+    rng = np.random.default_rng(9)
+    states, refs = [], []
+    for _ in range(2):
+        weights = rng.dirichlet(np.ones(3))
+        means = X[rng.choice(len(X), 3, replace=False)]
+        scales = rng.uniform(0.5, 2.0, size=(3, X.shape[1]))
+        cov = scales**2 if covariance_type == "diag" else np.array([np.diag(s**2) + 0.1 for s in scales])
+        pc = precisions_cholesky_from_covariances(cov, covariance_type, 0.0)
+        states.append(MixtureState(weights, {"means": means, "covariances": cov, "precisions_cholesky": pc}))
+        full = np.array([np.diag(c) for c in cov]) if covariance_type == "diag" else cov
+        wlp = np.column_stack([np.log(w) + multivariate_normal(m, c).logpdf(X) for w, m, c in zip(weights, means, full)])
+        row_ll = logsumexp(wlp, axis=1)
+        resp = np.exp(wlp - row_ll[:, None])
+        refs.append({"nk": resp.sum(0), "s1": np.array([resp[:, k] @ (X - means[k]) for k in range(3)]),
+                     "loglik": row_ll.sum()})
+    with dask.config.set({"dask_em.exp": "numba"}):
+        stats = estep_block(X, None, (get_family(f"gaussian-{covariance_type}"), states), 0)
+    for got, ref in zip(stats, refs):
+        np.testing.assert_allclose(got["nk"], ref["nk"], rtol=1e-10)
+        np.testing.assert_allclose(got["s1"], ref["s1"], rtol=1e-9, atol=1e-9)
+        assert got["loglik"] == pytest.approx(ref["loglik"], rel=1e-12)
+
+
+def test_without_a_cache_directory_the_loop_compiles_in_each_process():
+    """numba raises "no locator available" for cache=True where it finds no writable
+    cache directory; the loop is then compiled without a cache, not refused."""
+    out = _python(
+        "import numba, numpy as np, dask, pytest\n"
+        "with pytest.raises(RuntimeError, match='no locator available'):\n"
+        "    numba.njit(cache=True)(lambda x: x)\n"
+        "from dask_em.engine.estep import responsibilities\n"
+        "with dask.config.set({'dask_em.exp': 'numba'}):\n"
+        "    resp, ll = responsibilities(np.log([[1.0, 3.0]]), False, -354.0)\n"
+        "assert np.allclose(resp, [[0.25, 0.75]], rtol=1e-15) and np.allclose(ll, np.log(4.0), rtol=1e-15)\n",
+        NUMBA_CACHE_LOCATOR_CLASSES="ZipCacheLocator",  # applies to code in zip files only
+    )
+    assert out.returncode == 0, out.stderr
 
 
 def test_a_bad_setting_stops_a_fit_before_its_first_pass():
@@ -167,7 +248,7 @@ def test_auto_takes_the_own_exp_where_numpys_is_not_vectorised():
     off = " ".join(t for t in __cpu_dispatch__ if t.startswith(("AVX512", "X86_V4")))
     out = _python(
         "import numpy as np\n"
-        "from dask_em.engine.vector_exp import LOWEST_FLOOR, numpy_exp_is_vector, uses_own_exp\n"
+        "from dask_em.engine.vector_exp import LOWEST_FLOOR, numpy_exp_is_vector, softmax_floored, uses_own_exp\n"
         "print(numpy_exp_is_vector(), uses_own_exp(np.float64))\n",
         NPY_DISABLE_CPU_FEATURES=off,
         DASK_DASK_EM__EXP="auto",  # the default, which tests/conftest.py overrides

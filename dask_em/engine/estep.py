@@ -101,9 +101,10 @@ def responsibilities(wlp, hard, floor=None, overwrite=False, groups=1, work=None
     For hard families the responsibilities are one-hot at the best component and
     the "log-likelihood" is the best weighted log-prob (minus the squared distance
     for K-means). Soft responsibilities below ``exp(floor)`` are set to exactly 0,
-    and ``exp(floor)`` is taken off the others (see :func:`_exp_floored`): each is
-    exact to within ``exp(floor)``. By default ``floor`` is the lowest that keeps
-    every responsibility a normal number of the dtype. With ``overwrite``, ``wlp``
+    and with numpy's exp ``exp(floor)`` is taken off the others (see
+    :func:`_exp_floored`; dask-em's own, :mod:`dask_em.engine.vector_exp`, needs
+    not): each is exact to within ``exp(floor)``. By default ``floor`` is the
+    lowest that keeps every responsibility a normal number of the dtype. With ``overwrite``, ``wlp``
     may be reused as work space. Soft responsibilities are returned as the
     transpose of a C-contiguous (K, n) array.
 

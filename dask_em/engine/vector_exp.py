@@ -3,25 +3,27 @@
 The responsibilities take one ``exp`` per row and component (see
 :func:`dask_em.engine.estep.responsibilities`). numpy vectorises its float64 ``exp``
 only where it dispatches AVX-512 (x86-64-v4). Elsewhere (AVX2 servers such as AMD
-EPYC before Zen 4, older Intel, ARM) it calls libm's scalar ``exp``: 6.5 to 9.5 ns an
-element against about 1, which made ``exp`` 29% of the diagonal-covariance E-step
+EPYC before Zen 4, older Intel, ARM) it calls libm's scalar ``exp``: 5.2 to 9.5 ns an
+element against 0.7 to 1.3, which made ``exp`` 29% of the diagonal-covariance E-step
 (benchmarks/README.md). dask-em's own ``exp`` (:mod:`dask_em.engine._exp_numba`,
-compiled with numba) runs at about 1 ns an element on either, as accurate as numpy's,
-and :func:`softmax_floored` fuses it with the other passes of the responsibilities.
-Where numpy's exp is vectorised, the two are as fast (benchmarks/README.md).
+compiled with numba) runs at about 1 ns an element on either, within 0.9 ulp of the
+exact value (libm's: 0.5), and :func:`softmax_floored` fuses it with the other passes
+of the responsibilities. Where numpy's exp is vectorised, the two are as fast
+(benchmarks/README.md), so the default keeps numpy's there.
 
 The ``dask.config`` key ``dask_em.exp`` chooses, in each process that runs E-steps
 (set it before starting a cluster, or in the workers' configuration, e.g. the
 environment variable ``DASK_DASK_EM__EXP=numpy``):
 
-- ``"auto"`` (default): the own ``exp`` where numba can be imported and numpy's
-  float64 ``exp`` is not vectorised (:func:`numpy_exp_is_vector`), else numpy's;
-- ``"numba"``: the own ``exp``; an error if numba is missing;
+- ``"auto"`` (default): the own ``exp`` where numpy's float64 ``exp`` is not
+  vectorised (:func:`numpy_exp_is_vector`) and the compiled loop loads (numba is
+  installed), else numpy's. With numba installed this is opt-out, not opt-in;
+- ``"numba"``: the own ``exp``; an error if the compiled loop cannot be loaded;
 - ``"numpy"``: numpy's.
 
 numba is optional: ``pip install "dask-em[fast]"`` installs it. The kernel compiles
 on its first use in a process (about a second) and numba caches it on disk (0.3 s to
-load it). A process that uses it holds about 100 MB more (numba 49 MB, LLVM 51 MB,
+load it; without a writable cache directory it compiles in every process). A process that uses it holds about 100 MB more (numba 49 MB, LLVM 51 MB,
 measured on numba 0.68): count it in small worker memory limits, or set ``"numpy"``.
 float32 data keep numpy's ``exp``, vectorised on AVX2 as well.
 """
@@ -34,17 +36,23 @@ import numpy as np
 #: Values of the ``dask_em.exp`` setting.
 EXP_CHOICES = ("auto", "numba", "numpy")
 #: Lowest floor the own exp takes: at and above it ``2**k`` is a normal number. The
-#: E-step's floors are -354 and above (float64); a lower one gets numpy's passes.
+#: library's floors are -354 (the E-step's statistics) and -707.4 to -694 (the
+#: scores, ``log(tiny) + log(K) + 1``); a lower one gets numpy's passes.
 LOWEST_FLOOR = -708.0
 
 
 @functools.lru_cache(maxsize=None)
-def _numba_available():
+def _kernel_error():
+    """Why the compiled kernel cannot be loaded in this process (a message), or None.
+
+    Loading it imports numba and compiles the loop or reads numba's cache; anything
+    that fails there (numba missing, a broken llvmlite) leaves numpy's exp in use.
+    """
     try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        import dask_em.engine._exp_numba  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any failure means: numpy's passes
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,7 +63,7 @@ def numpy_exp_is_vector() -> bool:
     ``AVX512F`` / ``AVX512_SKX`` in numpy 1.x), used when the CPU has it and
     ``NPY_DISABLE_CPU_FEATURES`` does not turn it off. Elsewhere, ARM included, its
     float64 ``exp`` is libm's, one element at a time (measured with numpy 2.4.6:
-    6.5 to 9.5 ns an element with AVX-512 turned off, 0.8 to 1.2 with it).
+    5.2 to 9.5 ns an element with AVX-512 turned off, 0.7 to 1.3 with it).
     """
     try:
         from numpy._core._multiarray_umath import __cpu_baseline__, __cpu_dispatch__, __cpu_features__
@@ -76,10 +84,11 @@ def exp_setting():
             f"dask.config 'dask_em.exp' is {choice!r}; it must be one of {', '.join(map(repr, EXP_CHOICES))} "
             "(dask_em.engine.vector_exp explains them)"
         )
-    if choice == "numba" and not _numba_available():
+    if choice == "numba" and _kernel_error() is not None:
         raise ImportError(
-            "dask.config 'dask_em.exp' is 'numba' but numba cannot be imported in this process; "
-            "install it (pip install 'dask-em[fast]') or set 'dask_em.exp' to 'auto' or 'numpy'"
+            f"dask.config 'dask_em.exp' is 'numba' but its compiled loop cannot be loaded in this process "
+            f"({_kernel_error()}); install numba (pip install 'dask-em[fast]') or set 'dask_em.exp' to "
+            "'auto' or 'numpy'"
         )
     return choice
 
@@ -89,7 +98,7 @@ def uses_own_exp(dtype) -> bool:
     if np.dtype(dtype) != np.float64:
         return False
     choice = exp_setting()
-    return choice == "numba" or (choice == "auto" and not numpy_exp_is_vector() and _numba_available())
+    return choice == "numba" or (choice == "auto" and not numpy_exp_is_vector() and _kernel_error() is None)
 
 
 def softmax_floored(at: np.ndarray, groups: int, floor: float, top: np.ndarray, total: np.ndarray) -> None:
@@ -99,7 +108,8 @@ def softmax_floored(at: np.ndarray, groups: int, floor: float, top: np.ndarray, 
     per group of ``K = at.shape[0] // groups`` components and per row, the largest
     weighted log-probability ``top`` (0 where it is not finite), ``exp(at - top)``
     (exactly 0 at or below ``floor``), their sum ``total``, and ``at`` divided by it
-    (times its reciprocal). With numpy's exp scalar (AVX-512 turned off), 36-48
+    (times its reciprocal), but ``exp(floor)`` is not subtracted from the others. With
+    numpy's exp scalar (AVX-512 turned off), 36-48
     against 105-110 ns a row for K = 8; where it is vectorised, 27-34 against 33-34
     (benchmarks/README.md).
 
@@ -116,6 +126,8 @@ def softmax_floored(at: np.ndarray, groups: int, floor: float, top: np.ndarray, 
         Filled with the largest log-probability (0 where not finite) and the sum of
         the exponentials, per row and mixture.
     """
+    if not floor >= LOWEST_FLOOR:
+        raise ValueError(f"softmax_floored takes floors of {LOWEST_FLOOR} and above, not {floor}")
     from dask_em.engine._exp_numba import softmax_floored as kernel
 
     kernel(at, int(groups), float(floor), top, total)
