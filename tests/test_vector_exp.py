@@ -219,6 +219,14 @@ def test_a_bad_setting_stops_a_fit_before_its_first_pass():
         GaussianMixture(2, random_state=0).fit(da.from_array(X, chunks=100))
 
 
+try:
+    from numpy._core._multiarray_umath import __cpu_dispatch__
+except ImportError:  # numpy 1.x
+    from numpy.core._multiarray_umath import __cpu_dispatch__
+#: numpy's AVX-512 targets, for NPY_DISABLE_CPU_FEATURES (as on a CPU without AVX-512)
+_AVX512_TARGETS = " ".join(t for t in __cpu_dispatch__ if t.startswith(("AVX512", "X86_V4")))
+
+
 def _python(code, **env):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=120)
@@ -236,21 +244,32 @@ def test_numba_asked_for_but_missing_says_how_to_get_it():
     )
     assert out.returncode == 1
     assert "ImportError" in out.stderr and "pip install 'dask-em[fast]'" in out.stderr
+    assert "could not be loaded" not in out.stderr  # numba missing is no surprise: no warning
+
+
+def test_a_broken_numba_leaves_numpys_exp_with_a_warning():
+    out = _python(
+        "import sys, types\n"
+        "sys.modules['numba'] = types.ModuleType('numba')  # imports, but has no njit\n"
+        "import dask, numpy as np\n"
+        "from dask_em.engine.vector_exp import uses_own_exp\n"
+        "with dask.config.set({'dask_em.exp': 'auto'}):\n"
+        "    assert not uses_own_exp(np.float64)\n",
+        NPY_DISABLE_CPU_FEATURES=_AVX512_TARGETS,  # so that 'auto' tries the compiled loop
+        DASK_DASK_EM__EXP="auto",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "dask-em's compiled exp could not be loaded (AttributeError" in out.stderr
 
 
 def test_auto_takes_the_own_exp_where_numpys_is_not_vectorised():
     """numpy's AVX-512 targets turned off (as on an AVX2 CPU): its float64 exp is
     scalar, and the default setting takes dask-em's own."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_dispatch__
-    except ImportError:
-        from numpy.core._multiarray_umath import __cpu_dispatch__
-    off = " ".join(t for t in __cpu_dispatch__ if t.startswith(("AVX512", "X86_V4")))
     out = _python(
         "import numpy as np\n"
         "from dask_em.engine.vector_exp import LOWEST_FLOOR, numpy_exp_is_vector, softmax_floored, uses_own_exp\n"
         "print(numpy_exp_is_vector(), uses_own_exp(np.float64))\n",
-        NPY_DISABLE_CPU_FEATURES=off,
+        NPY_DISABLE_CPU_FEATURES=_AVX512_TARGETS,
         DASK_DASK_EM__EXP="auto",  # the default, which tests/conftest.py overrides
     )
     assert out.returncode == 0, out.stderr

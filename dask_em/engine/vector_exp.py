@@ -29,6 +29,7 @@ float32 data keep numpy's ``exp``, vectorised on AVX2 as well.
 """
 
 import functools
+import logging
 
 import dask
 import numpy as np
@@ -51,7 +52,12 @@ def _kernel_error():
     try:
         import dask_em.engine._exp_numba  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any failure means: numpy's passes
-        return f"{type(exc).__name__}: {exc}"
+        message = f"{type(exc).__name__}: {exc}"
+        if not (isinstance(exc, ModuleNotFoundError) and exc.name == "numba"):  # installed but broken
+            logging.getLogger("dask_em").warning(
+                "dask-em's compiled exp could not be loaded (%s); the responsibilities use numpy's exp", message
+            )
+        return message
     return None
 
 
