@@ -102,18 +102,21 @@ def test_parity_with_scikit_learn(data, prior_type, cov_type, kind):
     assert ours.converged_ is False
 
 
+@pytest.mark.parametrize("exp", ["numpy", "numba"])  # the responsibilities' exp (engine/vector_exp.py)
 @pytest.mark.parametrize("prior_type", PRIOR_TYPES)
-def test_methods_match_scikit_learn(data, prior_type):
+def test_methods_match_scikit_learn(data, prior_type, exp):
     X, means = data
     kwargs = dict(n_components=4, weight_concentration_prior_type=prior_type, tol=0.0, max_iter=10)
     ref = reference(X, means, **kwargs)
-    ours = quiet_fit(BayesianGaussianMixture(means_init=means, **kwargs), X)
-    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), rtol=1e-6, atol=1e-12)
-    np.testing.assert_allclose(ours.score_samples(X), ref.score_samples(X), rtol=1e-6)
-    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
-    lazy = ours.predict_proba(da.from_array(X, chunks=200))
-    assert isinstance(lazy, da.Array)
-    np.testing.assert_allclose(lazy.compute(), ref.predict_proba(X), rtol=1e-6, atol=1e-12)
+    with dask.config.set({"dask_em.exp": exp}):
+        ours = quiet_fit(BayesianGaussianMixture(means_init=means, **kwargs), X)
+        np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(ours.score_samples(X), ref.score_samples(X), rtol=1e-6)
+        np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+        lazy = ours.predict_proba(da.from_array(X, chunks=200))
+        assert isinstance(lazy, da.Array)
+        np.testing.assert_allclose(lazy.compute(), ref.predict_proba(X), rtol=1e-6, atol=1e-12)
+    assert_same(ours, ref, 0.0)
 
 
 def test_given_priors_match_scikit_learn(data):

@@ -1,6 +1,7 @@
 """Bernoulli, Poisson and categorical mixtures against a direct NumPy EM written here,
 recovery of known parameters from sampled data, and errors for invalid data."""
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -80,10 +81,11 @@ def _fit(kind, X, start, weights0, max_iter, **kw):
         return est.fit(X, **kw)
 
 
+@pytest.mark.parametrize("exp", ["numpy", "numba"])  # the responsibilities' exp (engine/vector_exp.py)
 @pytest.mark.parametrize("kind", ["bernoulli", "poisson", "categorical"])
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_matches_direct_numpy_em(kind, chunked, weighted):
+def test_matches_direct_numpy_em(kind, chunked, weighted, exp):
     rng = np.random.default_rng(0)
     X, start, _ = _data(kind, rng)
     w = rng.integers(0, 3, len(X)).astype(float) if weighted else None
@@ -92,7 +94,9 @@ def test_matches_direct_numpy_em(kind, chunked, weighted):
     ref_w, ref_theta, ref_ll = direct_em(X, kind, weights0, start, 8, w=w, n_cat=n_cat)
     Xin = da.from_array(X, chunks=(137, -1)) if chunked else X
     kw = {} if w is None else {"sample_weight": da.from_array(w, chunks=137) if chunked else w}
-    est = _fit(kind, Xin, start, weights0, 8, **kw)
+    with dask.config.set({"dask_em.exp": exp}):
+        est = _fit(kind, Xin, start, weights0, 8, **kw)
+        scores = est.score_samples(Xin)
     theta = est.probs_ if kind == "categorical" else est.means_
     np.testing.assert_allclose(est.weights_, ref_w, rtol=1e-10)
     np.testing.assert_allclose(theta, ref_theta, rtol=1e-9, atol=1e-14)
@@ -100,7 +104,6 @@ def test_matches_direct_numpy_em(kind, chunked, weighted):
     assert est.lower_bound_ == pytest.approx(ref_ll, rel=1e-11)
     # score_samples of the fitted model against scipy.stats
     ref_scores = logsumexp(_log_comp(X, kind, theta) + np.log(est.weights_), axis=1)
-    scores = est.score_samples(Xin)
     np.testing.assert_allclose(np.asarray(scores), ref_scores, rtol=1e-12)
 
 
