@@ -1,7 +1,8 @@
 """The compiled kernel of :mod:`dask_em.engine.vector_exp` (imports numba: load lazily).
 
 :func:`softmax_floored` computes the soft responsibilities one tile of rows at a time,
-with an ``exp`` of its own (:func:`_exp_tile`), ``exp(x)`` as ``2**k * exp(r)``, ``x = k ln 2 + r``, ``|r| <= ln(2) / 2``:
+with an ``exp`` of its own (:func:`_exp_tile`): ``exp(x)`` as ``2**k * exp(r)``, with
+``x = k ln 2 + r`` and ``|r| <= ln(2) / 2``:
 
 - ``k`` is rounded with the 1.5 * 2**52 shifter, whose low bits then hold ``k`` as
   an integer, so ``2**k`` is built from the exponent bits without a float-to-int

@@ -104,9 +104,9 @@ def responsibilities(wlp, hard, floor=None, overwrite=False, groups=1, work=None
     and with numpy's exp ``exp(floor)`` is taken off the others (see
     :func:`_exp_floored`; dask-em's own, :mod:`dask_em.engine.vector_exp`, needs
     not): each is exact to within ``exp(floor)``. By default ``floor`` is the
-    lowest that keeps every responsibility a normal number of the dtype. With ``overwrite``, ``wlp``
-    may be reused as work space. Soft responsibilities are returned as the
-    transpose of a C-contiguous (K, n) array.
+    lowest that keeps every responsibility a normal number of the dtype. With
+    ``overwrite``, ``wlp`` may be reused as work space. Soft responsibilities are
+    returned as the transpose of a C-contiguous (K, n) array.
 
     With ``groups=S`` (soft only), the K columns of ``wlp`` are S mixtures of K/S
     components side by side: each is normalised on its own, and the log-likelihood

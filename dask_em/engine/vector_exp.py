@@ -23,8 +23,9 @@ environment variable ``DASK_DASK_EM__EXP=numpy``):
 
 numba is optional: ``pip install "dask-em[fast]"`` installs it. The kernel compiles
 on its first use in a process (about a second) and numba caches it on disk (0.3 s to
-load it; without a writable cache directory it compiles in every process). A process that uses it holds about 100 MB more (numba 49 MB, LLVM 51 MB,
-measured on numba 0.68): count it in small worker memory limits, or set ``"numpy"``.
+load it; without a writable cache directory it compiles in every process). A process
+that uses it holds about 100 MB more (numba 49 MB, LLVM 51 MB, measured on numba
+0.68): count it in small worker memory limits, or set ``"numpy"``.
 float32 data keep numpy's ``exp``, vectorised on AVX2 as well.
 """
 
@@ -114,10 +115,9 @@ def softmax_floored(at: np.ndarray, groups: int, floor: float, top: np.ndarray, 
     per group of ``K = at.shape[0] // groups`` components and per row, the largest
     weighted log-probability ``top`` (0 where it is not finite), ``exp(at - top)``
     (exactly 0 at or below ``floor``), their sum ``total``, and ``at`` divided by it
-    (times its reciprocal), but ``exp(floor)`` is not subtracted from the others. With
-    numpy's exp scalar (AVX-512 turned off), 36-48
-    against 105-110 ns a row for K = 8; where it is vectorised, 27-34 against 33-34
-    (benchmarks/README.md).
+    (times its reciprocal), but ``exp(floor)`` is not subtracted from the others.
+    With numpy's exp scalar (AVX-512 turned off), 36-48 against 105-110 ns a row for
+    K = 8; where it is vectorised, 27-34 against 33-34 (benchmarks/README.md).
 
     Parameters
     ----------
