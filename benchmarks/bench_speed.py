@@ -9,12 +9,14 @@ per Lloyd iteration, full covariance <= 3x the machine floor); n_init=4 keeps is
     python benchmarks/bench_speed.py --only kmeans predict
 
 Prints the machine first (CPU vendor and model, the SIMD level numpy dispatches to,
-the BLAS library and its kernel, which float64 exp the responsibilities use, numpy's
-exp per element and the responsibilities per row with numpy's passes and with
-dask-em's compiled loop, the rate of a large square GEMM on all cores), then one line per target: the measured seconds per EM iteration, the
-reference it is compared with (scikit-learn, the float64 fit, a raw read pass over
-the same store, n_init=1, numpy's exp against dask-em's own in the same fits:
-``--only exp``), their ratio and the target ratio. Full covariance lines also print two
+the BLAS library and its kernel, the ``dask_em.kernels`` setting and numba's version,
+which float64 exp the responsibilities use, numpy's exp per element and the
+responsibilities per row with numpy's passes and with dask-em's compiled loop, the
+diagonal Gaussian E-step per row with numpy's kernel and the compiled one, the rate of
+a large square GEMM on all cores), then one line per target: the measured seconds per
+EM iteration, the reference it is compared with (scikit-learn, the float64 fit, a raw
+read pass over the same store, n_init=1, numpy's kernels against the compiled ones in
+the same fits: ``--only kernels``), their ratio and the target ratio. Full covariance lines also print two
 floors: the E-step's own BLAS calls alone, and the machine's, ``2 N K D^2`` flops at
 the square-GEMM rate. Then KMeans (per Lloyd iteration against scikit-learn's, in
 memory; streamed against a raw read pass), per-row outputs on the threaded scheduler
@@ -44,8 +46,10 @@ from bench_vs_sklearn import make_data, start_params
 from dask_em import GaussianMixture, KMeans
 from dask_em.data import as_row_chunked
 from dask_em.engine import run_pass
-from dask_em.engine.estep import log_tiny, responsibilities, slab_rows
+from dask_em.compiled import kernel_setting, use_compiled
+from dask_em.engine.estep import MixtureState, estep_block, log_tiny, responsibilities, slab_rows
 from dask_em.engine.vector_exp import uses_own_exp
+from dask_em.families import gaussian
 
 
 def seconds_per_iteration(fit, iters):
@@ -164,7 +168,7 @@ def exp_description():
     floor = 0.5 * log_tiny(np.float64)  # the E-step's
     per_row = {}
     for choice in ("numba", "numpy"):
-        with dask.config.set({"dask_em.exp": choice}):
+        with dask.config.set({"dask_em.kernels": choice}):
             start = time.perf_counter()
             responsibilities(wlp.copy(), False, floor, overwrite=True)  # numba: compiles or loads its cache
             first = time.perf_counter() - start
@@ -181,11 +185,39 @@ def exp_description():
             f"first call {per_row['numba'][1]:.2f} s)")
 
 
+def diag_estep_description(n=131072, D=16, K=8):
+    """The diagonal Gaussian E-step on one block (``estep_block``, one thread), per row,
+    with numpy's kernel and with the compiled one (dask_em/families/_gaussian_numba.py)."""
+    if importlib.util.find_spec("numba") is None:
+        return "numpy's kernel (numba is not installed)"
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(n, D)) + 100.0
+    means = X[rng.choice(n, K, replace=False)]
+    state = MixtureState(np.full(K, 1.0 / K), {"means": means, "precisions_cholesky": np.full((K, D), 0.8)})
+    payload = (gaussian.FAMILIES["diag"], [state])
+    per_row = {}
+    with threadpool_limits(1):
+        for choice in ("numba", "numpy"):
+            with dask.config.set({"dask_em.kernels": choice}):
+                start = time.perf_counter()
+                estep_block(X, None, payload, 0)  # numba: compiles or loads its cache
+                first = time.perf_counter() - start
+                best = min(seconds_per_iteration(lambda: estep_block(X, None, payload, 0), 1) for _ in range(7))
+                per_row[choice] = (best / n * 1e9, first)
+    which = "compiled" if use_compiled("dask_em.families._gaussian_numba") else "numpy's"
+    return (f"{which} kernel; per row (D={D}, K={K}, one thread) {per_row['numpy'][0]:.0f} ns with numpy's, "
+            f"{per_row['numba'][0]:.0f} ns compiled (first block {per_row['numba'][1]:.2f} s)")
+
+
 def machine():
     """Print the machine; return the square-GEMM rate (FLOP/s) for the floors."""
     rate = square_gemm_rate()
     print(f"CPU: {cpu_model()}; {os.cpu_count()} cores")
     print(f"numpy {np.__version__}, SIMD {numpy_simd()}; BLAS {blas_description()}")
+    numba = importlib.util.find_spec("numba")
+    numba = f"numba {importlib.import_module('numba').__version__}" if numba else "numba not installed"
+    print(f"dask_em.kernels: {kernel_setting()!r}, {numba}")
+    print(f"diagonal Gaussian E-step: {diag_estep_description()}")
     print(f"float64 exp of the responsibilities: {exp_description()}")
     print(f"square GEMM (2048, float64, all cores): {rate / 1e9:.1f} GFLOP/s")
     return rate
@@ -201,6 +233,9 @@ def in_memory(n, iters, gemm_rate):
         flops = {"full": 3 * N * K * D * D, "diag": 8 * N * K * D}[cov]
         report(f"in memory {cov} N={N} D={D} K={K}", ours, theirs, "scikit-learn", target)
         print(f"{'':<44}about {flops / 1e9:.1f} GFLOP per iteration (as computed): {flops / ours / 1e9:.1f} GFLOP/s")
+        if cov == "diag":
+            fused = use_compiled("dask_em.families._gaussian_numba")
+            print(f"{'':<44}E-step kernel: {'compiled (numba)' if fused else 'numpy'}")
         if cov == "full":
             floor = best_of(lambda: blas_floor(N, D, K))
             print(f"{'':<44}own-GEMM floor (its GEMM and syrks alone, 2 threads): {floor:.3f} s; ratio {ours / floor:.2f}")
@@ -209,21 +244,21 @@ def in_memory(n, iters, gemm_rate):
                   f" (target <= 3)")
 
 
-def own_exp(n, iters, repeat=3):
-    """In-memory fits with numpy's exp and with dask-em's own, alternated in one run."""
+def compiled_kernels(n, iters, repeat=3):
+    """In-memory fits with numpy's kernels and with the compiled ones, alternated in one run."""
     if importlib.util.find_spec("numba") is None:
-        print("own exp: numba is not installed here (pip install 'dask-em[fast]'); skipped")
+        print("compiled kernels: numba is not installed here (pip install 'dask-em[fast]'); skipped")
         return
     for (N, D, K, cov) in [(n, 16, 8, "diag"), (n, 16, 8, "full")]:
         Xd = as_row_chunked(make_data(N, D, K))[0].persist()
         times = {"numpy": [], "numba": []}
         for _ in range(repeat):
             for choice in times:
-                with dask.config.set({"dask_em.exp": choice}):
+                with dask.config.set({"dask_em.kernels": choice}):
                     times[choice].append(fit_time(Xd, K, cov, iters)())
         ours, theirs = min(times["numba"]), min(times["numpy"])
-        print(f"{f'own exp vs numpy exp, {cov} N={N} D={D} K={K}':<44}{ours:>9.3f} s{theirs:>9.3f} s "
-              f"(numpy's exp) ratio {ours / theirs:5.2f}  (no target: below 1, the own exp is faster)")
+        print(f"{f'compiled vs numpy kernels, {cov} N={N} D={D} K={K}':<44}{ours:>9.3f} s{theirs:>9.3f} s "
+              f"(numpy's)     ratio {ours / theirs:5.2f}  (no target: below 1, compiled is faster)")
 
 
 def float32(n, iters):
@@ -376,7 +411,7 @@ def scaling(sizes, iters):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
-    ap.add_argument("--only", nargs="*", default=["memory", "float32", "exp", "streaming", "kmeans", "predict", "scaling"])
+    ap.add_argument("--only", nargs="*", default=["memory", "float32", "kernels", "streaming", "kmeans", "predict", "scaling"])
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     n = 100_000 if args.quick else 1_000_000
@@ -390,8 +425,8 @@ def main():
                 in_memory(n, iters, gemm_rate)
             if "float32" in args.only:
                 float32(n, iters)
-            if "exp" in args.only:
-                own_exp(n, iters)
+            if "kernels" in args.only:
+                compiled_kernels(n, iters)
         if "streaming" in args.only:
             streaming(n * 2, iters, workdir)
         if "kmeans" in args.only:

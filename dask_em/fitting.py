@@ -45,7 +45,7 @@ from dask_em.engine.loop import LikelihoodChange
 from dask_em.engine.marginal import marginalizing
 from dask_em.engine.passes import watch_passes
 from dask_em.engine.stepwise import run_stepwise, scale_stats
-from dask_em.engine.vector_exp import exp_setting
+from dask_em.compiled import kernel_setting
 from dask_em.exceptions import ConvergenceWarning
 from dask_em.families import Family
 from dask_em.io.locations import check_output
@@ -497,7 +497,7 @@ def fit_models(prepared: Prepared, specs: list[ModelSpec], *, checkpoint=None, c
             spec.family = marginalizing(spec.family)
     if checkpoint is not None:  # before any pass: a bad path fails now, not after the first iteration
         check_output(checkpoint, "file", "checkpoint")
-    exp_setting()  # a bad dask_em.exp fails here, not in the first E-step's tasks
+    kernel_setting()  # a bad dask_em.kernels fails here, not in the first E-step's tasks
     out = [None] * len(specs)
     verbose = max(spec.verbose for spec in specs)
     progress = notebook_progress(specs, prepared)

@@ -6,16 +6,17 @@ import dask
 import numpy as np
 import pytest
 
-# The responsibilities' exp is numpy's in every test unless a test asks for dask-em's
-# own (tests/test_vector_exp.py, tests/test_gaussian_parity.py test both): the test
-# extra installs numba, and on a CPU without AVX-512 the default ("auto") would load it
-# in every process, LocalCluster workers included (+100 MB each, above what the
-# suite's small worker memory limits allow). Set here and in the environment, so
+# The kernels are numpy's in every test unless a test asks for dask-em's compiled ones
+# (dask_em/compiled.py; tests/test_vector_exp.py, tests/test_fused_gaussian.py and the
+# scikit-learn parity tests test both): the test extra installs numba, and the default
+# ("auto") would load it in every process that fits a diagonal Gaussian mixture,
+# LocalCluster workers included (+100 MB each, above what the suite's small worker
+# memory limits allow). Set here and in the environment, so
 # worker processes and the command line's subprocesses see it too; a run started with
-# DASK_DASK_EM__EXP=numba takes dask-em's own everywhere (the 400 MiB workers of
+# DASK_DASK_EM__KERNELS=numba takes the compiled kernels everywhere (the 400 MiB workers of
 # tests/test_cli_cluster.py then pause).
-os.environ.setdefault("DASK_DASK_EM__EXP", "numpy")
-dask.config.set({"dask_em.exp": os.environ["DASK_DASK_EM__EXP"]})
+os.environ.setdefault("DASK_DASK_EM__KERNELS", "numpy")
+dask.config.set({"dask_em.kernels": os.environ["DASK_DASK_EM__KERNELS"]})
 
 
 def make_blobs(n=3000, n_features=4, n_components=3, seed=0, shift=0.0, spread=5.0):

@@ -102,13 +102,13 @@ def test_parity_with_scikit_learn(data, prior_type, cov_type, kind):
     assert ours.converged_ is False
 
 
-@pytest.mark.parametrize("exp", ["numpy", "numba"])  # the responsibilities' exp (engine/vector_exp.py)
+@pytest.mark.parametrize("kernels", ["numpy", "numba"])  # numpy's kernels and the compiled ones (dask_em/compiled.py)
 @pytest.mark.parametrize("prior_type", PRIOR_TYPES)
-def test_methods_match_scikit_learn(data, prior_type, exp):
+def test_methods_match_scikit_learn(data, prior_type, kernels):
     X, means = data
     kwargs = dict(n_components=4, weight_concentration_prior_type=prior_type, tol=0.0, max_iter=10)
     ref = reference(X, means, **kwargs)
-    with dask.config.set({"dask_em.exp": exp}):
+    with dask.config.set({"dask_em.kernels": kernels}):
         ours = quiet_fit(BayesianGaussianMixture(means_init=means, **kwargs), X)
         np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), rtol=1e-6, atol=1e-12)
         np.testing.assert_allclose(ours.score_samples(X), ref.score_samples(X), rtol=1e-6)

@@ -81,11 +81,11 @@ def _fit(kind, X, start, weights0, max_iter, **kw):
         return est.fit(X, **kw)
 
 
-@pytest.mark.parametrize("exp", ["numpy", "numba"])  # the responsibilities' exp (engine/vector_exp.py)
+@pytest.mark.parametrize("kernels", ["numpy", "numba"])  # numpy's kernels and the compiled ones (dask_em/compiled.py)
 @pytest.mark.parametrize("kind", ["bernoulli", "poisson", "categorical"])
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_matches_direct_numpy_em(kind, chunked, weighted, exp):
+def test_matches_direct_numpy_em(kind, chunked, weighted, kernels):
     rng = np.random.default_rng(0)
     X, start, _ = _data(kind, rng)
     w = rng.integers(0, 3, len(X)).astype(float) if weighted else None
@@ -94,7 +94,7 @@ def test_matches_direct_numpy_em(kind, chunked, weighted, exp):
     ref_w, ref_theta, ref_ll = direct_em(X, kind, weights0, start, 8, w=w, n_cat=n_cat)
     Xin = da.from_array(X, chunks=(137, -1)) if chunked else X
     kw = {} if w is None else {"sample_weight": da.from_array(w, chunks=137) if chunked else w}
-    with dask.config.set({"dask_em.exp": exp}):
+    with dask.config.set({"dask_em.kernels": kernels}):
         est = _fit(kind, Xin, start, weights0, 8, **kw)
         scores = est.score_samples(Xin)
     theta = est.probs_ if kind == "categorical" else est.means_

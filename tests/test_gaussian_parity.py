@@ -37,16 +37,16 @@ def _fit_pair(X, cov_type, kind, max_iter=20):
     return gm, sk
 
 
-# the responsibilities' exp: numpy's, and dask-em's own (engine/vector_exp.py)
-EXPS = ["numpy", "numba"]
+# numpy's kernels, and dask-em's compiled ones (dask_em/compiled.py)
+KERNELS = ["numpy", "numba"]
 
 
-@pytest.mark.parametrize("exp", EXPS)
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("kind", ["numpy", "dask"])
 @pytest.mark.parametrize("cov_type", COV_TYPES)
-def test_parameters_equal_sklearn(cov_type, kind, exp):
+def test_parameters_equal_sklearn(cov_type, kind, kernels):
     X = make_blobs()
-    with dask.config.set({"dask_em.exp": exp}):
+    with dask.config.set({"dask_em.kernels": kernels}):
         gm, sk = _fit_pair(X, cov_type, kind)
     np.testing.assert_allclose(gm.weights_, sk.weights_, rtol=1e-6)
     np.testing.assert_allclose(gm.means_, sk.means_, rtol=1e-6)
@@ -88,11 +88,11 @@ def test_shifted_data_keep_their_precision(cov_type, kind):
     assert np.mean(labels == shifted.predict(X + shift)) >= 0.999
 
 
-@pytest.mark.parametrize("exp", EXPS)
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("cov_type", COV_TYPES)
-def test_scores_equal_sklearn(cov_type, exp):
+def test_scores_equal_sklearn(cov_type, kernels):
     X = make_blobs(seed=3)
-    with dask.config.set({"dask_em.exp": exp}):
+    with dask.config.set({"dask_em.kernels": kernels}):
         gm, sk = _fit_pair(X, cov_type, "numpy", max_iter=5)
         Xd = da.from_array(X, chunks=(700, -1))
         np.testing.assert_allclose(gm.predict_proba(Xd).compute(), sk.predict_proba(X), rtol=1e-6, atol=1e-10)

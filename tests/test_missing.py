@@ -57,9 +57,9 @@ def test_score_proba_and_fixed_point_match_reference(covariance_type, kind):
     assert np.abs(covs - gm.covariances_).max() < 1e-6
 
 
-@pytest.mark.parametrize("exp", ["numpy", "numba"])  # the responsibilities' exp (engine/vector_exp.py)
+@pytest.mark.parametrize("kernels", ["numpy", "numba"])  # numpy's kernels and the compiled ones (dask_em/compiled.py)
 @pytest.mark.parametrize("covariance_type", TYPES)
-def test_one_step_from_a_given_start_matches_reference(covariance_type, exp):
+def test_one_step_from_a_given_start_matches_reference(covariance_type, kernels):
     """Away from the fixed point too: one EM pass from given parameters is the reference step."""
     X = _gappy(seed=2)
     K, D = 3, 3
@@ -71,7 +71,7 @@ def test_one_step_from_a_given_start_matches_reference(covariance_type, exp):
     prec = np.linalg.inv(cov) if covariance_type in ("full", "tied") else 1.0 / cov
     gm = GaussianMixture(K, covariance_type=covariance_type, nan_policy="marginalize", weights_init=weights,
                          means_init=means, precisions_init=prec, max_iter=1)
-    with pytest.warns(Warning), dask.config.set({"dask_em.exp": exp}):  # one iteration does not converge
+    with pytest.warns(Warning), dask.config.set({"dask_em.kernels": kernels}):  # one iteration does not converge
         gm.fit(da.from_array(X, chunks=(64, 3)))
     keep = ~np.isnan(X).all(axis=1)
     ref = em_step(X[keep], weights, means, full_covs(cov, covariance_type, K, D), covariance_type, gm.reg_covar)

@@ -1,5 +1,5 @@
 """dask-em's own exp for the responsibilities (dask_em/engine/vector_exp.py), against an
-extended-precision reference written here, and the ``dask_em.exp`` setting."""
+extended-precision reference written here, and the ``dask_em.kernels`` setting."""
 
 import os
 import subprocess
@@ -12,6 +12,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from dask_em import GaussianMixture
+from dask_em.compiled import use_compiled
 from dask_em.engine.estep import log_tiny, responsibilities
 from dask_em.engine.vector_exp import LOWEST_FLOOR, numpy_exp_is_vector, softmax_floored, uses_own_exp
 from tests.conftest import make_blobs
@@ -53,7 +54,7 @@ def _weighted_log_probs(n, KK, seed):
 def test_own_responsibilities_match_an_extended_precision_reference(n, groups):
     wlp = _weighted_log_probs(n, 8 * groups, seed=n + groups)
     resp_ref, ll_ref = _reference(wlp, groups, FLOOR)
-    with dask.config.set({"dask_em.exp": "numba"}):
+    with dask.config.set({"dask_em.kernels": "numba"}):
         assert uses_own_exp(np.float64)
         resp, ll = responsibilities(wlp.copy(), False, FLOOR, overwrite=True, groups=groups)
     ll = ll.reshape(groups, n)
@@ -74,7 +75,7 @@ def test_the_lowest_floors(floor):
     wlp[::3, 1] = floor
     wlp[1::3, 1] = np.nextafter(floor, 0)
     resp_ref, ll_ref = _reference(wlp, 1, floor)
-    with dask.config.set({"dask_em.exp": "numba"}):
+    with dask.config.set({"dask_em.kernels": "numba"}):
         resp, ll = responsibilities(wlp.copy(), False, floor, overwrite=True)
     np.testing.assert_array_equal(resp[::3, 1], 0.0)
     if floor >= LOWEST_FLOOR:  # the own exp: exact zeros at the floor only
@@ -89,7 +90,7 @@ def test_own_exp_is_within_an_ulp_of_an_extended_precision_exp():
     """The exp itself (``_exp_tile``) over [-708, 709], including the points farthest
     from a multiple of ln 2 (where the polynomial's error is largest), the floor, and
     values past its range."""
-    from dask_em.engine._exp_numba import TILE, X_MAX, _exp_tile
+    from dask_em._exp_numba import TILE, X_MAX, _exp_tile
 
     rng = np.random.default_rng(5)
     k = np.arange(-1020, 1023)
@@ -117,7 +118,7 @@ def test_numpys_exp_meets_the_same_reference():
     they subtract)."""
     wlp = _weighted_log_probs(3000, 8, seed=1)
     resp_ref, ll_ref = _reference(wlp, 1, FLOOR)
-    with dask.config.set({"dask_em.exp": "numpy"}):
+    with dask.config.set({"dask_em.kernels": "numpy"}):
         resp, ll = responsibilities(wlp.copy(), False, FLOOR, overwrite=True)
     # numpy's passes take exp(floor) off every exp: absolutely within that
     assert np.all(np.abs(resp - resp_ref) <= EPS8 * resp_ref + np.exp(FLOOR))
@@ -136,7 +137,7 @@ def test_rows_without_a_finite_best(exp):
         [inf, 0.0, -1.0],
         [-1.0, -2.0, -inf],  # one impossible component: finite
     ])
-    with dask.config.set({"dask_em.exp": exp}), np.errstate(all="ignore"):
+    with dask.config.set({"dask_em.kernels": exp}), np.errstate(all="ignore"):
         resp, ll = responsibilities(wlp.copy(), False, FLOOR, overwrite=True)
     assert np.isnan(resp[:2]).all() and np.isnan(resp[2, 0])
     assert list(resp[2, 1:]) == [0.0, 0.0]
@@ -148,14 +149,14 @@ def test_rows_without_a_finite_best(exp):
 
 
 def test_the_setting():
-    with dask.config.set({"dask_em.exp": "numpy"}):
+    with dask.config.set({"dask_em.kernels": "numpy"}):
         assert not uses_own_exp(np.float64)
-    with dask.config.set({"dask_em.exp": "numba"}):
+    with dask.config.set({"dask_em.kernels": "numba"}):
         assert uses_own_exp(np.float64)
         assert not uses_own_exp(np.float32)  # numpy's float32 exp is vectorised on AVX2 too
-    with dask.config.set({"dask_em.exp": "auto"}):
+    with dask.config.set({"dask_em.kernels": "auto"}):
         assert uses_own_exp(np.float64) == (not numpy_exp_is_vector())
-    with dask.config.set({"dask_em.exp": "fast"}), pytest.raises(ValueError, match="'auto', 'numba', 'numpy'"):
+    with dask.config.set({"dask_em.kernels": "fast"}), pytest.raises(ValueError, match="'auto', 'numba', 'numpy'"):
         uses_own_exp(np.float64)
     with pytest.raises(ValueError, match="floors of -708.0 and above"):
         softmax_floored(np.zeros((2, 3)), 1, -709.0, np.zeros((1, 3)), np.zeros((1, 3)))
@@ -189,7 +190,7 @@ def test_stacked_starts_with_the_own_exp_match_a_row_by_row_reference(covariance
         resp = np.exp(wlp - row_ll[:, None])
         refs.append({"nk": resp.sum(0), "s1": np.array([resp[:, k] @ (X - means[k]) for k in range(3)]),
                      "loglik": row_ll.sum()})
-    with dask.config.set({"dask_em.exp": "numba"}):
+    with dask.config.set({"dask_em.kernels": "numba"}):
         stats = estep_block(X, None, (get_family(f"gaussian-{covariance_type}"), states), 0)
     for got, ref in zip(stats, refs):
         np.testing.assert_allclose(got["nk"], ref["nk"], rtol=1e-10)
@@ -205,7 +206,7 @@ def test_without_a_cache_directory_the_loop_compiles_in_each_process():
         "with pytest.raises(RuntimeError, match='no locator available'):\n"
         "    numba.njit(cache=True)(lambda x: x)\n"
         "from dask_em.engine.estep import responsibilities\n"
-        "with dask.config.set({'dask_em.exp': 'numba'}):\n"
+        "with dask.config.set({'dask_em.kernels': 'numba'}):\n"
         "    resp, ll = responsibilities(np.log([[1.0, 3.0]]), False, -354.0)\n"
         "assert np.allclose(resp, [[0.25, 0.75]], rtol=1e-15) and np.allclose(ll, np.log(4.0), rtol=1e-15)\n",
         NUMBA_CACHE_LOCATOR_CLASSES="ZipCacheLocator",  # applies to code in zip files only
@@ -215,7 +216,7 @@ def test_without_a_cache_directory_the_loop_compiles_in_each_process():
 
 def test_a_bad_setting_stops_a_fit_before_its_first_pass():
     X = make_blobs(n=300)
-    with dask.config.set({"dask_em.exp": "numbaa"}), pytest.raises(ValueError, match="'dask_em.exp' is 'numbaa'"):
+    with dask.config.set({"dask_em.kernels": "numbaa"}), pytest.raises(ValueError, match="'dask_em.kernels' is 'numbaa'"):
         GaussianMixture(2, random_state=0).fit(da.from_array(X, chunks=100))
 
 
@@ -237,9 +238,9 @@ def test_numba_asked_for_but_missing_says_how_to_get_it():
         "import sys; sys.modules['numba'] = None\n"
         "import dask, numpy as np\n"
         "from dask_em.engine.vector_exp import uses_own_exp\n"
-        "with dask.config.set({'dask_em.exp': 'auto'}):\n"
+        "with dask.config.set({'dask_em.kernels': 'auto'}):\n"
         "    assert not uses_own_exp(np.float64)\n"
-        "with dask.config.set({'dask_em.exp': 'numba'}):\n"
+        "with dask.config.set({'dask_em.kernels': 'numba'}):\n"
         "    uses_own_exp(np.float64)\n"
     )
     assert out.returncode == 1
@@ -253,13 +254,13 @@ def test_a_broken_numba_leaves_numpys_exp_with_a_warning():
         "sys.modules['numba'] = types.ModuleType('numba')  # imports, but has no njit\n"
         "import dask, numpy as np\n"
         "from dask_em.engine.vector_exp import uses_own_exp\n"
-        "with dask.config.set({'dask_em.exp': 'auto'}):\n"
+        "with dask.config.set({'dask_em.kernels': 'auto'}):\n"
         "    assert not uses_own_exp(np.float64)\n",
         NPY_DISABLE_CPU_FEATURES=_AVX512_TARGETS,  # so that 'auto' tries the compiled loop
-        DASK_DASK_EM__EXP="auto",
+        DASK_DASK_EM__KERNELS="auto",
     )
     assert out.returncode == 0, out.stderr
-    assert "dask-em's compiled exp could not be loaded (AttributeError" in out.stderr
+    assert "dask-em's compiled kernels (dask_em._exp_numba) could not be loaded (AttributeError" in out.stderr
 
 
 def test_auto_takes_the_own_exp_where_numpys_is_not_vectorised():
@@ -270,22 +271,25 @@ def test_auto_takes_the_own_exp_where_numpys_is_not_vectorised():
         "from dask_em.engine.vector_exp import LOWEST_FLOOR, numpy_exp_is_vector, softmax_floored, uses_own_exp\n"
         "print(numpy_exp_is_vector(), uses_own_exp(np.float64))\n",
         NPY_DISABLE_CPU_FEATURES=_AVX512_TARGETS,
-        DASK_DASK_EM__EXP="auto",  # the default, which tests/conftest.py overrides
+        DASK_DASK_EM__KERNELS="auto",  # the default, which tests/conftest.py overrides
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True"]
 
 
-def test_a_cluster_of_worker_processes_fits_with_the_own_exp():
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])  # the own exp; the fused diag E-step
+def test_a_cluster_of_worker_processes_fits_with_the_compiled_kernels(covariance_type):
     """The setting reaches the workers of a cluster started under it, the compiled
-    kernel runs there, and the fit equals the threaded scheduler's."""
+    kernels run there, and the fit equals the threaded scheduler's."""
     X = make_blobs(n=3000, seed=2)
-    kw = dict(n_components=3, covariance_type="diag", tol=0, max_iter=10, random_state=0)
-    with dask.config.set({"dask_em.exp": "numba"}):
+    kw = dict(n_components=3, covariance_type=covariance_type, tol=0, max_iter=10, random_state=0)
+    with dask.config.set({"dask_em.kernels": "numba"}):
         local = GaussianMixture(**kw).fit(da.from_array(X, chunks=(500, -1)))
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
             assert set(client.run(uses_own_exp, np.float64).values()) == {True}
+            fused = client.run(use_compiled, "dask_em.families._gaussian_numba")
+            assert set(fused.values()) == {True}
             remote = GaussianMixture(**kw).fit(da.from_array(X, chunks=(500, -1)))
     np.testing.assert_array_equal(remote.means_, local.means_)
     np.testing.assert_array_equal(remote.covariances_, local.covariances_)

@@ -80,14 +80,18 @@ def valid_rows(X, w=None):
     return mask, n_nonfinite, n_bad_weight
 
 
+def _log_weights(family, state):
+    """The log mixing weights the E-step adds to the log-densities (K,)."""
+    if family.log_weights is not None:
+        return family.log_weights(state.params)
+    return np.log(state.weights)
+
+
 def weighted_log_prob(X, family, state, **kwargs):
     """``log pi_k + log p(x | theta_k)`` (n, K); hard families ignore the weights."""
     if family.hard:
         return family.log_prob(X, state.params, **kwargs)
-    if family.log_weights is not None:
-        log_weights = family.log_weights(state.params)
-    else:
-        log_weights = np.log(state.weights)
+    log_weights = _log_weights(family, state)
     if family.takes_offset:
         return family.log_prob(X, state.params, offset=log_weights, **kwargs)
     lp = family.log_prob(X, state.params, **kwargs)
@@ -205,6 +209,10 @@ def _estep_slab(X, w, family, state, cache, groups=1, keep=None):
     # responsibilities below sqrt(tiny) become 0: their products with the data in
     # the statistics' GEMMs would be subnormal numbers, on which BLAS runs ~50x slower
     floor = 0.5 * log_tiny(X.dtype)
+    if family.fused_stats is not None:
+        stats = family.fused_stats(X, w, state.params, _log_weights(family, state), groups, floor, **kw)
+        if stats is not None:
+            return _per_mixture(stats, stats.pop("loglik"), groups)
     wlp = weighted_log_prob(X, family, state, **kw)
     work = None if cache is None else cache.get("work")
     resp, row_ll = responsibilities(wlp, family.hard, floor, overwrite=True, groups=groups, work=work)
@@ -214,14 +222,20 @@ def _estep_slab(X, w, family, state, cache, groups=1, keep=None):
     stats = family.suff_stats(X, resp, state.params, **kw)
     if "nk" not in stats:  # a family that needed the summed responsibilities returns them
         stats["nk"] = resp.sum(axis=0, dtype=np.float64)
+    loglik = row_ll.reshape(groups, -1).sum(axis=1, dtype=np.float64)
+    return _per_mixture(stats, loglik, groups)
+
+
+def _per_mixture(stats, loglik, groups):
+    """The statistics of ``groups`` stacked mixtures, one dict each, with ``loglik``
+    (groups,) the sums of their rows' log-likelihoods."""
     if groups == 1:
-        stats["loglik"] = float(row_ll.sum(dtype=np.float64))
-        return [stats]
-    K = len(state.weights) // groups
-    split = [{key: value[g * K : (g + 1) * K] for key, value in stats.items()} for g in range(groups)]
-    for g, part in enumerate(split):
-        part["loglik"] = float(row_ll[g].sum(dtype=np.float64))
-    return split
+        return [{**stats, "loglik": float(loglik[0])}]
+    K = len(stats["nk"]) // groups
+    return [
+        {**{key: value[g * K : (g + 1) * K] for key, value in stats.items()}, "loglik": float(loglik[g])}
+        for g in range(groups)
+    ]
 
 
 def estep_block(X, w, payload, index):

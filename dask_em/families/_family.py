@@ -130,8 +130,17 @@ class Family:
         best ``log_prob``); also ``cache=`` when :attr:`caches`. The E-step then calls
         it instead of ``log_prob`` and ``suff_stats``, and builds no (n, K) one-hot
         responsibilities. ``None``: the generic path.
+    fused_stats : callable or None
+        Soft families: ``fused_stats(X, weights, params, log_weights, groups, floor)
+        -> dict or None``, what ``log_prob`` (plus ``log_weights``), the engine's
+        responsibilities (floored at ``floor``, for ``groups`` mixtures side by side,
+        times ``weights``) and ``suff_stats`` give together, in one pass over the rows
+        (a compiled kernel), with ``nk`` and ``loglik`` (groups,); also ``cache=``
+        when :attr:`caches`. ``None`` from the call (the kernel does not apply or is
+        turned off, see :mod:`dask_em.compiled`) or as the attribute: the generic path.
     caches : bool
-        ``log_prob`` and ``suff_stats`` (and ``hard_stats``) take a ``cache`` dict.
+        ``log_prob`` and ``suff_stats`` (and ``hard_stats``, ``fused_stats``) take a
+        ``cache`` dict.
         The engine gives one dict per row block and per mixture, and calls ``log_prob`` then
         ``suff_stats`` on the same rows, slab after slab: values derived from the
         parameters may be kept there for the whole block, and work arrays of the
@@ -229,4 +238,5 @@ class Family:
     variational: bool = False
     marginalize: bool = False
     hard_stats: Callable = None
+    fused_stats: Callable = None
     local: Callable = None

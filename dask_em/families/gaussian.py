@@ -120,14 +120,7 @@ def _shifted_rows(X, covariance_type, cache):
     else:
         n, D = X.shape
         dt = X.dtype
-        ref = None if cache is None else cache.get("ref")
-        if ref is None:
-            # any point among the rows will do: the mean of the first (at most) 256,
-            # kept for the block's later slabs
-            ref = X[:256].mean(axis=0, dtype=np.float64) if n else np.zeros(D)
-            ref = ref.astype(dt) if np.all(np.isfinite(ref)) else np.zeros(D, dtype=dt)
-            if cache is not None and n:
-                cache["ref"] = ref
+        ref = _reference(X, cache)
         work = None if cache is None else cache.get("work")
         squares = covariance_type in ("diag", "spherical")
         m = (2 * D if squares else D) + 1
@@ -144,6 +137,20 @@ def _shifted_rows(X, covariance_type, cache):
     if cache is not None:
         cache["shifted"] = rows
     return rows
+
+
+def _reference(X, cache):
+    """The rows' shift (D,), in ``X``'s dtype: any point among the rows will do, here
+    the mean of the first (at most) 256, kept in ``cache["ref"]`` for the block's later
+    slabs."""
+    ref = None if cache is None else cache.get("ref")
+    if ref is None:
+        n, D = X.shape
+        ref = X[:256].mean(axis=0, dtype=np.float64) if n else np.zeros(D)
+        ref = ref.astype(X.dtype) if np.all(np.isfinite(ref)) else np.zeros(D, dtype=X.dtype)
+        if cache is not None and n:
+            cache["ref"] = ref
+    return ref
 
 
 def _derived(cache, key, make):
@@ -220,15 +227,22 @@ def log_prob(
         out -= 0.5 * np.einsum("nd,nd->n", Y, Y)
         out += np.asarray(const - 0.5 * np.einsum("kd,kd->k", B, B), dtype=dt).reshape(-1, 1)
     else:
-        # -0.5 sum_d p2_kd (xr_d - mr_kd)^2 + const, expanded in xr: one GEMM with
-        # the factor [-p2 / 2, p2 mr, const - sum_d p2 mr^2 / 2] for all components
-        p2 = prec_chol**2 if covariance_type == "diag" else np.outer(prec_chol**2, np.ones(D))
-        F = np.empty((K, 2 * D + 1))
-        F[:, :D] = -0.5 * p2
-        F[:, D : 2 * D] = p2 * mr
-        F[:, 2 * D] = const - 0.5 * np.sum(p2 * mr * mr, axis=1)
+        F = _quadratic_terms(prec_chol, mr, const, covariance_type)  # one GEMM for all components
         out = np.matmul(F.astype(dt, copy=False), rows["xt"], out=work_array(work, "log-prob", (K, n), dt))
     return out.T
+
+
+def _quadratic_terms(prec_chol, mr, const, covariance_type):
+    """diag and spherical: the log-densities ``-0.5 sum_d p2_kd (xr_d - mr_kd)^2 + const``
+    expanded in the shifted rows ``xr``, as the (K, 2D + 1) float64 factor
+    ``[-p2 / 2, p2 mr, const - sum_d p2 mr^2 / 2]`` of ``[xr**2, xr, 1]``."""
+    K, D = mr.shape
+    p2 = prec_chol**2 if covariance_type == "diag" else np.outer(prec_chol**2, np.ones(D))
+    F = np.empty((K, 2 * D + 1))
+    F[:, :D] = -0.5 * p2
+    F[:, D : 2 * D] = p2 * mr
+    F[:, 2 * D] = const - 0.5 * np.sum(p2 * mr * mr, axis=1)
+    return F
 
 
 # --------------------------------------------------------------------------- statistics
@@ -300,9 +314,77 @@ def suff_stats(
         cross = cr.T @ T
         s2 = gram - cross - cross.T + (cr.T * nk) @ cr
     else:
-        Q = G[:, :D] - 2.0 * cr * T + nk[:, None] * cr**2
-        s2 = Q if covariance_type == "diag" else Q.sum(axis=1)
+        s2 = _squares_about(G[:, :D], T, nk, cr, covariance_type)
     return {"s1": s1, "s2": s2, "nk": nk}
+
+
+def _squares_about(sq, T, nk, cr, covariance_type):
+    """diag and spherical ``s2``, moved from the shift ``ref`` to each ``c_k``:
+    ``sum_i r_ik (x_i - c_k)**2`` from ``sq = sum_i r_ik (x_i - ref)**2``,
+    ``T = sum_i r_ik (x_i - ref)`` and ``cr = c_k - ref``."""
+    Q = sq - 2.0 * cr * T + nk[:, None] * cr**2
+    return Q if covariance_type == "diag" else Q.sum(axis=1)
+
+
+def fused_stats(
+    X: np.ndarray,
+    weights: np.ndarray | None,
+    params: Params,
+    log_weights: np.ndarray,
+    groups: int,
+    floor: float,
+    covariance_type: str,
+    cache: dict | None = None,
+) -> Stats | None:
+    """diag and spherical: what :func:`log_prob`, the responsibilities and
+    :func:`suff_stats` give together, in one compiled loop over the rows
+    (:mod:`dask_em.families._gaussian_numba`), or None where it does not run (the other
+    covariance types, or ``dask_em.kernels``, see :mod:`dask_em.compiled`).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D), float32 or float64
+        Finite rows.
+    weights : ndarray of shape (n,) or None
+        Sample weights, multiplying each row's responsibilities and log-likelihood.
+    params : dict
+        ``means`` and ``precisions_cholesky`` of ``groups`` mixtures side by side.
+    log_weights : ndarray of shape (K,)
+        Log mixing weights, added to the log-densities.
+    groups : int
+        Mixtures in ``params``, each normalised on its own.
+    floor : float
+        Responsibilities below ``exp(floor)`` times the row's largest are exactly 0.
+    covariance_type : str
+    cache : dict, optional
+        As for :func:`log_prob`; keeps the rows' shift for the block.
+
+    Returns
+    -------
+    dict or None
+        :func:`suff_stats`'s statistics (float64) with ``nk`` (K,) and ``loglik``
+        (groups,), the weighted sums of the rows' log-likelihoods.
+    """
+    from dask_em.compiled import use_compiled
+
+    if covariance_type not in ("diag", "spherical") or not use_compiled("dask_em.families._gaussian_numba"):
+        return None
+    from dask_em.families._gaussian_numba import diag_stats, tile_rows
+
+    means = params["means"]
+    prec_chol = params["precisions_cholesky"]
+    K, D = means.shape
+    ref = _reference(X, cache).astype(np.float64)
+    mr = means - ref
+    const = _pick(_LOG_DET_CHOLESKY, covariance_type)(prec_chol, D) - 0.5 * D * LOG_2PI + log_weights
+    F = _quadratic_terms(prec_chol, mr, const, covariance_type)
+    sq, s1, nk, loglik = np.zeros((K, D)), np.zeros((K, D)), np.zeros(K), np.zeros(groups)
+    w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    A, B = np.ascontiguousarray(F[:, :D]), np.ascontiguousarray(F[:, D : 2 * D])
+    X = np.ascontiguousarray(X, dtype=np.float64)  # float32 rows: converted here, 2x faster than in the loop
+    diag_stats(X, w, ref, A, B, F[:, 2 * D].copy(), int(groups), float(floor), tile_rows(D), sq, s1, nk, loglik)
+    s2 = _squares_about(sq, s1, nk, mr, covariance_type)
+    return {"s1": s1 - nk[:, None] * mr, "s2": s2, "nk": nk, "loglik": loglik}
 
 
 # --------------------------------------------------------------------------- M-step
@@ -433,6 +515,7 @@ def _make(covariance_type):
         sample=bind(sample, covariance_type=covariance_type),
         check_params=bind(check_params, covariance_type=covariance_type),
         recentre=bind(recentre, covariance_type=covariance_type),
+        fused_stats=bind(fused_stats, covariance_type=covariance_type),
         missing=missing_ops(covariance_type),
     )
 

@@ -1,7 +1,9 @@
-"""The compiled kernel of :mod:`dask_em.engine.vector_exp` (imports numba: load lazily).
+"""dask-em's own vectorised ``exp`` and the responsibilities' compiled loop (imports
+numba: load lazily; :mod:`dask_em.compiled` says when they run).
 
-:func:`softmax_floored` computes the soft responsibilities one tile of rows at a time,
-with an ``exp`` of its own (:func:`_exp_tile`): ``exp(x)`` as ``2**k * exp(r)``, with
+:func:`softmax_floored` (used by :mod:`dask_em.engine.vector_exp`) computes the soft
+responsibilities one tile of rows at a time, with an ``exp`` of its own
+(:func:`_exp_tile`; :func:`exp_tile` for other compiled kernels): ``exp(x)`` as ``2**k * exp(r)``, with
 ``x = k ln 2 + r`` and ``|r| <= ln(2) / 2``:
 
 - ``k`` is rounded with the 1.5 * 2**52 shifter, whose low bits then hold ``k`` as
@@ -19,6 +21,7 @@ libm's, which it replaces where numpy has no vectorised exp. The three loops of
 loop mixing the float and integer views of the same memory would not.
 """
 
+import functools
 import math
 
 import numba
@@ -40,15 +43,18 @@ _C = np.array([1.0 / math.factorial(i) for i in range(_DEGREE + 1)])  # Taylor c
 _OPTIONS = dict(nogil=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
 
 
-def _compiled(fn):
+def compiled(fn=None, *, fastmath=_OPTIONS["fastmath"]):
     """``fn`` compiled by numba, its machine code cached on disk where numba finds a
     writable place (the package's ``__pycache__``, the user's cache directory or
     ``NUMBA_CACHE_DIR``); where it finds none (numba raises "no locator available"),
-    compiled in each process instead (about a second)."""
+    compiled in each process instead (about a second). ``fastmath``: numba's flags."""
+    if fn is None:
+        return functools.partial(compiled, fastmath=fastmath)
+    options = dict(_OPTIONS, fastmath=fastmath)
     try:
-        return numba.njit(cache=True, **_OPTIONS)(fn)
+        return numba.njit(cache=True, **options)(fn)
     except RuntimeError:
-        return numba.njit(cache=False, **_OPTIONS)(fn)
+        return numba.njit(cache=False, **options)(fn)
 
 
 @numba.njit(inline="always", **_OPTIONS)
@@ -76,7 +82,12 @@ def _exp_tile(t, floor, bits, red):  # pragma: no cover - compiled
         t[i] = np.inf if x > X_MAX else (0.0 if x <= floor else p * bits[i])
 
 
-@_compiled
+#: :func:`_exp_tile` compiled on its own, for kernels compiled with ``fastmath``'s
+#: ``reassoc`` (which would fold the shifter's ``+ S - S`` away if it were inlined).
+exp_tile = numba.njit(**_OPTIONS)(_exp_tile.py_func)
+
+
+@compiled
 def softmax_floored(at, groups, floor, top, total):  # pragma: no cover - compiled
     """Responsibilities in place, as numpy's passes in
     :func:`dask_em.engine.estep.responsibilities` compute them, one tile of rows at a

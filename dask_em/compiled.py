@@ -1,0 +1,91 @@
+"""Which kernels run: numpy's, or dask-em's compiled ones (numba, optional).
+
+dask-em's kernels are NumPy. Two are also compiled with numba, where one loop over
+tiles of rows that stay in the CPU's L1 cache beats numpy's passes over whole arrays:
+
+- **the diagonal and spherical Gaussian E-step** (:mod:`dask_em.families._gaussian_numba`):
+  the log-densities, the responsibilities and the statistics of a slab in one loop,
+  about 2x faster per row than numpy's kernel and 1.4x per fit, on CPUs with and
+  without AVX-512 (benchmarks/README.md);
+- **the soft responsibilities of the other families** (:mod:`dask_em._exp_numba`, used
+  by :mod:`dask_em.engine.vector_exp`): the floored ``exp`` and its sums, with an
+  ``exp`` of dask-em's own. numpy vectorises its float64 ``exp`` only where it
+  dispatches AVX-512; elsewhere (AVX2 servers such as AMD EPYC before Zen 4, older
+  Intel, ARM) this loop is 2-3x faster. Where numpy's ``exp`` is vectorised, the two
+  are as fast, so the default keeps numpy's there.
+
+The ``dask.config`` key ``dask_em.kernels`` chooses, in each process that runs E-steps
+(set it before starting a cluster, or in the workers' configuration, e.g. the
+environment variable ``DASK_DASK_EM__KERNELS=numpy``):
+
+- ``"auto"`` (default): each compiled kernel where it is faster (above) and loads
+  (numba is installed), else numpy's. With numba installed this is opt-out, not
+  opt-in;
+- ``"numba"``: every compiled kernel; an error if they cannot be loaded;
+- ``"numpy"``: numpy's kernels only.
+
+numba is optional: ``pip install "dask-em[fast]"`` installs it. A kernel compiles on
+its first use in a process (1-3 s) and numba caches it on disk (0.3 s to load it;
+without a writable cache directory it compiles in every process). A process that
+loads numba holds about 100 MB more (numba 49 MB, LLVM 51 MB, measured on numba 0.68):
+count it in small worker memory limits, or set ``"numpy"``.
+"""
+
+import functools
+import importlib
+import logging
+
+import dask
+
+#: Values of the ``dask_em.kernels`` setting.
+KERNEL_CHOICES = ("auto", "numba", "numpy")
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_error(module: str = "dask_em._exp_numba"):
+    """Why the compiled kernels of ``module`` cannot be loaded in this process (a
+    message), or None.
+
+    Loading them imports numba and compiles them or reads numba's cache; anything
+    that fails there (numba missing, a broken llvmlite) leaves numpy's kernels in use.
+    """
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - any failure means: numpy's kernels
+        message = f"{type(exc).__name__}: {exc}"
+        if not (isinstance(exc, ModuleNotFoundError) and exc.name == "numba"):  # installed but broken
+            logging.getLogger("dask_em").warning(
+                "dask-em's compiled kernels (%s) could not be loaded (%s); numpy's are used", module, message
+            )
+        return message
+    return None
+
+
+def kernel_setting() -> str:
+    """The ``dask_em.kernels`` setting of this process, checked (see the module docstring)."""
+    choice = dask.config.get("dask_em.kernels", "auto")
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(
+            f"dask.config 'dask_em.kernels' is {choice!r}; it must be one of "
+            f"{', '.join(map(repr, KERNEL_CHOICES))} (dask_em.compiled explains them)"
+        )
+    if choice == "numba" and compiled_error() is not None:
+        raise ImportError(
+            f"dask.config 'dask_em.kernels' is 'numba' but dask-em's compiled kernels cannot be loaded in this "
+            f"process ({compiled_error()}); install numba (pip install 'dask-em[fast]') or set "
+            "'dask_em.kernels' to 'auto' or 'numpy'"
+        )
+    return choice
+
+
+def use_compiled(module: str, faster: bool = True) -> bool:
+    """Whether to run the compiled kernels of ``module`` here: always under ``"numba"``
+    (an error if they cannot be loaded), under ``"auto"`` where they are ``faster`` and
+    load, never under ``"numpy"``."""
+    choice = kernel_setting()
+    if choice == "numba":
+        error = compiled_error(module)
+        if error is not None:
+            raise ImportError(f"dask.config 'dask_em.kernels' is 'numba' but {module} cannot be loaded ({error})")
+        return True
+    return choice == "auto" and faster and compiled_error(module) is None

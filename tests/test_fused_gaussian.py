@@ -1,0 +1,117 @@
+"""The compiled E-step of diagonal and spherical Gaussian mixtures
+(dask_em/families/_gaussian_numba.py, through ``gaussian.fused_stats``), against a
+row-by-row reference written here; scikit-learn parity of whole fits with it is in
+tests/test_gaussian_parity.py."""
+
+import dask
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from scipy.stats import norm
+
+from dask_em.engine.estep import log_tiny
+from dask_em.families import gaussian
+from dask_em.families._gaussian_numba import tile_rows
+
+FLOOR = 0.5 * log_tiny(np.float64)  # the E-step's floor
+
+
+def _reference(X, w, means, sigma, weights, groups):
+    """Statistics about the means and per-mixture log-likelihoods, row by row, with
+    scipy's normal log-density (``sigma``: (K, D) standard deviations)."""
+    X = X.astype(np.float64)
+    KG, D = means.shape
+    K = KG // groups
+    s1, s2, nk, ll = np.zeros((KG, D)), np.zeros((KG, D)), np.zeros(KG), np.zeros(groups)
+    for i, x in enumerate(X):
+        lp = norm.logpdf(x, means, sigma).sum(axis=1) + np.log(weights)
+        for g in range(groups):
+            part = slice(g * K, (g + 1) * K)
+            row_ll = logsumexp(lp[part])
+            r = np.exp(lp[part] - row_ll) * w[i]
+            ll[g] += row_ll * w[i]
+            nk[part] += r
+            s1[part] += r[:, None] * (x - means[part])
+            s2[part] += r[:, None] * (x - means[part]) ** 2
+    return s1, s2, nk, ll
+
+
+def _mixture(rng, K, D, groups, offset, spherical):
+    means = offset + rng.normal(scale=3.0, size=(K * groups, D))
+    sigma = rng.uniform(0.5, 2.0, size=(K * groups, 1 if spherical else D)) * np.ones((1, D))
+    weights = np.concatenate([rng.dirichlet(np.ones(K)) for _ in range(groups)])
+    prec_chol = 1.0 / (sigma[:, 0] if spherical else sigma)
+    return means, sigma, weights, prec_chol
+
+
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 1000])
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_statistics_match_a_row_by_row_reference(n, covariance_type, groups, weighted):
+    rng = np.random.default_rng(n + 7 * groups)
+    K, D = 4, 5
+    means, sigma, weights, prec_chol = _mixture(rng, K, D, groups, 0.0, covariance_type == "spherical")
+    X = means[rng.integers(0, K, size=n)] + rng.normal(size=(n, D))
+    w = rng.uniform(0.1, 3.0, size=n) if weighted else None
+    params = {"means": means, "precisions_cholesky": prec_chol}
+    with dask.config.set({"dask_em.kernels": "numba"}):
+        stats = gaussian.fused_stats(X, w, params, np.log(weights), groups, FLOOR, covariance_type)
+    s1, s2, nk, ll = _reference(X, np.ones(n) if w is None else w, means, sigma, weights, groups)
+    if covariance_type == "spherical":
+        s2 = s2.sum(axis=1)
+    scale = nk.sum() / groups  # the statistics' size: rounding is relative to it
+    np.testing.assert_allclose(stats["nk"], nk, rtol=1e-12, atol=1e-12 * scale)
+    np.testing.assert_allclose(stats["s1"], s1, rtol=1e-10, atol=1e-11 * scale)
+    np.testing.assert_allclose(stats["s2"], s2, rtol=1e-10, atol=1e-11 * scale)
+    np.testing.assert_allclose(stats["loglik"], ll, rtol=1e-12)
+
+
+def test_far_from_the_origin_and_in_float32():
+    """Data at +1e6 fit as centred data (the rows are shifted before any square), and
+    float32 rows are computed in float64: the reference takes the same float32 values."""
+    rng = np.random.default_rng(3)
+    K, D, n = 3, 4, 700
+    means, sigma, weights, prec_chol = _mixture(rng, K, D, 1, 1e6, False)
+    X = (means[rng.integers(0, K, size=n)] + rng.normal(size=(n, D))).astype(np.float32)
+    means = means.astype(np.float32).astype(np.float64)  # representable in the data's dtype
+    params = {"means": means, "precisions_cholesky": prec_chol}
+    with dask.config.set({"dask_em.kernels": "numba"}):
+        stats = gaussian.fused_stats(X, None, params, np.log(weights), 1, 0.5 * log_tiny(np.float32), "diag")
+    s1, s2, nk, ll = _reference(X, np.ones(n), means, sigma, weights, 1)
+    np.testing.assert_allclose(stats["nk"], nk, rtol=1e-10)
+    np.testing.assert_allclose(stats["s1"], s1, rtol=1e-8, atol=1e-9 * n)
+    np.testing.assert_allclose(stats["s2"], s2, rtol=1e-8)
+    np.testing.assert_allclose(stats["loglik"], ll, rtol=1e-12)
+
+
+def test_responsibilities_below_the_floor_are_exactly_zero():
+    """A component far from a row gets exactly 0 from it, not a subnormal remainder,
+    rows exactly between two components split evenly, and a row whose every
+    log-density is far below exp's range (-320,000 at best) still counts, whole."""
+    D = 2
+    means = np.array([[0.0, 0.0], [2.0, 0.0], [200.0, 0.0]])
+    params = {"means": means, "precisions_cholesky": np.ones((3, D))}
+    X = np.array([[1.0, 0.0], [1.0, 0.5], [0.0, 0.0], [1000.0, 0.0]])
+    with dask.config.set({"dask_em.kernels": "numba"}):
+        stats = gaussian.fused_stats(X, None, params, np.log(np.full(3, 1 / 3)), 1, FLOOR, "diag")
+    r_far = 1 / (1 + np.exp(-2.0))  # the third row: components 0 and 1 at squared distances 0 and 4
+    np.testing.assert_allclose(stats["nk"], [1.0 + r_far, 2.0 - r_far, 1.0], rtol=1e-14)
+    assert stats["nk"][2] == 1.0 and np.all(stats["s1"][2] == [800.0, 0.0])  # the last row alone
+
+
+def test_runs_only_where_it_applies():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 3))
+    diag = {"means": X[:2], "precisions_cholesky": np.ones((2, 3))}
+    full = {"means": X[:2], "precisions_cholesky": np.stack([np.eye(3)] * 2)}
+    logw = np.log([0.5, 0.5])
+    with dask.config.set({"dask_em.kernels": "numpy"}):
+        assert gaussian.fused_stats(X, None, diag, logw, 1, FLOOR, "diag") is None
+    with dask.config.set({"dask_em.kernels": "numba"}):
+        assert gaussian.fused_stats(X, None, full, logw, 1, FLOOR, "full") is None
+        assert gaussian.fused_stats(X, None, diag, logw, 1, FLOOR, "diag") is not None
+
+
+def test_tiles_stay_in_the_l1_cache():
+    assert tile_rows(16) == 256 and tile_rows(64) == 64 and tile_rows(1000) == 32 and tile_rows(1) == 256
