@@ -103,10 +103,12 @@ def test_parity_with_scikit_learn(data, prior_type, cov_type, kind):
 
 
 @pytest.mark.parametrize("kernels", ["numpy", "numba"])  # numpy's kernels and the compiled ones (dask_em/compiled.py)
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical"])  # diag, spherical: one compiled loop
 @pytest.mark.parametrize("prior_type", PRIOR_TYPES)
-def test_methods_match_scikit_learn(data, prior_type, kernels):
+def test_methods_match_scikit_learn(data, prior_type, covariance_type, kernels):
     X, means = data
-    kwargs = dict(n_components=4, weight_concentration_prior_type=prior_type, tol=0.0, max_iter=10)
+    kwargs = dict(n_components=4, covariance_type=covariance_type, weight_concentration_prior_type=prior_type,
+                  tol=0.0, max_iter=10)
     ref = reference(X, means, **kwargs)
     with dask.config.set({"dask_em.kernels": kernels}):
         ours = quiet_fit(BayesianGaussianMixture(means_init=means, **kwargs), X)

@@ -6,7 +6,7 @@ tests/test_gaussian_parity.py."""
 import dask
 import numpy as np
 import pytest
-from scipy.special import logsumexp
+from scipy.special import logsumexp, xlogy
 from scipy.stats import norm
 
 from dask_em.engine.estep import log_tiny
@@ -22,18 +22,20 @@ def _reference(X, w, means, sigma, weights, groups):
     X = X.astype(np.float64)
     KG, D = means.shape
     K = KG // groups
-    s1, s2, nk, ll = np.zeros((KG, D)), np.zeros((KG, D)), np.zeros(KG), np.zeros(groups)
+    s1, s2, nk, ll, rlr = np.zeros((KG, D)), np.zeros((KG, D)), np.zeros(KG), np.zeros(groups), np.zeros(groups)
     for i, x in enumerate(X):
         lp = norm.logpdf(x, means, sigma).sum(axis=1) + np.log(weights)
         for g in range(groups):
             part = slice(g * K, (g + 1) * K)
             row_ll = logsumexp(lp[part])
-            r = np.exp(lp[part] - row_ll) * w[i]
+            r = np.exp(lp[part] - row_ll)
             ll[g] += row_ll * w[i]
+            rlr[g] += w[i] * np.sum(xlogy(r, r))
+            r *= w[i]
             nk[part] += r
             s1[part] += r[:, None] * (x - means[part])
             s2[part] += r[:, None] * (x - means[part]) ** 2
-    return s1, s2, nk, ll
+    return s1, s2, nk, ll, rlr
 
 
 def _mixture(rng, K, D, groups, offset, spherical):
@@ -56,8 +58,8 @@ def test_statistics_match_a_row_by_row_reference(n, covariance_type, groups, wei
     w = rng.uniform(0.1, 3.0, size=n) if weighted else None
     params = {"means": means, "precisions_cholesky": prec_chol}
     with dask.config.set({"dask_em.kernels": "numba"}):
-        stats = gaussian.fused_stats(X, w, params, np.log(weights), groups, FLOOR, covariance_type)
-    s1, s2, nk, ll = _reference(X, np.ones(n) if w is None else w, means, sigma, weights, groups)
+        stats = gaussian.fused_stats(X, w, params, np.log(weights), groups, FLOOR, covariance_type, entropy=True)
+    s1, s2, nk, ll, rlr = _reference(X, np.ones(n) if w is None else w, means, sigma, weights, groups)
     if covariance_type == "spherical":
         s2 = s2.sum(axis=1)
     scale = nk.sum() / groups  # the statistics' size: rounding is relative to it
@@ -65,6 +67,7 @@ def test_statistics_match_a_row_by_row_reference(n, covariance_type, groups, wei
     np.testing.assert_allclose(stats["s1"], s1, rtol=1e-10, atol=1e-11 * scale)
     np.testing.assert_allclose(stats["s2"], s2, rtol=1e-10, atol=1e-11 * scale)
     np.testing.assert_allclose(stats["loglik"], ll, rtol=1e-12)
+    np.testing.assert_allclose(stats["resp_log_resp"], rlr, rtol=1e-10, atol=1e-12 * scale)
 
 
 def test_far_from_the_origin_and_in_float32():
@@ -78,7 +81,7 @@ def test_far_from_the_origin_and_in_float32():
     params = {"means": means, "precisions_cholesky": prec_chol}
     with dask.config.set({"dask_em.kernels": "numba"}):
         stats = gaussian.fused_stats(X, None, params, np.log(weights), 1, 0.5 * log_tiny(np.float32), "diag")
-    s1, s2, nk, ll = _reference(X, np.ones(n), means, sigma, weights, 1)
+    s1, s2, nk, ll, _ = _reference(X, np.ones(n), means, sigma, weights, 1)
     np.testing.assert_allclose(stats["nk"], nk, rtol=1e-10)
     np.testing.assert_allclose(stats["s1"], s1, rtol=1e-8, atol=1e-9 * n)
     np.testing.assert_allclose(stats["s2"], s2, rtol=1e-8)

@@ -35,8 +35,8 @@ def tile_rows(n_features: int) -> int:
 # reassoc lets LLVM vectorise the sums over a tile's rows (their order changes by
 # tile, not between runs); the exp is compiled apart, without it (see exp_tile).
 @compiled(fastmath={"contract", "reassoc", "nsz"})
-def diag_stats(X, w, ref, A, B, c, groups, floor, tile, s2, s1, nk, ll):  # pragma: no cover - compiled
-    """Add one slab's statistics to ``s2``, ``s1``, ``nk`` and ``ll``, in place.
+def diag_stats(X, w, ref, A, B, c, groups, floor, tile, s2, s1, nk, ll, rlr):  # pragma: no cover - compiled
+    """Add one slab's statistics to ``s2``, ``s1``, ``nk``, ``ll`` (and ``rlr``), in place.
 
     Parameters
     ----------
@@ -62,12 +62,19 @@ def diag_stats(X, w, ref, A, B, c, groups, floor, tile, s2, s1, nk, ll):  # prag
         ``sum_i r_ik``, weighted.
     ll : ndarray (G,) float64
         Per mixture, the weighted sum of the rows' log-likelihoods.
+    rlr : ndarray (G,) float64, or (0,) not to compute it
+        Per mixture, ``sum_i w_i sum_k r_ik log r_ik`` (a variational bound's entropy
+        term), ``log r_ik`` taken as the log-density's difference from the row's
+        normaliser (0 where ``r_ik`` is).
     """
     n, D = X.shape
     KG = A.shape[0]
     K = KG // groups
     weighted = w.shape[0] == n
+    entropy = rlr.shape[0] == groups
     t = np.empty((D, tile))
+    saved = np.empty(tile)
+    dot = np.zeros(tile)
     lp = np.empty((KG, tile))
     top = np.empty(tile)
     scale = np.empty(tile)
@@ -115,14 +122,23 @@ def diag_stats(X, w, ref, A, B, c, groups, floor, tile, s2, s1, nk, ll):  # prag
                 row = lp[k, :m]
                 for i in range(m):
                     row[i] -= top[i]
+                if entropy:
+                    saved[:m] = row
                 exp_tile(row, floor, bits, red)
                 for i in range(m):
                     scale[i] += row[i]
+                if entropy:  # sum_k exp(d_k) d_k, d_k the log-density less the row's largest
+                    for i in range(m):
+                        dot[i] = (dot[i] if k > first else 0.0) + row[i] * saved[i]
             total = 0.0
+            logs = 0.0  # sum_i w_i log(scale_i)
             if weighted or K >= 2**31:
                 for i in range(m):
-                    total += (math.log(scale[i]) + top[i]) * w[start + i]
-                    scale[i] = w[start + i] / scale[i]
+                    wi = w[start + i] if weighted else 1.0
+                    log_scale = math.log(scale[i]) * wi
+                    logs += log_scale
+                    total += top[i] * wi
+                    scale[i] = wi / scale[i]
             else:  # one log per 32 rows: each sum is 1 to K, their product below 2**992
                 for i in range(m):
                     total += top[i]
@@ -130,9 +146,15 @@ def diag_stats(X, w, ref, A, B, c, groups, floor, tile, s2, s1, nk, ll):  # prag
                     product = 1.0
                     for i in range(j, min(j + 32, m)):
                         product *= scale[i]
-                    total += math.log(product)
+                    logs += math.log(product)
                 for i in range(m):
                     scale[i] = 1.0 / scale[i]
+            total += logs
+            if entropy:  # sum_k r_k log r_k = sum_k r_k d_k - log(scale), r_k = exp(d_k) / scale; times w
+                entropy_sum = 0.0
+                for i in range(m):
+                    entropy_sum += dot[i] * scale[i]
+                rlr[g] += entropy_sum - logs
             ll[g] += total
             for k in range(first, first + K):
                 row = lp[k]
