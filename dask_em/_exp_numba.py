@@ -84,6 +84,9 @@ def _exp_tile(t, floor, bits, red):  # pragma: no cover - compiled
 
 #: :func:`_exp_tile` compiled on its own, for kernels compiled with ``fastmath``'s
 #: ``reassoc`` (which would fold the shifter's ``+ S - S`` away if it were inlined).
+#: Those kernels' numba caches hold a copy of it and are keyed by their own source
+#: file only: after editing this file in a source checkout, delete their
+#: ``__pycache__/*.nbi`` and ``*.nbc`` (an installed release writes both files anew).
 exp_tile = numba.njit(**_OPTIONS)(_exp_tile.py_func)
 
 
@@ -131,3 +134,13 @@ def softmax_floored(at, groups, floor, top, total):  # pragma: no cover - compil
                 row = at[g * K + k, start:stop]
                 for j in range(m):
                     row[j] *= scale[j]
+
+
+def check():
+    """Run the kernels once on a few values (compiling them, or loading numba's cache),
+    so that a numba that cannot compile them fails here (see :mod:`dask_em.compiled`)."""
+    at = np.array([[0.0, -1.0], [-2.0, -3.0]])
+    top, total = np.empty((1, 2)), np.empty((1, 2))
+    softmax_floored(at, 1, -354.0, top, total)
+    if not np.allclose(at.sum(axis=0), 1.0):
+        raise RuntimeError(f"the compiled responsibilities do not sum to 1: {at}")

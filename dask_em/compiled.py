@@ -39,6 +39,10 @@ import dask
 
 #: Values of the ``dask_em.kernels`` setting.
 KERNEL_CHOICES = ("auto", "numba", "numpy")
+#: Lowest floor the compiled ``exp`` takes: at and above it ``2**k`` is a normal number.
+#: The library's floors are -354 (the E-step's statistics; -43.7 for float32) and -707.4
+#: to -694 (the scores, ``log(tiny) + log(K) + 1``); a lower one gets numpy's kernels.
+LOWEST_FLOOR = -708.0
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,11 +50,13 @@ def compiled_error(module: str = "dask_em._exp_numba"):
     """Why the compiled kernels of ``module`` cannot be loaded in this process (a
     message), or None.
 
-    Loading them imports numba and compiles them or reads numba's cache; anything
-    that fails there (numba missing, a broken llvmlite) leaves numpy's kernels in use.
+    Loading them imports numba and runs the module's ``check()`` on a few values, which
+    compiles its kernels or reads numba's cache; anything that fails there (numba
+    missing, a broken llvmlite, a numba that cannot compile them) leaves numpy's kernels
+    in use.
     """
     try:
-        importlib.import_module(module)
+        importlib.import_module(module).check()
     except Exception as exc:  # noqa: BLE001 - any failure means: numpy's kernels
         message = f"{type(exc).__name__}: {exc}"
         if not (isinstance(exc, ModuleNotFoundError) and exc.name == "numba"):  # installed but broken

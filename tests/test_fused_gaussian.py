@@ -11,7 +11,6 @@ from scipy.stats import norm
 
 from dask_em.engine.estep import log_tiny
 from dask_em.families import gaussian
-from dask_em.families._gaussian_numba import tile_rows
 
 FLOOR = 0.5 * log_tiny(np.float64)  # the E-step's floor
 
@@ -50,9 +49,10 @@ def _mixture(rng, K, D, groups, offset, spherical):
 @pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_statistics_match_a_row_by_row_reference(n, covariance_type, groups, weighted):
-    rng = np.random.default_rng(n + 7 * groups)
-    K, D = 4, 5
+@pytest.mark.parametrize("D", [1, 5])  # odd: the loops' sweeps of 4 and 2 features and their remainders
+def test_statistics_match_a_row_by_row_reference(n, covariance_type, groups, weighted, D):
+    rng = np.random.default_rng(n + 7 * groups + D)
+    K = 4
     means, sigma, weights, prec_chol = _mixture(rng, K, D, groups, 0.0, covariance_type == "spherical")
     X = means[rng.integers(0, K, size=n)] + rng.normal(size=(n, D))
     w = rng.uniform(0.1, 3.0, size=n) if weighted else None
@@ -103,6 +103,23 @@ def test_responsibilities_below_the_floor_are_exactly_zero():
     assert stats["nk"][2] == 1.0 and np.all(stats["s1"][2] == [800.0, 0.0])  # the last row alone
 
 
+def test_a_component_of_weight_zero_gets_nothing_and_no_nan():
+    """log(0) = -inf: the component's responsibilities are exactly 0 and its r log r
+    terms 0 (not 0 * -inf), as scipy's xlogy gives."""
+    rng = np.random.default_rng(5)
+    means, sigma, _, prec_chol = _mixture(rng, 3, 2, 1, 0.0, False)
+    weights = np.array([0.5, 0.0, 0.5])
+    X = means[rng.integers(0, 3, size=300)] + rng.normal(size=(300, 2))
+    params = {"means": means, "precisions_cholesky": prec_chol}
+    with dask.config.set({"dask_em.kernels": "numba"}), np.errstate(divide="ignore"):
+        stats = gaussian.fused_stats(X, None, params, np.log(weights), 1, FLOOR, "diag", entropy=True)
+        s1, s2, nk, ll, rlr = _reference(X, np.ones(300), means, sigma, weights, 1)
+    assert stats["nk"][1] == 0.0 and np.all(stats["s1"][1] == 0.0)
+    np.testing.assert_allclose(stats["nk"], nk, rtol=1e-12)
+    np.testing.assert_allclose(stats["loglik"], ll, rtol=1e-12)
+    np.testing.assert_allclose(stats["resp_log_resp"], rlr, rtol=1e-10)
+
+
 def test_runs_only_where_it_applies():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(50, 3))
@@ -113,8 +130,5 @@ def test_runs_only_where_it_applies():
         assert gaussian.fused_stats(X, None, diag, logw, 1, FLOOR, "diag") is None
     with dask.config.set({"dask_em.kernels": "numba"}):
         assert gaussian.fused_stats(X, None, full, logw, 1, FLOOR, "full") is None
+        assert gaussian.fused_stats(X, None, diag, logw, 1, -720.0, "diag") is None  # below the exp's range
         assert gaussian.fused_stats(X, None, diag, logw, 1, FLOOR, "diag") is not None
-
-
-def test_tiles_stay_in_the_l1_cache():
-    assert tile_rows(16) == 256 and tile_rows(64) == 64 and tile_rows(1000) == 32 and tile_rows(1) == 256

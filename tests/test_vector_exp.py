@@ -263,6 +263,36 @@ def test_a_broken_numba_leaves_numpys_exp_with_a_warning():
     assert "dask-em's compiled kernels (dask_em._exp_numba) could not be loaded (AttributeError" in out.stderr
 
 
+def test_a_numba_that_cannot_compile_the_kernels_leaves_numpys_with_a_warning():
+    """Compiling is lazy: a numba whose compiled functions fail when called is found by
+    the modules' check, not in the first E-step. "auto" then fits with numpy's kernels,
+    "numba" says why it cannot."""
+    out = _python(
+        "import sys, types\n"
+        "numba = types.ModuleType('numba')\n"
+        "class Failing:  # what njit returns: the Python function kept, the call fails\n"
+        "    def __init__(self, fn):\n"
+        "        self.py_func = fn\n"
+        "    def __call__(self, *args):\n"
+        "        raise TypeError('cannot compile')\n"
+        "numba.njit = lambda *a, **k: Failing(a[0]) if a and callable(a[0]) else Failing\n"
+        "sys.modules['numba'] = numba\n"
+        "import dask, numpy as np\n"
+        "from dask_em import GaussianMixture\n"
+        "from dask_em.compiled import use_compiled\n"
+        "X = np.random.default_rng(0).normal(size=(300, 2))\n"
+        "with dask.config.set({'dask_em.kernels': 'auto'}):\n"
+        "    assert not use_compiled('dask_em.families._gaussian_numba')\n"
+        "    GaussianMixture(2, covariance_type='diag', random_state=0).fit(X)\n"
+        "with dask.config.set({'dask_em.kernels': 'numba'}):\n"
+        "    use_compiled('dask_em.families._gaussian_numba')\n",
+        DASK_DASK_EM__KERNELS="auto",
+    )
+    assert out.returncode == 1
+    assert "dask-em's compiled kernels (dask_em.families._gaussian_numba) could not be loaded (TypeError" in out.stderr
+    assert "ImportError" in out.stderr and "cannot compile" in out.stderr.splitlines()[-1]
+
+
 def test_auto_takes_the_own_exp_where_numpys_is_not_vectorised():
     """numpy's AVX-512 targets turned off (as on an AVX2 CPU): its float64 exp is
     scalar, and the default setting takes dask-em's own."""

@@ -80,22 +80,24 @@ def valid_rows(X, w=None):
     return mask, n_nonfinite, n_bad_weight
 
 
-def _log_weights(family, state):
-    """The log mixing weights the E-step adds to the log-densities (K,)."""
+def log_weights(family, state):
+    """The log mixing weights the E-step adds to the log-densities (K,); -inf for a
+    weight of 0."""
     if family.log_weights is not None:
         return family.log_weights(state.params)
-    return np.log(state.weights)
+    with np.errstate(divide="ignore"):
+        return np.log(state.weights)
 
 
 def weighted_log_prob(X, family, state, **kwargs):
     """``log pi_k + log p(x | theta_k)`` (n, K); hard families ignore the weights."""
     if family.hard:
         return family.log_prob(X, state.params, **kwargs)
-    log_weights = _log_weights(family, state)
+    logw = log_weights(family, state)
     if family.takes_offset:
-        return family.log_prob(X, state.params, offset=log_weights, **kwargs)
+        return family.log_prob(X, state.params, offset=logw, **kwargs)
     lp = family.log_prob(X, state.params, **kwargs)
-    lp += log_weights
+    lp += logw
     return lp
 
 
@@ -210,9 +212,10 @@ def _estep_slab(X, w, family, state, cache, groups=1, keep=None):
     # the statistics' GEMMs would be subnormal numbers, on which BLAS runs ~50x slower
     floor = 0.5 * log_tiny(X.dtype)
     if family.fused_stats is not None:
-        stats = family.fused_stats(X, w, state.params, _log_weights(family, state), groups, floor, **kw)
-        if stats is not None:
-            return _per_mixture(stats, stats.pop("loglik"), groups)
+        stats = family.fused_stats(X, w, state.params, log_weights(family, state), groups, floor, **kw)
+        if stats is not None:  # one compiled loop: no (n, K) arrays
+            loglik = stats.pop("loglik")
+            return _per_mixture(stats, loglik, groups)
     wlp = weighted_log_prob(X, family, state, **kw)
     work = None if cache is None else cache.get("work")
     resp, row_ll = responsibilities(wlp, family.hard, floor, overwrite=True, groups=groups, work=work)

@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from dask_em.engine.estep import log_tiny, responsibilities, score_block, slab_rows
+from dask_em.engine.estep import log_tiny, log_weights, responsibilities, score_block, slab_rows
 
 
 def marginalizing(family):
@@ -100,18 +100,11 @@ def patterns(X):
     return [(observed[order[bounds[j]]], order[bounds[j] : bounds[j + 1]]) for j in range(starts.size)]
 
 
-def _log_weights(family, state):
-    if family.log_weights is not None:
-        return family.log_weights(state.params)
-    with np.errstate(divide="ignore"):
-        return np.log(state.weights)
-
-
 def _pattern_wlp(X, family, state, factors):
     """Weighted log-probs (n, K) of rows sharing one pattern (hard families: no weights)."""
     wlp = family.missing.log_prob(X, state.params, factors)
     if not family.hard:
-        wlp += _log_weights(family, state)
+        wlp += log_weights(family, state)
     return wlp
 
 
@@ -281,7 +274,7 @@ def impute_block(X, payload):
         D = out.shape[1]
         observed = np.zeros(D, dtype=bool)
         factors = family.missing.factors(state.params, observed)
-        weights = np.exp(_log_weights(family, state))
+        weights = np.exp(log_weights(family, state))
         weights = weights / weights.sum()
         mean = family.missing.expect(out[:1], weights[None, :], state.params, factors)
         out[empty] = mean

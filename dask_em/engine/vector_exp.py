@@ -18,12 +18,7 @@ import functools
 
 import numpy as np
 
-from dask_em.compiled import use_compiled
-
-#: Lowest floor the own exp takes: at and above it ``2**k`` is a normal number. The
-#: library's floors are -354 (the E-step's statistics) and -707.4 to -694 (the
-#: scores, ``log(tiny) + log(K) + 1``); a lower one gets numpy's passes.
-LOWEST_FLOOR = -708.0
+from dask_em.compiled import LOWEST_FLOOR, use_compiled
 
 
 @functools.lru_cache(maxsize=None)

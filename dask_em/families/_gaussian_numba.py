@@ -122,8 +122,9 @@ def diag_stats(X, w, ref, A, B, c, groups, floor, tile, s2, s1, nk, ll, rlr):  #
                 row = lp[k, :m]
                 for i in range(m):
                     row[i] -= top[i]
-                if entropy:
-                    saved[:m] = row
+                if entropy:  # at the floor when below: r is 0 there, and 0 * -inf would be NaN
+                    for i in range(m):
+                        saved[i] = row[i] if row[i] > floor else floor
                 exp_tile(row, floor, bits, red)
                 for i in range(m):
                     scale[i] += row[i]
@@ -191,3 +192,14 @@ def diag_stats(X, w, ref, A, B, c, groups, floor, tile, s2, s1, nk, ll, rlr):  #
                     sum2 += rt * td[i]
                 s1[k, d] += sum1
                 s2[k, d] += sum2
+
+
+def check():
+    """Run the kernel once on a few values (compiling it, or loading numba's cache), so
+    that a numba that cannot compile it fails here (see :mod:`dask_em.compiled`)."""
+    X = np.array([[0.0], [1.0]])
+    sums = [np.zeros((2, 1)), np.zeros((2, 1)), np.zeros(2), np.zeros(1), np.zeros(1)]
+    A, B, c = np.full((2, 1), -0.5), np.array([[0.0], [1.0]]), np.array([-0.5, -1.0])
+    diag_stats(X, np.empty(0), np.zeros(1), A, B, c, 1, -354.0, tile_rows(1), *sums)
+    if not np.isclose(sums[2].sum(), 2.0):
+        raise RuntimeError(f"the compiled E-step's responsibilities do not sum to 1 per row: {sums[2]}")

@@ -139,6 +139,7 @@ def fused_stats(X, weights, params, log_weights, groups, floor, covariance_type,
     in the Gaussian family's compiled loop (:func:`dask_em.families.gaussian.fused_stats`,
     the same log-densities with this family's constant), or None where it does not run.
     One mixture at a time (this family does not stack)."""
+    assert groups == 1, "the Bayesian family does not stack mixtures"
     const = component_constant(params) + log_weights
     stats = gaussian.fused_stats(X, weights, params, const, groups, floor, covariance_type, cache, entropy=True)
     if stats is not None:

@@ -30,14 +30,16 @@ The data's offset from the origin never enters (data at +1e8 fit as well as cent
 data); what remains is rounding of relative size ``eps * (|x - ref| / sigma_k)^2``,
 bounded by the spread of the data, not by their distance from the origin. Full
 covariances use the whitened rows of the E-step and are centred on each ``c_k``
-exactly. float32 data are processed in float32 and summed in float64.
+exactly. float32 data are processed in float32 and summed in float64. With numba, diag
+and spherical take :func:`fused_stats` instead: the same expansion about ``ref``, the
+log-densities, responsibilities and sums in one compiled loop, in float64.
 
 Whatever depends on the covariance type outside the E-step kernels (the M-step's
 covariances, log-determinants, and in :mod:`dask_em.families.gaussian_params` the
 conversions between covariances, precisions and their factors, shapes and checks,
 parameter counts, sampling) is one small function per type, picked from a dict keyed
 by ``covariance_type`` (as in scikit-learn's ``_gaussian_mixture.py``). The E-step kernels (:func:`log_prob`,
-:func:`suff_stats`) keep their branches: they share the work arrays and GEMMs.
+:func:`suff_stats`, :func:`fused_stats`) keep their branches: they share the work arrays and GEMMs.
 """
 
 from functools import partial
@@ -355,7 +357,8 @@ def fused_stats(
     groups : int
         Mixtures in ``params``, each normalised on its own.
     floor : float
-        Responsibilities below ``exp(floor)`` times the row's largest are exactly 0.
+        Responsibilities at or below ``exp(floor)`` times the row's largest are
+        exactly 0; below :data:`dask_em.compiled.LOWEST_FLOOR`, None is returned.
     covariance_type : str
     cache : dict, optional
         As for :func:`log_prob`; keeps the rows' shift for the block.
@@ -368,9 +371,11 @@ def fused_stats(
         :func:`suff_stats`'s statistics (float64) with ``nk`` (K,) and ``loglik``
         (groups,), the weighted sums of the rows' log-likelihoods.
     """
-    from dask_em.compiled import use_compiled
+    from dask_em.compiled import LOWEST_FLOOR, use_compiled
 
-    if covariance_type not in ("diag", "spherical") or not use_compiled("dask_em.families._gaussian_numba"):
+    if covariance_type not in ("diag", "spherical") or not floor >= LOWEST_FLOOR:
+        return None
+    if not use_compiled("dask_em.families._gaussian_numba"):
         return None
     from dask_em.families._gaussian_numba import diag_stats, tile_rows
 
