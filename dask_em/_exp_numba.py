@@ -3,8 +3,8 @@ numba: load lazily; :mod:`dask_em.compiled` says when they run).
 
 :func:`softmax_floored` (used by :mod:`dask_em.engine.vector_exp`) computes the soft
 responsibilities one tile of rows at a time, with an ``exp`` of its own
-(:func:`_exp_tile`; :func:`exp_tile` for other compiled kernels): ``exp(x)`` as ``2**k * exp(r)``, with
-``x = k ln 2 + r`` and ``|r| <= ln(2) / 2``:
+(:func:`_exp_tile`; :func:`exp_tile` for other compiled kernels): ``exp(x)`` as
+``2**k * exp(r)``, with ``x = k ln 2 + r`` and ``|r| <= ln(2) / 2``:
 
 - ``k`` is rounded with the 1.5 * 2**52 shifter, whose low bits then hold ``k`` as
   an integer, so ``2**k`` is built from the exponent bits without a float-to-int
@@ -61,7 +61,7 @@ def compiled(fn=None, *, fastmath=_OPTIONS["fastmath"]):
 def _exp_tile(t, floor, bits, red):  # pragma: no cover - compiled
     """``t = exp(t)`` in place above ``floor``, 0 at or below, ``inf`` above
     :data:`X_MAX`; ``t`` at most :data:`TILE` long, ``bits`` and ``red`` scratch.
-    ``floor`` at least -708 (``vector_exp.LOWEST_FLOOR``), so ``2**k`` is normal."""
+    ``floor`` at least -708 (:data:`dask_em.compiled.LOWEST_FLOOR`), so ``2**k`` is normal."""
     m = t.size
     ibits = bits.view(np.int64)
     for i in range(m):
