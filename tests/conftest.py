@@ -13,8 +13,8 @@ import pytest
 # LocalCluster workers included (+100 MB each, above what the suite's small worker
 # memory limits allow). Set here and in the environment, so
 # worker processes and the command line's subprocesses see it too; a run started with
-# DASK_DASK_EM__KERNELS=numba takes the compiled kernels everywhere (the 400 MiB workers of
-# tests/test_cli_cluster.py then pause).
+# DASK_DASK_EM__KERNELS=numba takes the compiled kernels everywhere (.ci/run does, with
+# -m "not small_workers": workers of 400 MiB or less pause, numba loaded, and the fit waits).
 os.environ.setdefault("DASK_DASK_EM__KERNELS", "numpy")
 dask.config.set({"dask_em.kernels": os.environ["DASK_DASK_EM__KERNELS"]})
 

@@ -20,11 +20,14 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import psutil
+import pytest
 import zarr
 from distributed import Client
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from dask_em import GaussianMixture
+
+pytestmark = pytest.mark.small_workers  # the script's workers: 400 MiB
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "deploy" / "local" / "cluster.sh"

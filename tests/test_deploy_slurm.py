@@ -116,6 +116,7 @@ def _write_store(path):
     return X
 
 
+@pytest.mark.small_workers  # 800 MiB for two worker processes
 def test_launcher_against_localcluster_stand_in(tmp_path):
     X = _write_store(tmp_path / "cube.zarr")
     seen = {}

@@ -139,6 +139,7 @@ def test_xarray_gaps_example(tmp_path):
     assert np.sqrt(np.mean((filled.values[hidden] - complete[hidden]) ** 2)) == pytest.approx(rmse, abs=1e-4)
 
 
+@pytest.mark.small_workers  # --memory-limit 400MiB
 def test_batch_job_example(tmp_path):
     rng = np.random.default_rng(5)
     centres = np.array([[0.0, 0.0, 0.0], [5.0, 0.0, 1.0], [0.0, 5.0, -1.0]])

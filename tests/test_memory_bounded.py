@@ -96,6 +96,7 @@ def _read_chunk(path):
 
 
 @pytest.mark.slow
+@pytest.mark.small_workers  # its limits are measured from workers that have not loaded numba
 def test_streamed_fit_and_predict_fit_in_a_few_chunks_of_worker_memory(tmp_path):
     store = tmp_path / "pixels.zarr"
     _write_store(store)
