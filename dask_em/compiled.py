@@ -19,8 +19,9 @@ The ``dask.config`` key ``dask_em.kernels`` chooses, in each process that runs E
 environment variable ``DASK_DASK_EM__KERNELS=numpy``):
 
 - ``"auto"`` (default): each compiled kernel where it is faster (above) and loads
-  (numba is installed), else numpy's. With numba installed this is opt-out, not
-  opt-in;
+  (numba is installed), else numpy's; but numpy's in ``distributed`` workers whose
+  memory limit is below :data:`MIN_WORKER_MEMORY`. With numba installed this is
+  opt-out, not opt-in;
 - ``"numba"``: every compiled kernel; an error if they cannot be loaded;
 - ``"numpy"``: numpy's kernels only.
 
@@ -39,6 +40,10 @@ import dask
 
 #: Values of the ``dask_em.kernels`` setting.
 KERNEL_CHOICES = ("auto", "numba", "numpy")
+#: Under ``"auto"``, workers with a smaller memory limit keep numpy's kernels: numba
+#: takes about 100 MB of them, more while it compiles, and a worker of 400 MiB then
+#: pauses at its memory threshold, leaving the fit waiting.
+MIN_WORKER_MEMORY = 1 << 30
 #: Lowest floor the compiled ``exp`` takes: at and above it ``2**k`` is a normal number.
 #: The library's floors are -354 (the E-step's statistics; -43.7 for float32) and -707.4
 #: to -694 (the scores, ``log(tiny) + log(K) + 1``); a lower one gets numpy's kernels.
@@ -84,14 +89,27 @@ def kernel_setting() -> str:
     return choice
 
 
+def _small_worker() -> bool:
+    """Whether this code runs in a ``distributed`` worker with a memory limit below
+    :data:`MIN_WORKER_MEMORY`."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not in a worker's task
+        return False
+    limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
+    return bool(limit) and limit < MIN_WORKER_MEMORY
+
+
 def use_compiled(module: str, faster: bool = True) -> bool:
     """Whether to run the compiled kernels of ``module`` here: always under ``"numba"``
-    (an error if they cannot be loaded), under ``"auto"`` where they are ``faster`` and
-    load, never under ``"numpy"``."""
+    (an error if they cannot be loaded), under ``"auto"`` where they are ``faster``, the
+    process is not a worker of little memory and they load, never under ``"numpy"``."""
     choice = kernel_setting()
     if choice == "numba":
         error = compiled_error(module)
         if error is not None:
             raise ImportError(f"dask.config 'dask_em.kernels' is 'numba' but {module} cannot be loaded ({error})")
         return True
-    return choice == "auto" and faster and compiled_error(module) is None
+    return choice == "auto" and faster and not _small_worker() and compiled_error(module) is None

@@ -263,6 +263,25 @@ def test_a_broken_numba_leaves_numpys_exp_with_a_warning():
     assert "dask-em's compiled kernels (dask_em._exp_numba) could not be loaded (AttributeError" in out.stderr
 
 
+def _compiled_loaded():
+    return "dask_em.families._gaussian_numba" in sys.modules
+
+
+@pytest.mark.parametrize("memory, loads", [("400MiB", False), ("2GiB", True)])
+def test_auto_keeps_numba_out_of_workers_with_little_memory(monkeypatch, memory, loads):
+    """numba takes about 100 MB of a worker: under "auto", one of 400 MiB keeps numpy's
+    kernels (it would pause at its memory threshold and leave the fit waiting)."""
+    monkeypatch.setenv("DASK_DASK_EM__KERNELS", "auto")  # what the workers start with
+    X = make_blobs(n=3000, seed=2)
+    with dask.config.set({"dask_em.kernels": "auto"}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit=memory,
+                         dashboard_address=None) as cluster, Client(cluster) as client:
+        assert set(client.run(_compiled_loaded).values()) == {False}
+        GaussianMixture(3, covariance_type="diag", max_iter=3, tol=0, random_state=0).fit(
+            da.from_array(X, chunks=(1000, -1)))
+        assert set(client.run(_compiled_loaded).values()) == {loads}
+
+
 def test_a_numba_that_cannot_compile_the_kernels_leaves_numpys_with_a_warning():
     """Compiling is lazy: a numba whose compiled functions fail when called is found by
     the modules' check, not in the first E-step. "auto" then fits with numpy's kernels,
