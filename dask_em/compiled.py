@@ -5,8 +5,8 @@ tiles of rows that stay in the CPU's L1 cache beats numpy's passes over whole ar
 
 - **the diagonal and spherical Gaussian E-step** (:mod:`dask_em.families._gaussian_numba`):
   the log-densities, the responsibilities and the statistics of a slab in one loop,
-  about 2x faster per row than numpy's kernel and 1.4x per fit, on CPUs with and
-  without AVX-512 (benchmarks/README.md);
+  1.6-1.9x faster per row than numpy's kernel and 1.5-1.9x per fit with AVX-512, 2.9x
+  and 2.3x without (benchmarks/README.md);
 - **the soft responsibilities of the other families** (:mod:`dask_em._exp_numba`, used
   by :mod:`dask_em.engine.vector_exp`): the floored ``exp`` and its sums, with an
   ``exp`` of dask-em's own. numpy vectorises its float64 ``exp`` only where it
