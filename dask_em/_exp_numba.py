@@ -2,9 +2,9 @@
 numba: load lazily; :mod:`dask_em.compiled` says when they run).
 
 :func:`softmax_floored` (used by :mod:`dask_em.engine.vector_exp`) computes the soft
-responsibilities one tile of rows at a time, with an ``exp`` of its own
-(:func:`_exp_tile`; :func:`exp_tile` for other compiled kernels): ``exp(x)`` as
-``2**k * exp(r)``, with ``x = k ln 2 + r`` and ``|r| <= ln(2) / 2``:
+responsibilities one tile of rows at a time (:func:`_exp_rows`, also the Gaussian
+compiled E-step's), with an ``exp`` of its own (:func:`_exp_tile`):
+``exp(x)`` as ``2**k * exp(r)``, with ``x = k ln 2 + r`` and ``|r| <= ln(2) / 2``:
 
 - ``k`` is rounded with the 1.5 * 2**52 shifter, whose low bits then hold ``k`` as
   an integer, so ``2**k`` is built from the exponent bits without a float-to-int
@@ -82,12 +82,53 @@ def _exp_tile(t, floor, bits, red):  # pragma: no cover - compiled
         t[i] = np.inf if x > X_MAX else (0.0 if x <= floor else p * bits[i])
 
 
-#: :func:`_exp_tile` compiled on its own, for kernels compiled with ``fastmath``'s
-#: ``reassoc`` (which would fold the shifter's ``+ S - S`` away if it were inlined).
-#: Those kernels' numba caches hold a copy of it and are keyed by their own source
-#: file only: after editing this file in a source checkout, delete their
-#: ``__pycache__/*.nbi`` and ``*.nbc`` (an installed release writes both files anew).
-exp_tile = numba.njit(**_OPTIONS)(_exp_tile.py_func)
+@numba.njit(inline="always", **_OPTIONS)
+def _exp_rows(a, first, K, start, m, floor, top, total, bits, red, saved, dot):  # pragma: no cover - compiled
+    """The block ``a[first : first + K, start : start + m]`` (one mixture's
+    log-densities, a column per row of data; ``a`` C-contiguous, so that the loops over
+    its rows vectorise), in place: ``top[:m]`` the largest of each column (NaN if any
+    is; 0 where not finite), the block becomes ``exp(block - top)``, exactly 0 at or
+    below ``floor`` (:func:`_exp_tile`), and ``total[:m]`` their sums. With ``dot`` at
+    least ``m`` long (else empty), also ``dot = sum_k exp(d_k) max(d_k, floor)``,
+    ``d_k = block - top`` (``saved``: scratch), which an entropy ``sum r log r`` needs."""
+    entropy = dot.shape[0] >= m
+    stop = start + m
+    for i in range(m):
+        top[i] = a[first, start + i]
+    for k in range(first + 1, first + K):
+        row = a[k, start:stop]
+        for i in range(m):
+            v = row[i]
+            top[i] = v if (v > top[i] or v != v) else top[i]
+    for i in range(m):
+        v = top[i]
+        top[i] = v if v - v == 0.0 else 0.0  # not finite: the row's exps say so
+        total[i] = 0.0
+    if entropy:
+        for i in range(m):
+            dot[i] = 0.0
+    for k in range(first, first + K):
+        row = a[k, start:stop]
+        for i in range(m):
+            row[i] -= top[i]
+        if entropy:  # at the floor when below: r is 0 there, and 0 * -inf would be NaN
+            for i in range(m):
+                saved[i] = row[i] if row[i] > floor else floor
+        _exp_tile(row, floor, bits, red)
+        for i in range(m):
+            total[i] += row[i]
+        if entropy:
+            for i in range(m):
+                dot[i] += row[i] * saved[i]
+
+
+#: :func:`_exp_rows` compiled on its own, without ``fastmath``'s ``reassoc``, for
+#: kernels compiled with it (``reassoc`` would fold the exp's shifter, ``+ S - S``,
+#: away if it were inlined there). Those kernels' numba caches hold a copy of it and
+#: are keyed by their own source file only: after editing this file in a source
+#: checkout, delete their ``__pycache__/*.nbi`` and ``*.nbc`` (an installed release
+#: writes both files anew).
+exp_rows = numba.njit(**_OPTIONS)(_exp_rows.py_func)
 
 
 @compiled
@@ -103,31 +144,13 @@ def softmax_floored(at, groups, floor, top, total):  # pragma: no cover - compil
     bits = np.empty(TILE, dtype=np.float64)
     red = np.empty(TILE, dtype=np.float64)
     scale = np.empty(TILE, dtype=np.float64)
+    none = np.empty(0, dtype=np.float64)
     for start in range(0, n, TILE):
         stop = min(start + TILE, n)
         m = stop - start
         for g in range(groups):
-            tp = top[g, start:stop]
             tt = total[g, start:stop]
-            first = at[g * K, start:stop]
-            for j in range(m):
-                tp[j] = first[j]
-            for k in range(1, K):
-                row = at[g * K + k, start:stop]
-                for j in range(m):
-                    v = row[j]
-                    tp[j] = v if (v > tp[j] or v != v) else tp[j]
-            for j in range(m):
-                v = tp[j]
-                tp[j] = v if v - v == 0.0 else 0.0
-                tt[j] = 0.0
-            for k in range(K):
-                row = at[g * K + k, start:stop]
-                for j in range(m):
-                    row[j] -= tp[j]
-                _exp_tile(row, floor, bits, red)
-                for j in range(m):
-                    tt[j] += row[j]
+            _exp_rows(at, g * K, K, start, m, floor, top[g, start:stop], tt, bits, red, none, none)
             for j in range(m):
                 scale[j] = 1.0 / tt[j]
             for k in range(K):

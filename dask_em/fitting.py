@@ -38,6 +38,7 @@ import numpy as np
 
 from dask_em._progress import notebook_progress, verbosity
 from dask_em.checkpoint import Checkpointer, chain_callbacks
+from dask_em.compiled import kernel_setting
 from dask_em.data import Prepared, nonfinite_rows_error
 from dask_em.engine import EMResult, estep_block, in_process, run_em, run_pass
 from dask_em.engine.blas import blas_limited
@@ -45,7 +46,6 @@ from dask_em.engine.loop import LikelihoodChange
 from dask_em.engine.marginal import marginalizing
 from dask_em.engine.passes import watch_passes
 from dask_em.engine.stepwise import run_stepwise, scale_stats
-from dask_em.compiled import kernel_setting
 from dask_em.exceptions import ConvergenceWarning
 from dask_em.families import Family
 from dask_em.io.locations import check_output

@@ -10,7 +10,7 @@ memory, and two GEMMs whose short dimension (K) keeps BLAS far from its peak.
 cache, every loop running along the tile's rows (so LLVM vectorises them): the
 shifted rows ``t = x - ref`` transposed into the tile, the log-densities
 ``sum_d (a_kd t_d + b_kd) t_d + c_k``, the responsibilities with dask-em's own
-``exp`` (:func:`dask_em._exp_numba.exp_tile`), and the weighted sums of ``t`` and
+``exp`` (:func:`dask_em._exp_numba.exp_rows`), and the weighted sums of ``t`` and
 ``t**2``. It computes in float64 whatever the data's dtype. Measured on an Intel Xeon
 (AVX-512, one thread; benchmarks/README.md), per row of a block for D=16, K=8: 78-89
 against numpy's 139-161 ns (the loop alone: 60-70).
@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from dask_em._exp_numba import compiled, exp_tile
+from dask_em._exp_numba import compiled, exp_rows
 
 #: Values of one tile: its shifted rows, (D, rows), stay in the L1 cache (48 KiB on the
 #: Xeon measured: tiles of 128 to 256 rows of D=16 ran as fast, 384 slower).
@@ -33,7 +33,7 @@ def tile_rows(n_features: int) -> int:
 
 
 # reassoc lets LLVM vectorise the sums over a tile's rows (their order changes by
-# tile, not between runs); the exp is compiled apart, without it (see exp_tile).
+# tile, not between runs); the exp is compiled apart, without it (see exp_rows).
 @compiled(fastmath={"contract", "reassoc", "nsz"})
 def diag_stats(X, w, ref, A, B, c, groups, floor, tile, s2, s1, nk, ll, rlr):  # pragma: no cover - compiled
     """Add one slab's statistics to ``s2``, ``s1``, ``nk``, ``ll`` (and ``rlr``), in place.
@@ -74,7 +74,7 @@ def diag_stats(X, w, ref, A, B, c, groups, floor, tile, s2, s1, nk, ll, rlr):  #
     entropy = rlr.shape[0] == groups
     t = np.empty((D, tile))
     saved = np.empty(tile)
-    dot = np.zeros(tile)
+    dot = np.zeros(tile if entropy else 0)  # empty: exp_rows skips the entropy sums
     lp = np.empty((KG, tile))
     top = np.empty(tile)
     scale = np.empty(tile)
@@ -107,30 +107,7 @@ def diag_stats(X, w, ref, A, B, c, groups, floor, tile, s2, s1, nk, ll, rlr):  #
                     row[i] += (a * x + b) * x
         for g in range(groups):
             first = g * K
-            for i in range(m):
-                top[i] = lp[first, i]
-            for k in range(first + 1, first + K):
-                row = lp[k]
-                for i in range(m):
-                    v = row[i]
-                    top[i] = v if (v > top[i] or v != v) else top[i]
-            for i in range(m):
-                v = top[i]
-                top[i] = v if v - v == 0.0 else 0.0  # not finite: the row's exps say so
-                scale[i] = 0.0
-            for k in range(first, first + K):
-                row = lp[k, :m]
-                for i in range(m):
-                    row[i] -= top[i]
-                if entropy:  # at the floor when below: r is 0 there, and 0 * -inf would be NaN
-                    for i in range(m):
-                        saved[i] = row[i] if row[i] > floor else floor
-                exp_tile(row, floor, bits, red)
-                for i in range(m):
-                    scale[i] += row[i]
-                if entropy:  # sum_k exp(d_k) d_k, d_k the log-density less the row's largest
-                    for i in range(m):
-                        dot[i] = (dot[i] if k > first else 0.0) + row[i] * saved[i]
+            exp_rows(lp, first, K, 0, m, floor, top, scale, bits, red, saved, dot)
             total = 0.0
             logs = 0.0  # sum_i w_i log(scale_i)
             if weighted or K >= 2**31:
