@@ -16,12 +16,12 @@ diagonal Gaussian E-step per row with numpy's kernel and the compiled one, the r
 a large square GEMM on all cores), then one line per target: the measured seconds per
 EM iteration, the reference it is compared with (scikit-learn, the float64 fit, a raw
 read pass over the same store, n_init=1, numpy's kernels against the compiled ones in
-the same fits: ``--only kernels``), their ratio and the target ratio. Full covariance lines also print two
-floors: the E-step's own BLAS calls alone, and the machine's, ``2 N K D^2`` flops at
-the square-GEMM rate. Then KMeans (per Lloyd iteration against scikit-learn's, in
-memory; streamed against a raw read pass), per-row outputs on the threaded scheduler
-(with and without the per-task BLAS limit), the per-iteration cost for growing N and
-the fixed overhead per iteration with 1,000 chunks.
+the same fits: ``--only kernels``), their ratio and the target ratio. Full covariance
+lines also print two floors: the E-step's own BLAS calls alone, and the machine's,
+``2 N K D^2`` flops at the square-GEMM rate. Then KMeans (per Lloyd iteration against
+scikit-learn's, in memory; streamed against a raw read pass), per-row outputs on the
+threaded scheduler (with and without the per-task BLAS limit), the per-iteration cost
+for growing N and the fixed overhead per iteration with 1,000 chunks.
 """
 
 import argparse
@@ -152,6 +152,19 @@ def square_gemm_rate(size=2048, repeat=3):
     return 2.0 * size**3 / best
 
 
+def per_row_both_ways(once, rows, repeat):
+    """``{"numba": (ns a row, s), "numpy": ...}``: the best of ``repeat`` calls of
+    ``once()`` (which returns its own seconds, over ``rows`` rows) under each
+    ``dask_em.kernels`` setting, and the seconds of the first call (numba: it compiles
+    the kernel or loads its cache)."""
+    per_row = {}
+    for choice in ("numba", "numpy"):
+        with dask.config.set({"dask_em.kernels": choice}):
+            first = once()
+            per_row[choice] = (min(once() for _ in range(repeat)) / rows * 1e9, first)
+    return per_row
+
+
 def exp_description():
     """Which exp the float64 responsibilities use (dask_em.engine.vector_exp); numpy's
     float64 exp per element, and the responsibilities of K=8 per row with numpy's
@@ -166,19 +179,14 @@ def exp_description():
     which = "dask-em's own" if uses_own_exp(np.float64) else "numpy's"
     wlp = np.random.default_rng(1).normal(-30.0, 40.0, size=(1 << 13, 8))
     floor = 0.5 * log_tiny(np.float64)  # the E-step's
-    per_row = {}
-    for choice in ("numba", "numpy"):
-        with dask.config.set({"dask_em.kernels": choice}):
-            start = time.perf_counter()
-            responsibilities(wlp.copy(), False, floor, overwrite=True)  # numba: compiles or loads its cache
-            first = time.perf_counter() - start
-            times = []
-            for _ in range(50):
-                a = wlp.copy()
-                start = time.perf_counter()
-                responsibilities(a, False, floor, overwrite=True)
-                times.append(time.perf_counter() - start)
-            per_row[choice] = (min(times) / wlp.shape[0] * 1e9, first)
+
+    def once():
+        a = wlp.copy()  # overwritten: a fresh copy each time, not timed
+        start = time.perf_counter()
+        responsibilities(a, False, floor, overwrite=True)
+        return time.perf_counter() - start
+
+    per_row = per_row_both_ways(once, wlp.shape[0], repeat=50)
     return (f"{which}; numpy's exp {numpy_ns:.2f} ns an element; responsibilities (K=8) "
             f"{per_row['numpy'][0]:.1f} ns a row with numpy's passes, "
             f"{per_row['numba'][0]:.1f} with dask-em's own loop (numba {numba.__version__}, "
@@ -195,15 +203,8 @@ def diag_estep_description(n=131072, D=16, K=8):
     means = X[rng.choice(n, K, replace=False)]
     state = MixtureState(np.full(K, 1.0 / K), {"means": means, "precisions_cholesky": np.full((K, D), 0.8)})
     payload = (gaussian.FAMILIES["diag"], [state])
-    per_row = {}
     with threadpool_limits(1):
-        for choice in ("numba", "numpy"):
-            with dask.config.set({"dask_em.kernels": choice}):
-                start = time.perf_counter()
-                estep_block(X, None, payload, 0)  # numba: compiles or loads its cache
-                first = time.perf_counter() - start
-                best = min(seconds_per_iteration(lambda: estep_block(X, None, payload, 0), 1) for _ in range(7))
-                per_row[choice] = (best / n * 1e9, first)
+        per_row = per_row_both_ways(lambda: seconds_per_iteration(lambda: estep_block(X, None, payload, 0), 1), n, 7)
     which = "compiled" if use_compiled("dask_em.families._gaussian_numba") else "numpy's"
     return (f"{which} kernel; per row (D={D}, K={K}, one thread) {per_row['numpy'][0]:.0f} ns with numpy's, "
             f"{per_row['numba'][0]:.0f} ns compiled (first block {per_row['numba'][1]:.2f} s)")
