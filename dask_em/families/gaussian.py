@@ -384,14 +384,18 @@ def fused_stats(
     K, D = means.shape
     ref = _reference(X, cache).astype(np.float64)
     mr = means - ref
-    const = _pick(_LOG_DET_CHOLESKY, covariance_type)(prec_chol, D) - 0.5 * D * LOG_2PI + log_weights
-    F = _quadratic_terms(prec_chol, mr, const, covariance_type)
+
+    def terms():  # the log-densities' coefficients, contiguous for the loop: once per block
+        const = _pick(_LOG_DET_CHOLESKY, covariance_type)(prec_chol, D) - 0.5 * D * LOG_2PI + log_weights
+        F = _quadratic_terms(prec_chol, mr, const, covariance_type)
+        return np.ascontiguousarray(F[:, :D]), np.ascontiguousarray(F[:, D : 2 * D]), F[:, 2 * D].copy()
+
+    A, B, c = _derived(cache, "fused-terms", terms)
     sq, s1, nk, loglik = np.zeros((K, D)), np.zeros((K, D)), np.zeros(K), np.zeros(groups)
     w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
-    A, B = np.ascontiguousarray(F[:, :D]), np.ascontiguousarray(F[:, D : 2 * D])
     rlr = np.zeros(groups if entropy else 0)
     X = np.ascontiguousarray(X, dtype=np.float64)  # float32 rows: converted here, 2x faster than in the loop
-    diag_stats(X, w, ref, A, B, F[:, 2 * D].copy(), int(groups), float(floor), tile_rows(D), sq, s1, nk, loglik, rlr)
+    diag_stats(X, w, ref, A, B, c, int(groups), float(floor), tile_rows(D), sq, s1, nk, loglik, rlr)
     stats = {"s1": s1 - nk[:, None] * mr, "s2": _squares_about(sq, s1, nk, mr, covariance_type), "nk": nk}
     if entropy:
         stats["resp_log_resp"] = rlr
