@@ -12,14 +12,15 @@ Prints the machine first (CPU vendor and model, the SIMD level numpy dispatches 
 the BLAS library and its kernel, the ``dask_em.kernels`` setting and numba's version,
 which float64 exp the responsibilities use, numpy's exp per element and the
 responsibilities per row with numpy's passes and with dask-em's compiled loop, the
-diagonal Gaussian E-step per row with numpy's kernel and the compiled one, the rate of
-a large square GEMM on all cores), then one line per target: the measured seconds per
+diagonal Gaussian E-step and the KMeans Lloyd step per row with numpy's kernel and the
+compiled one, the rate of a large square GEMM on all cores), then one line per target: the measured seconds per
 EM iteration, the reference it is compared with (scikit-learn, the float64 fit, a raw
 read pass over the same store, n_init=1, numpy's kernels against the compiled ones in
 the same fits: ``--only kernels``), their ratio and the target ratio. Full covariance
 lines also print two floors: the E-step's own BLAS calls alone, and the machine's,
 ``2 N K D^2`` flops at the square-GEMM rate. Then KMeans (per Lloyd iteration against
-scikit-learn's, in memory; streamed against a raw read pass), per-row outputs on the
+scikit-learn's, in memory, and the same with numpy's kernels where numba is installed;
+streamed against a raw read pass), per-row outputs on the
 threaded scheduler (with and without the per-task BLAS limit), the per-iteration cost
 for growing N and the fixed overhead per iteration with 1,000 chunks.
 """
@@ -49,7 +50,7 @@ from dask_em.engine import run_pass
 from dask_em.compiled import kernel_setting, use_compiled
 from dask_em.engine.estep import MixtureState, estep_block, log_tiny, responsibilities, slab_rows
 from dask_em.engine.vector_exp import uses_own_exp
-from dask_em.families import gaussian
+from dask_em.families import gaussian, get_family
 
 
 def seconds_per_iteration(fit, iters):
@@ -193,19 +194,19 @@ def exp_description():
             f"first call {per_row['numba'][1]:.2f} s)")
 
 
-def diag_estep_description(n=131072, D=16, K=8):
-    """The diagonal Gaussian E-step on one block (``estep_block``, one thread), per row,
-    with numpy's kernel and with the compiled one (dask_em/families/_gaussian_numba.py)."""
+def estep_description(family, params, module, n=131072, D=16, K=8):
+    """An E-step on one block (``estep_block``, one thread) of ``family`` at ``params``
+    (built from ``X`` and its chosen rows ``means``), per row, with numpy's kernel and
+    with the compiled one of ``module``."""
     if importlib.util.find_spec("numba") is None:
         return "numpy's kernel (numba is not installed)"
     rng = np.random.default_rng(2)
     X = rng.normal(size=(n, D)) + 100.0
-    means = X[rng.choice(n, K, replace=False)]
-    state = MixtureState(np.full(K, 1.0 / K), {"means": means, "precisions_cholesky": np.full((K, D), 0.8)})
-    payload = (gaussian.FAMILIES["diag"], [state])
+    state = MixtureState(np.full(K, 1.0 / K), params(X[rng.choice(n, K, replace=False)]))
+    payload = (family, [state])
     with threadpool_limits(1):
         per_row = per_row_both_ways(lambda: seconds_per_iteration(lambda: estep_block(X, None, payload, 0), 1), n, 7)
-    which = "compiled" if use_compiled("dask_em.families._gaussian_numba") else "numpy's"
+    which = "compiled" if use_compiled(module) else "numpy's"
     return (f"{which} kernel; per row (D={D}, K={K}, one thread) {per_row['numpy'][0]:.0f} ns with numpy's, "
             f"{per_row['numba'][0]:.0f} ns compiled (first block {per_row['numba'][1]:.2f} s)")
 
@@ -218,7 +219,11 @@ def machine():
     numba = importlib.util.find_spec("numba")
     numba = f"numba {importlib.import_module('numba').__version__}" if numba else "numba not installed"
     print(f"dask_em.kernels: {kernel_setting()!r}, {numba}")
-    print(f"diagonal Gaussian E-step: {diag_estep_description()}")
+    diag = estep_description(gaussian.FAMILIES["diag"], lambda means: {"means": means, "precisions_cholesky": np.full(
+        means.shape, 0.8)}, "dask_em.families._gaussian_numba")
+    print(f"diagonal Gaussian E-step: {diag}")
+    lloyd = estep_description(get_family("kmeans"), lambda means: {"means": means}, "dask_em.families._kmeans_numba")
+    print(f"KMeans Lloyd step: {lloyd}")
     print(f"float64 exp of the responsibilities: {exp_description()}")
     print(f"square GEMM (2048, float64, all cores): {rate / 1e9:.1f} GFLOP/s")
     return rate
@@ -329,6 +334,11 @@ def kmeans(n, workdir):
         t_ours = lloyd_per_iteration(ours_fit, a, b)
     t_sk = lloyd_per_iteration(sk_fit, a, b)
     report(f"KMeans in memory N={N} D={D} K={K}", t_ours, t_sk, "scikit-learn", 3)
+    if importlib.util.find_spec("numba") is not None:  # the same with numpy's kernels, for comparison
+        with dask.config.set({"scheduler": "threads", "dask_em.kernels": "numpy"}):
+            t_numpy = lloyd_per_iteration(ours_fit, a, b)
+        print(f"{'  the same with numpy kernels':<44}{t_numpy:>9.3f} s{t_sk:>9.3f} s (scikit-learn) "
+              f"ratio {t_numpy / t_sk:5.2f}  (for comparison)")
 
     from distributed import Client, LocalCluster
 

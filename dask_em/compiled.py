@@ -1,12 +1,15 @@
 """Which kernels run: numpy's, or dask-em's compiled ones (numba, optional).
 
-dask-em's kernels are NumPy. Two are also compiled with numba, where one loop over
+dask-em's kernels are NumPy. Three are also compiled with numba, where one loop over
 tiles of rows that stay in the CPU's L1 cache beats numpy's passes over whole arrays:
 
 - **the diagonal and spherical Gaussian E-step** (:mod:`dask_em.families._gaussian_numba`):
   the log-densities, the responsibilities and the statistics of a slab in one loop,
   1.6-1.9x faster per row than numpy's kernel and 1.5-1.9x per fit with AVX-512, 2.9x
   and 2.3x without (benchmarks/README.md);
+- **the Lloyd step of K-means** (:mod:`dask_em.families._kmeans_numba`): the distances,
+  the nearest centres and the clusters' sums of a slab in one loop, 2.4-2.7x faster per
+  row than numpy's kernel (1.5x per fit on 2 threads; benchmarks/README.md);
 - **the soft responsibilities of the other families** (:mod:`dask_em._exp_numba`, used
   by :mod:`dask_em.engine.vector_exp`): the floored ``exp`` and its sums, with an
   ``exp`` of dask-em's own. numpy vectorises its float64 ``exp`` only where it
@@ -18,7 +21,8 @@ The ``dask.config`` key ``dask_em.kernels`` chooses, in each process that runs E
 (set it before starting a cluster, or in the workers' configuration, e.g. the
 environment variable ``DASK_DASK_EM__KERNELS=numpy``):
 
-- ``"auto"`` (default): each compiled kernel where it is faster (above) and loads
+- ``"auto"`` (default): each compiled kernel where it is faster (above: the Gaussian and
+  K-means ones everywhere measured) and loads
   (numba is installed), else numpy's; but numpy's in ``distributed`` workers whose
   memory limit is below :data:`MIN_WORKER_MEMORY`. With numba installed this is
   opt-out, not opt-in;
@@ -29,7 +33,8 @@ numba is optional: ``pip install "dask-em[fast]"`` installs it. A kernel compile
 its first use in a process (1-3 s) and numba caches it on disk (0.3 s to load it;
 without a writable cache directory it compiles in every process). A process that
 loads numba holds about 100 MB more (numba 49 MB, LLVM 51 MB, measured on numba 0.68):
-count it in small worker memory limits, or set ``"numpy"``.
+count it in small worker memory limits, or set ``"numpy"``. Each module compiles on the
+first use of its kernel.
 """
 
 import functools

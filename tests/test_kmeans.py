@@ -15,18 +15,24 @@ def X():
     return np.concatenate([rng.normal(c, 1.0, (300, 3)) for c in (-3.0, 0.0, 4.0)]) + 1e3
 
 
+# numpy's Lloyd step and the compiled one (dask_em/families/_kmeans_numba.py)
+KERNELS = ["numpy", "numba"]
+
+
 def _inputs(X):
     return [X, da.from_array(X, chunks=(217, -1))]
 
 
 @pytest.mark.parametrize("tol", [0.0, 1e-4])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_parity_with_sklearn(X, tol, weighted):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_parity_with_sklearn(X, tol, weighted, kernels):
     init = X[[0, 1, 2, 3, 400]]
     w = np.random.default_rng(1).integers(1, 4, len(X)).astype(float) if weighted else None
     sk = SkKMeans(5, init=init, n_init=1, max_iter=50, tol=tol).fit(X, sample_weight=w)
     for inp in _inputs(X):
-        km = KMeans(5, init=init, max_iter=50, tol=tol).fit(inp, sample_weight=w)
+        with dask.config.set({"dask_em.kernels": kernels}):
+            km = KMeans(5, init=init, max_iter=50, tol=tol).fit(inp, sample_weight=w)
         np.testing.assert_allclose(km.cluster_centers_, sk.cluster_centers_, rtol=1e-13)
         assert km.inertia_ == pytest.approx(sk.inertia_, rel=1e-12)
         np.testing.assert_array_equal(np.asarray(km.labels_), sk.labels_)
@@ -36,13 +42,15 @@ def test_parity_with_sklearn(X, tol, weighted):
         assert km.score(inp, sample_weight=w) == pytest.approx(sk.score(X, sample_weight=w), rel=1e-12)
 
 
-def test_empty_clusters_are_reseeded_like_sklearn():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_empty_clusters_are_reseeded_like_sklearn(kernels):
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(c, 1.0, (300, 2)) for c in (-3.0, 0.0, 4.0)])
     init = np.array([[0.0, 0.0], [1.0, 1.0], [50.0, 50.0], [-60.0, 0.0]])  # two start empty
     sk = SkKMeans(4, init=init, n_init=1, max_iter=30, tol=0).fit(X)
     for inp in _inputs(X):
-        km = KMeans(4, init=init, max_iter=30, tol=0).fit(inp)
+        with dask.config.set({"dask_em.kernels": kernels}):
+            km = KMeans(4, init=init, max_iter=30, tol=0).fit(inp)
         assert np.all(np.isfinite(km.cluster_centers_))
         np.testing.assert_allclose(km.cluster_centers_, sk.cluster_centers_, rtol=1e-12)
         assert km.inertia_ == pytest.approx(sk.inertia_, rel=1e-12)
@@ -101,9 +109,10 @@ def _generic_family():
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-def test_fused_estep_equals_the_generic_path(weighted):
-    # hard_stats (one GEMM for the distances, a (K, n) indicator, GEMMs for the sums)
-    # gives the statistics of the one-hot path, on data far from the origin, over
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_fused_estep_equals_the_generic_path(weighted, kernels):
+    # hard_stats (numpy's: one GEMM for the distances, a (K, n) indicator, GEMMs for the
+    # sums; or the compiled loop) gives the statistics of the one-hot path, on data far from the origin, over
     # several slabs and blocks, with duplicated centres (ties go to the first)
     from dask_em.engine import MixtureState, estep_block
     from dask_em.families import get_family
@@ -114,7 +123,8 @@ def test_fused_estep_equals_the_generic_path(weighted):
     C = X[:6].copy()
     C[4] = C[1]  # an exact tie for every row nearest to it
     state = MixtureState(np.full(6, 1 / 6), {"means": C})
-    (fast,) = estep_block(X, w, (get_family("kmeans"), [state]), 0)
+    with dask.config.set({"dask_em.kernels": kernels}):
+        (fast,) = estep_block(X, w, (get_family("kmeans"), [state]), 0)
     (slow,) = estep_block(X, w, (_generic_family(), [state]), 0)
     assert fast["nk"][4] == 0.0 and fast["nk"][1] > 0
     np.testing.assert_allclose(fast["nk"], slow["nk"], rtol=1e-14)  # counts: exact unweighted
@@ -127,7 +137,8 @@ def test_fused_estep_equals_the_generic_path(weighted):
         assert fast[key] == slow[key]
 
 
-def test_fused_estep_signature_detects_a_changed_partition():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_fused_estep_signature_detects_a_changed_partition(kernels):
     from dask_em.engine import MixtureState, estep_block
     from dask_em.families import get_family
 
@@ -137,7 +148,8 @@ def test_fused_estep_signature_detects_a_changed_partition():
     C = np.array([[-20.0] * 3, [0.0] * 3, [20.0] * 3]) + 1e3
 
     def stats(centres):
-        (s,) = estep_block(X, None, (fam, [MixtureState(np.full(3, 1 / 3), {"means": centres})]), 0)
+        with dask.config.set({"dask_em.kernels": kernels}):
+            (s,) = estep_block(X, None, (fam, [MixtureState(np.full(3, 1 / 3), {"means": centres})]), 0)
         return s
 
     a, b = stats(C), stats(C + 1e-3)  # the centres move, the partition does not
@@ -148,7 +160,8 @@ def test_fused_estep_signature_detects_a_changed_partition():
     assert not np.array_equal(stats(moved)["sig"], a["sig"])
 
 
-def test_fused_estep_shares_rows_between_starts():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_fused_estep_shares_rows_between_starts(kernels):
     # n_init starts of a pass share the rows about the block's reference point
     from dask_em.engine import MixtureState, estep_block
     from dask_em.families import get_family
@@ -157,8 +170,9 @@ def test_fused_estep_shares_rows_between_starts():
     X = rng.normal(size=(30_000, 5)) + 50.0
     fam = get_family("kmeans")
     states = [MixtureState(np.full(4, 0.25), {"means": X[rng.choice(len(X), 4)]}) for _ in range(3)]
-    together = estep_block(X, None, (fam, states), 0)
-    for state, got in zip(states, together):
-        (alone,) = estep_block(X, None, (fam, [state]), 0)
+    with dask.config.set({"dask_em.kernels": kernels}):
+        together = estep_block(X, None, (fam, states), 0)
+        separate = [estep_block(X, None, (fam, [state]), 0)[0] for state in states]
+    for got, alone in zip(together, separate):
         for key in ("nk", "s1", "s2", "sig", "loglik"):
             np.testing.assert_array_equal(got[key], alone[key])

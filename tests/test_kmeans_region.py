@@ -43,7 +43,15 @@ def _region(X, w, c0, fraction, blocks, order=None):
     return sum(parts[i] for i in order).trimmed()
 
 
-def test_region_statistics_are_those_of_a_pass_at_nearby_centres():
+# numpy's Lloyd step and the compiled one (dask_em/families/_kmeans_numba.py), for the
+# pass that makes the region and for the region's own steps
+@pytest.fixture(params=["numpy", "numba"])
+def kernels(request):
+    with dask.config.set({"dask_em.kernels": request.param}):
+        yield request.param
+
+
+def test_region_statistics_are_those_of_a_pass_at_nearby_centres(kernels):
     X, centers = _overlapping()
     w = np.random.default_rng(1).uniform(0.5, 2.0, len(X))
     c0 = centers + np.random.default_rng(2).normal(scale=0.05, size=centers.shape)
@@ -78,7 +86,7 @@ def test_region_statistics_are_those_of_a_pass_at_nearby_centres():
     assert FAMILY.local(region, {"means": c0 + move}) is None
 
 
-def test_region_order_of_sums_and_signature():
+def test_region_order_of_sums_and_signature(kernels):
     """At the pass's own centres the region gives the pass's statistics; summing the
     blocks in another order keeps every row exactly once. The signature is the same,
     bit for bit, whenever the partition is (strict convergence), and not otherwise."""
@@ -115,7 +123,7 @@ def _store(path, X, chunk_rows):
     return store, zarr.open_array(store, mode="r")
 
 
-def test_stepwise_kmeans_takes_its_lloyd_steps_in_memory(tmp_path):
+def test_stepwise_kmeans_takes_its_lloyd_steps_in_memory(tmp_path, kernels):
     """The same iterates as with a pass per Lloyd step (local_rows=0), in fewer passes."""
     X = _anisotropic(n=60_000, D=16, K=8, seed=1)
     fits = {}
