@@ -7,8 +7,9 @@ import dask
 import numpy as np
 import pytest
 from scipy.special import logsumexp, xlogy
-from scipy.stats import norm
+from scipy.stats import multivariate_normal, norm
 
+from dask_em.compiled import compiled_error
 from dask_em.engine.estep import log_tiny
 from dask_em.families import gaussian
 
@@ -70,6 +71,78 @@ def test_statistics_match_a_row_by_row_reference(n, covariance_type, groups, wei
     np.testing.assert_allclose(stats["resp_log_resp"], rlr, rtol=1e-10, atol=1e-12 * scale)
 
 
+def _full_mixture(rng, K, D, offset):
+    """Means, covariances (K, D, D), weights and scikit-learn's upper-triangular
+    precision factors ``P`` (``P P^T`` the precision) of a random mixture."""
+    means = offset + rng.normal(scale=3.0, size=(K, D))
+    A = rng.normal(scale=0.6, size=(K, D, D))
+    covariances = A @ np.swapaxes(A, 1, 2) + 0.5 * np.eye(D)
+    prec_chol = np.swapaxes(np.linalg.inv(np.linalg.cholesky(covariances)), 1, 2)
+    return means, covariances, rng.dirichlet(np.ones(K)), prec_chol
+
+
+def _full_reference(X, w, means, covariances, weights, groups):
+    """:func:`_reference` for full covariances, with scipy's multivariate normal."""
+    X = X.astype(np.float64)
+    KG, D = means.shape
+    K = KG // groups
+    lp = np.stack([np.atleast_1d(multivariate_normal.logpdf(X, means[k], covariances[k])) for k in range(KG)], axis=1)
+    lp = lp.reshape(len(X), KG) + np.log(weights)
+    s1, s2, nk, ll, rlr = np.zeros((KG, D)), np.zeros((KG, D, D)), np.zeros(KG), np.zeros(groups), np.zeros(groups)
+    for i, x in enumerate(X):
+        for g in range(groups):
+            part = slice(g * K, (g + 1) * K)
+            row_ll = logsumexp(lp[i, part])
+            r = np.exp(lp[i, part] - row_ll)
+            ll[g] += row_ll * w[i]
+            rlr[g] += w[i] * np.sum(xlogy(r, r))
+            r *= w[i]
+            nk[part] += r
+            diff = x - means[part]
+            s1[part] += r[:, None] * diff
+            s2[part] += r[:, None, None] * diff[:, :, None] * diff[:, None, :]
+    return s1, s2, nk, ll, rlr
+
+
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 700])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("D", [1, 5, 9])  # the loop's blocks of 4 features and their remainders
+def test_full_covariance_matches_a_row_by_row_reference(n, groups, weighted, D):
+    rng = np.random.default_rng(n + 7 * groups + D)
+    K = 4
+    parts = [_full_mixture(rng, K, D, 0.0) for _ in range(groups)]
+    means, covariances, weights, prec_chol = (np.concatenate([p[i] for p in parts]) for i in range(4))
+    X = means[rng.integers(0, K * groups, size=n)] + rng.normal(size=(n, D))
+    w = rng.uniform(0.1, 3.0, size=n) if weighted else None
+    params = {"means": means, "precisions_cholesky": prec_chol}
+    with dask.config.set({"dask_em.kernels": "numba"}):
+        stats = gaussian.fused_stats(X, w, params, np.log(weights), groups, FLOOR, "full", entropy=True)
+    s1, s2, nk, ll, rlr = _full_reference(X, np.ones(n) if w is None else w, means, covariances, weights, groups)
+    scale = nk.sum() / groups
+    np.testing.assert_allclose(stats["nk"], nk, rtol=1e-12, atol=1e-12 * scale)
+    np.testing.assert_allclose(stats["s1"], s1, rtol=1e-10, atol=1e-11 * scale)
+    np.testing.assert_allclose(stats["s2"], s2, rtol=1e-10, atol=1e-11 * scale)
+    np.testing.assert_allclose(stats["loglik"], ll, rtol=1e-12)
+    np.testing.assert_allclose(stats["resp_log_resp"], rlr, rtol=1e-10, atol=1e-12 * scale)
+
+
+def test_full_covariance_far_from_the_origin_and_in_float32():
+    rng = np.random.default_rng(4)
+    K, D, n = 3, 6, 700
+    means, covariances, weights, prec_chol = _full_mixture(rng, K, D, 1e6)
+    X = (means[rng.integers(0, K, size=n)] + rng.normal(size=(n, D))).astype(np.float32)
+    means = means.astype(np.float32).astype(np.float64)
+    params = {"means": means, "precisions_cholesky": prec_chol}
+    with dask.config.set({"dask_em.kernels": "numba"}):
+        stats = gaussian.fused_stats(X, None, params, np.log(weights), 1, 0.5 * log_tiny(np.float32), "full")
+    s1, s2, nk, ll, _ = _full_reference(X, np.ones(n), means, covariances, weights, 1)
+    np.testing.assert_allclose(stats["nk"], nk, rtol=1e-10)
+    np.testing.assert_allclose(stats["s1"], s1, rtol=1e-8, atol=1e-9 * n)
+    np.testing.assert_allclose(stats["s2"], s2, rtol=1e-8, atol=1e-9 * n)
+    np.testing.assert_allclose(stats["loglik"], ll, rtol=1e-12)
+
+
 def test_far_from_the_origin_and_in_float32():
     """Data at +1e6 fit as centred data (the rows are shifted before any square), and
     float32 rows are computed in float64: the reference takes the same float32 values."""
@@ -128,7 +201,20 @@ def test_runs_only_where_it_applies():
     logw = np.log([0.5, 0.5])
     with dask.config.set({"dask_em.kernels": "numpy"}):
         assert gaussian.fused_stats(X, None, diag, logw, 1, FLOOR, "diag") is None
-    with dask.config.set({"dask_em.kernels": "numba"}):
         assert gaussian.fused_stats(X, None, full, logw, 1, FLOOR, "full") is None
+    with dask.config.set({"dask_em.kernels": "numba"}):
+        tied = {"means": X[:2], "precisions_cholesky": np.eye(3)}
+        assert gaussian.fused_stats(X, None, tied, logw, 1, FLOOR, "tied") is None
         assert gaussian.fused_stats(X, None, diag, logw, 1, -720.0, "diag") is None  # below the exp's range
         assert gaussian.fused_stats(X, None, diag, logw, 1, FLOOR, "diag") is not None
+        assert gaussian.fused_stats(X, None, full, logw, 1, FLOOR, "full") is not None
+    # under "auto", full covariances with many features keep BLAS (gaussian.FUSED_FULL_FEATURES)
+    D = gaussian.FUSED_FULL_FEATURES + 1
+    wide = {"means": np.zeros((2, D)), "precisions_cholesky": np.stack([np.eye(D)] * 2)}
+    Xw = rng.normal(size=(50, D))
+    with dask.config.set({"dask_em.kernels": "auto"}):
+        if compiled_error("dask_em.families._gaussian_numba") is None:  # numba loads here (the test extra)
+            assert gaussian.fused_stats(Xw[:, :3], None, full, logw, 1, FLOOR, "full") is not None
+        assert gaussian.fused_stats(Xw, None, wide, logw, 1, FLOOR, "full") is None
+    with dask.config.set({"dask_em.kernels": "numba"}):
+        assert gaussian.fused_stats(Xw, None, wide, logw, 1, FLOOR, "full") is not None

@@ -71,6 +71,12 @@ from dask_em.families.gaussian_params import (  # noqa: F401
 # scikit-learn adds this to the summed responsibilities to avoid dividing by zero.
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
+#: Under ``dask_em.kernels="auto"``, full covariances take the compiled E-step up to this
+#: many features. Whole fits on 2 threads (Xeon, AVX-512): 1.7-2.2x faster than numpy's
+#: kernel at D=16, 1.5-1.9x at D=32, as fast or slower at D=64, where BLAS's GEMMs are
+#: no longer thin (benchmarks/README.md).
+FUSED_FULL_FEATURES = 32
+
 
 # --------------------------------------------------------------------------- log-prob
 # log det of the precision from its factor: (K,) per component, a scalar for tied
@@ -339,10 +345,12 @@ def fused_stats(
     cache: dict | None = None,
     entropy: bool = False,
 ) -> Stats | None:
-    """diag and spherical: what :func:`log_prob`, the responsibilities and
+    """diag, spherical and full: what :func:`log_prob`, the responsibilities and
     :func:`suff_stats` give together, in one compiled loop over the rows
-    (:mod:`dask_em.families._gaussian_numba`), or None where it does not run (the other
-    covariance types, or ``dask_em.kernels``, see :mod:`dask_em.compiled`).
+    (:mod:`dask_em.families._gaussian_numba`), or None where it does not run (tied; full
+    beyond :data:`FUSED_FULL_FEATURES` features under ``"auto"``; or as
+    ``dask_em.kernels`` says, see :mod:`dask_em.compiled`). It computes in float64
+    whatever the data's dtype.
 
     Parameters
     ----------
@@ -373,17 +381,32 @@ def fused_stats(
     """
     from dask_em.compiled import LOWEST_FLOOR, use_compiled
 
-    if covariance_type not in ("diag", "spherical") or not floor >= LOWEST_FLOOR:
-        return None
-    if not use_compiled("dask_em.families._gaussian_numba"):
-        return None
-    from dask_em.families._gaussian_numba import diag_stats, tile_rows
-
     means = params["means"]
     prec_chol = params["precisions_cholesky"]
     K, D = means.shape
+    if covariance_type not in ("diag", "spherical", "full") or not floor >= LOWEST_FLOOR:
+        return None
+    if not use_compiled("dask_em.families._gaussian_numba", covariance_type != "full" or D <= FUSED_FULL_FEATURES):
+        return None
+    w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    rlr = np.zeros(groups if entropy else 0)
     ref = _reference(X, cache).astype(np.float64)
     mr = means - ref
+    X = np.ascontiguousarray(X, dtype=np.float64)  # float32 rows: converted here, 2x faster than in the loop
+    if covariance_type == "full":
+        stats = _fused_full(X, w, prec_chol, mr, ref, log_weights, groups, floor, rlr, cache)
+    else:
+        stats = _fused_diag(X, w, prec_chol, mr, ref, log_weights, groups, floor, rlr, covariance_type, cache)
+    if entropy:
+        stats["resp_log_resp"] = rlr
+    return stats
+
+
+def _fused_diag(X, w, prec_chol, mr, ref, log_weights, groups, floor, rlr, covariance_type, cache):
+    """:func:`fused_stats` for diag and spherical (:func:`~dask_em.families._gaussian_numba.diag_stats`)."""
+    from dask_em.families._gaussian_numba import diag_stats, tile_rows
+
+    K, D = mr.shape
 
     def terms():  # the log-densities' coefficients, contiguous for the loop: once per block
         const = _pick(_LOG_DET_CHOLESKY, covariance_type)(prec_chol, D) - 0.5 * D * LOG_2PI + log_weights
@@ -392,14 +415,32 @@ def fused_stats(
 
     A, B, c = _derived(cache, "fused-terms", terms)
     sq, s1, nk, loglik = np.zeros((K, D)), np.zeros((K, D)), np.zeros(K), np.zeros(groups)
-    w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
-    rlr = np.zeros(groups if entropy else 0)
-    X = np.ascontiguousarray(X, dtype=np.float64)  # float32 rows: converted here, 2x faster than in the loop
     diag_stats(X, w, ref, A, B, c, int(groups), float(floor), tile_rows(D), sq, s1, nk, loglik, rlr)
-    stats = {"s1": s1 - nk[:, None] * mr, "s2": _squares_about(sq, s1, nk, mr, covariance_type), "nk": nk}
-    if entropy:
-        stats["resp_log_resp"] = rlr
-    return {**stats, "loglik": loglik}
+    s2 = _squares_about(sq, s1, nk, mr, covariance_type)
+    return {"s1": s1 - nk[:, None] * mr, "s2": s2, "nk": nk, "loglik": loglik}
+
+
+def _fused_full(X, w, prec_chol, mr, ref, log_weights, groups, floor, rlr, cache):
+    """:func:`fused_stats` for full (:func:`~dask_em.families._gaussian_numba.full_stats`):
+    the sums of the whitened rows' squares ``W_k``, moved back as in :func:`suff_stats`,
+    ``s2_k = P_k^-T W_k P_k^-1``."""
+    from dask_em.families._gaussian_numba import full_stats, full_tile_rows
+
+    K, D = mr.shape
+
+    def terms():  # the whitening's coefficients, contiguous for the loop: once per block
+        const = _log_det_full(prec_chol, D) - 0.5 * D * LOG_2PI + log_weights
+        PT = np.tril(np.swapaxes(prec_chol, 1, 2))  # exact zeros above the diagonal: the loop's sweeps run over them
+        return np.ascontiguousarray(PT), -np.einsum("kd,kde->ke", mr, prec_chol), np.ascontiguousarray(const)
+
+    PT, f, c = _derived(cache, "fused-terms", terms)
+    W, s1, nk, loglik = np.zeros((K, D, D)), np.zeros((K, D)), np.zeros(K), np.zeros(groups)
+    full_stats(X, w, ref, PT, f, c, int(groups), float(floor), full_tile_rows(K, D), W, s1, nk, loglik, rlr)
+    W = np.triu(W)
+    W += np.swapaxes(np.triu(W, 1), 1, 2)
+    Pinv = _derived(cache, "pinv", lambda: _inverse_upper(prec_chol))
+    s2 = np.swapaxes(Pinv, 1, 2) @ W @ Pinv
+    return {"s1": s1 - nk[:, None] * mr, "s2": s2, "nk": nk, "loglik": loglik}
 
 
 # --------------------------------------------------------------------------- M-step
