@@ -17,7 +17,7 @@ least work a full-covariance E-step needs: ``2 K D^2`` flops a row. Both compute
 float64 whatever the data's dtype. Measured on an Intel Xeon (AVX-512, one thread;
 benchmarks/README.md), per row of a block for D=16, K=8: diag 78-89 against numpy's
 139-161 ns (the loop alone: 60-70); full 213-282 against 573-697 ns.
-""""""
+"""
 
 import math
 
