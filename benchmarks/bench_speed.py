@@ -239,7 +239,8 @@ def in_memory(n, iters, gemm_rate):
         flops = {"full": 3 * N * K * D * D, "diag": 8 * N * K * D}[cov]
         report(f"in memory {cov} N={N} D={D} K={K}", ours, theirs, "scikit-learn", target)
         print(f"{'':<44}about {flops / 1e9:.1f} GFLOP per iteration (as computed): {flops / ours / 1e9:.1f} GFLOP/s")
-        fused = use_compiled("dask_em.families._gaussian_numba", cov != "full" or D <= gaussian.FUSED_FULL_FEATURES)
+        module = "dask_em.families._gaussian_full_numba" if cov == "full" else "dask_em.families._gaussian_numba"
+        fused = use_compiled(module, cov != "full" or D <= gaussian.FUSED_FULL_FEATURES)
         print(f"{'':<44}E-step kernel: {'compiled (numba)' if fused else 'numpy'}")
         if cov == "full":
             floor = best_of(lambda: blas_floor(N, D, K))

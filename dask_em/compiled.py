@@ -1,15 +1,20 @@
 """Which kernels run: numpy's, or dask-em's compiled ones (numba, optional).
 
-dask-em's kernels are NumPy. Three are also compiled with numba, where one loop over
-tiles of rows that stay in the CPU's L1 cache beats numpy's passes over whole arrays:
+dask-em's kernels are NumPy. Some are also compiled with numba, where one loop over
+tiles of rows that stay in the CPU's caches beats numpy's passes over whole arrays:
 
 - **the diagonal and spherical Gaussian E-step** (:mod:`dask_em.families._gaussian_numba`):
   the log-densities, the responsibilities and the statistics of a slab in one loop,
   1.6-1.9x faster per row than numpy's kernel and 1.5-1.9x per fit with AVX-512, 2.9x
   and 2.3x without (benchmarks/README.md);
+- **the full-covariance Gaussian E-step** (:mod:`dask_em.families._gaussian_full_numba`), up to
+  :data:`dask_em.families.gaussian.FUSED_FULL_FEATURES` features under ``"auto"``: the
+  rows whitened with each component's Cholesky factor and their squares summed in the
+  same loop, instead of BLAS's thin GEMMs; 2.2-2.5x faster per row at D=16, 1.7-2.2x
+  per fit (1.5-1.9x at D=32, none at D=64);
 - **the Lloyd step of K-means** (:mod:`dask_em.families._kmeans_numba`): the distances,
-  the nearest centres and the clusters' sums of a slab in one loop, 2.4-2.7x faster per
-  row than numpy's kernel (1.5x per fit on 2 threads; benchmarks/README.md);
+  the nearest centres and the clusters' sums of a slab in one loop, 2-3x faster per row
+  than numpy's kernel (1.2-1.8x per Lloyd iteration on 2 threads; benchmarks/README.md);
 - **the soft responsibilities of the other families** (:mod:`dask_em._exp_numba`, used
   by :mod:`dask_em.engine.vector_exp`): the floored ``exp`` and its sums, with an
   ``exp`` of dask-em's own. numpy vectorises its float64 ``exp`` only where it
@@ -21,8 +26,8 @@ The ``dask.config`` key ``dask_em.kernels`` chooses, in each process that runs E
 (set it before starting a cluster, or in the workers' configuration, e.g. the
 environment variable ``DASK_DASK_EM__KERNELS=numpy``):
 
-- ``"auto"`` (default): each compiled kernel where it is faster (above: the Gaussian and
-  K-means ones everywhere measured) and loads
+- ``"auto"`` (default): each compiled kernel where it is faster (above: the Gaussian
+  ones, full covariances up to 32 features, and the K-means one) and loads
   (numba is installed), else numpy's; but numpy's in ``distributed`` workers whose
   memory limit is below :data:`MIN_WORKER_MEMORY`. With numba installed this is
   opt-out, not opt-in;

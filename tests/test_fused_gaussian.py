@@ -128,6 +128,9 @@ def test_full_covariance_matches_a_row_by_row_reference(n, groups, weighted, D):
 
 
 def test_full_covariance_far_from_the_origin_and_in_float32():
+    """float32 rows at +1e6 are whitened in float32, about the block's reference point:
+    float32's rounding of the centred rows (about 1e-7 relative), not of their offset
+    (1e6 times that)."""
     rng = np.random.default_rng(4)
     K, D, n = 3, 6, 700
     means, covariances, weights, prec_chol = _full_mixture(rng, K, D, 1e6)
@@ -137,10 +140,10 @@ def test_full_covariance_far_from_the_origin_and_in_float32():
     with dask.config.set({"dask_em.kernels": "numba"}):
         stats = gaussian.fused_stats(X, None, params, np.log(weights), 1, 0.5 * log_tiny(np.float32), "full")
     s1, s2, nk, ll, _ = _full_reference(X, np.ones(n), means, covariances, weights, 1)
-    np.testing.assert_allclose(stats["nk"], nk, rtol=1e-10)
-    np.testing.assert_allclose(stats["s1"], s1, rtol=1e-8, atol=1e-9 * n)
-    np.testing.assert_allclose(stats["s2"], s2, rtol=1e-8, atol=1e-9 * n)
-    np.testing.assert_allclose(stats["loglik"], ll, rtol=1e-12)
+    np.testing.assert_allclose(stats["nk"], nk, rtol=1e-6)
+    np.testing.assert_allclose(stats["s1"], s1, rtol=1e-5, atol=1e-6 * n)
+    np.testing.assert_allclose(stats["s2"], s2, rtol=1e-5, atol=1e-6 * n)
+    np.testing.assert_allclose(stats["loglik"], ll, rtol=1e-8)
 
 
 def test_far_from_the_origin_and_in_float32():
@@ -213,7 +216,7 @@ def test_runs_only_where_it_applies():
     wide = {"means": np.zeros((2, D)), "precisions_cholesky": np.stack([np.eye(D)] * 2)}
     Xw = rng.normal(size=(50, D))
     with dask.config.set({"dask_em.kernels": "auto"}):
-        if compiled_error("dask_em.families._gaussian_numba") is None:  # numba loads here (the test extra)
+        if compiled_error("dask_em.families._gaussian_full_numba") is None:  # numba loads here (the test extra)
             assert gaussian.fused_stats(Xw[:, :3], None, full, logw, 1, FLOOR, "full") is not None
         assert gaussian.fused_stats(Xw, None, wide, logw, 1, FLOOR, "full") is None
     with dask.config.set({"dask_em.kernels": "numba"}):
