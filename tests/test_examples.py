@@ -34,6 +34,7 @@ def _check_png(path):
     assert len(np.unique(img.reshape(-1, img.shape[2]), axis=0)) > 10  # something was drawn
 
 
+@pytest.mark.small_workers  # the notebook's workers: 384 MiB (the full-covariance fits load numba when forced)
 def test_quickstart_notebook_runs_at_small_size(tmp_path, monkeypatch):
     for key, value in _env(DASK_EM_EXAMPLE_SIZE="small", DASK_EM_EXAMPLE_DIR=str(tmp_path / "qs")).items():
         monkeypatch.setenv(key, value)
