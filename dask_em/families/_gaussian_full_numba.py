@@ -19,7 +19,7 @@ K=8: 213-282 against numpy's 573-697 ns (float32: 174).
 import numpy as np
 
 from dask_em._exp_numba import compiled
-from dask_em.families._gaussian_numba import _responsibilities
+from dask_em.families._gaussian_numba import _responsibilities, _scratch, _shifted_tile
 
 
 #: Whitened rows of one tile, (G * K, D, rows), values: they stay in the L2 cache.
@@ -80,23 +80,13 @@ def full_stats(X, w, ref, PT, f, c, groups, floor, tile, W, s1, nk, ll, rlr):  #
     y = np.empty((KG, D, tile), dt)
     ry = np.empty(tile, dt)
     ry2 = np.empty(tile, dt)
-    saved = np.empty(tile)
-    dot = np.zeros(tile if entropy else 0)
     lp = np.empty((KG, tile))
-    top = np.empty(tile)
-    scale = np.empty(tile)
-    bits = np.empty(tile)
-    red = np.empty(tile)
+    saved, dot, top, scale, bits, red = _scratch(tile, entropy)
     for start in range(0, n, tile):
         m = min(tile, n - start)
-        for i in range(m):
-            for d in range(D):
-                t[d, i] = X[start + i, d] - ref[d]
+        _shifted_tile(X, ref, start, m, t, lp, c)
         for k in range(KG):
             row = lp[k]
-            ck = c[k]
-            for i in range(m):
-                row[i] = ck
             D4 = D - D % 4
             for j in range(0, D4, 4):  # four outputs by four features a sweep: 8 loads, 4 stores, 16 FMAs
                 y0, y1, y2, y3 = y[k, j], y[k, j + 1], y[k, j + 2], y[k, j + 3]

@@ -33,6 +33,28 @@ def tile_rows(n_features: int) -> int:
     return int(min(256, max(32, TILE_VALUES // max(n_features, 1))))
 
 
+@numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
+def _scratch(tile, entropy):  # pragma: no cover - compiled
+    """The responsibilities' scratch arrays of a tile (:func:`_responsibilities`):
+    ``saved``, ``dot`` (empty without the entropy sums), ``top``, ``scale``, ``bits``, ``red``."""
+    return np.empty(tile), np.zeros(tile if entropy else 0), np.empty(tile), np.empty(tile), np.empty(tile), np.empty(tile)
+
+
+@numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
+def _shifted_tile(X, ref, start, m, t, lp, c):  # pragma: no cover - compiled
+    """The tile's rows ``X[start : start + m] - ref`` into ``t`` (D, tile), transposed;
+    every component's log-density ``lp[k, :m]`` starts at its constant ``c[k]``."""
+    D = X.shape[1]
+    for i in range(m):
+        for d in range(D):
+            t[d, i] = X[start + i, d] - ref[d]
+    for k in range(lp.shape[0]):
+        row = lp[k]
+        ck = c[k]
+        for i in range(m):
+            row[i] = ck
+
+
 @numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy", fastmath={"contract", "reassoc", "nsz"})
 def _responsibilities(lp, groups, K, start, m, w, weighted, floor, top, scale, bits, red, saved, dot, entropy, nk, ll,
                       rlr):  # pragma: no cover - compiled
@@ -122,23 +144,13 @@ def diag_stats(X, w, ref, A, B, c, groups, floor, tile, s2, s1, nk, ll, rlr):  #
     weighted = w.shape[0] == n
     entropy = rlr.shape[0] == groups
     t = np.empty((D, tile))
-    saved = np.empty(tile)
-    dot = np.zeros(tile if entropy else 0)  # empty: exp_rows skips the entropy sums
     lp = np.empty((KG, tile))
-    top = np.empty(tile)
-    scale = np.empty(tile)
-    bits = np.empty(tile)
-    red = np.empty(tile)
+    saved, dot, top, scale, bits, red = _scratch(tile, entropy)
     for start in range(0, n, tile):
         m = min(tile, n - start)
-        for i in range(m):
-            for d in range(D):
-                t[d, i] = X[start + i, d] - ref[d]
+        _shifted_tile(X, ref, start, m, t, lp, c)
         for k in range(KG):
             row = lp[k]
-            ck = c[k]
-            for i in range(m):
-                row[i] = ck
             D4 = D - D % 4
             for d in range(0, D4, 4):  # four features a sweep: a quarter of the row's loads and stores
                 a0, a1, a2, a3 = A[k, d], A[k, d + 1], A[k, d + 2], A[k, d + 3]
