@@ -10,11 +10,11 @@ tiles of rows that stay in the CPU's caches beats numpy's passes over whole arra
 - **the full-covariance Gaussian E-step** (:mod:`dask_em.families._gaussian_full_numba`), up to
   :data:`dask_em.families.gaussian.FUSED_FULL_FEATURES` features under ``"auto"``: the
   rows whitened with each component's Cholesky factor and their squares summed in the
-  same loop, instead of BLAS's thin GEMMs; 2.2-2.5x faster per row at D=16, 1.7-2.2x
+  same loop, instead of BLAS's thin GEMMs; 2.2-2.5x faster per row at D=16, 1.7-2.5x
   per fit (1.5-1.9x at D=32, none at D=64);
 - **the Lloyd step of K-means** (:mod:`dask_em.families._kmeans_numba`): the distances,
   the nearest centres and the clusters' sums of a slab in one loop, 2-3x faster per row
-  than numpy's kernel (1.2-1.8x per Lloyd iteration on 2 threads; benchmarks/README.md);
+  than numpy's kernel (1.2-2.3x per Lloyd iteration on 2 threads; benchmarks/README.md);
 - **the soft responsibilities of the other families** (:mod:`dask_em._exp_numba`, used
   by :mod:`dask_em.engine.vector_exp`): the floored ``exp`` and its sums, with an
   ``exp`` of dask-em's own. numpy vectorises its float64 ``exp`` only where it

@@ -23,7 +23,7 @@ An empty cluster is re-seeded in the M-step at the farthest row of the pass
 
 Speed: the E-step of a fit calls :func:`hard_stats`, a Lloyd step per slab of rows.
 With numba (``dask_em.kernels``, :mod:`dask_em.compiled`) it is one compiled loop over
-tiles of rows (:mod:`dask_em.families._kmeans_numba`), 2.4-2.7x faster; else a few BLAS
+tiles of rows (:mod:`dask_em.families._kmeans_numba`), 2-3x faster; else a few BLAS
 calls: one GEMM for the distances of all rows to all centres, their minimum, the
 (K, n) indicator of the nearest centre, and two GEMMs with it for every sum (no
 per-row Python, no (n, K) one-hot). The two give the same sums up to rounding (a row
