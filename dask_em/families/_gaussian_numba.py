@@ -37,7 +37,8 @@ def tile_rows(n_features: int) -> int:
 def _scratch(tile, entropy):  # pragma: no cover - compiled
     """The responsibilities' scratch arrays of a tile (:func:`_responsibilities`):
     ``saved``, ``dot`` (empty without the entropy sums), ``top``, ``scale``, ``bits``, ``red``."""
-    return np.empty(tile), np.zeros(tile if entropy else 0), np.empty(tile), np.empty(tile), np.empty(tile), np.empty(tile)
+    dot = np.zeros(tile if entropy else 0)
+    return np.empty(tile), dot, np.empty(tile), np.empty(tile), np.empty(tile), np.empty(tile)
 
 
 @numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
@@ -55,7 +56,8 @@ def _shifted_tile(X, ref, start, m, t, lp, c):  # pragma: no cover - compiled
             row[i] = ck
 
 
-@numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy", fastmath={"contract", "reassoc", "nsz"})
+@numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy",
+            fastmath={"contract", "reassoc", "nsz"})
 def _responsibilities(lp, groups, K, start, m, w, weighted, floor, top, scale, bits, red, saved, dot, entropy, nk, ll,
                       rlr):  # pragma: no cover - compiled
     """A tile's log-densities ``lp[:, :m]`` (``groups`` mixtures of K components, log

@@ -72,7 +72,7 @@ from dask_em.families.gaussian_params import (  # noqa: F401
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
 #: Under ``dask_em.kernels="auto"``, full covariances take the compiled E-step up to this
-#: many features. Whole fits on 2 threads (Xeon, AVX-512): 1.7-2.2x faster than numpy's
+#: many features. Whole fits on 2 threads (Xeon, AVX-512): 1.7-2.5x faster than numpy's
 #: kernel at D=16, 1.5-1.9x at D=32, as fast or slower at D=64, where BLAS's GEMMs are
 #: no longer thin (benchmarks/README.md).
 FUSED_FULL_FEATURES = 32
@@ -440,7 +440,8 @@ def _fused_full(X, w, prec_chol, mr, ref, log_weights, groups, floor, rlr, cache
         const = _log_det_full(prec_chol, D) - 0.5 * D * LOG_2PI + log_weights
         PT = np.tril(np.swapaxes(prec_chol, 1, 2))  # exact zeros above the diagonal: the loop's sweeps run over them
         f = -np.einsum("kd,kde->ke", mr, prec_chol)
-        return np.ascontiguousarray(PT, dtype=X.dtype), np.ascontiguousarray(f, dtype=X.dtype), np.ascontiguousarray(const)
+        dt = X.dtype
+        return np.ascontiguousarray(PT, dtype=dt), np.ascontiguousarray(f, dtype=dt), np.ascontiguousarray(const)
 
     PT, f, c = _derived(cache, "fused-terms", terms)
     W, s1, nk, loglik = np.zeros((K, D, D)), np.zeros((K, D)), np.zeros(K), np.zeros(groups)
