@@ -13,8 +13,9 @@ the BLAS library and its kernel, the ``dask_em.kernels`` setting and numba's ver
 which float64 exp the responsibilities use, numpy's exp per element and the
 responsibilities per row with numpy's passes and with dask-em's compiled loop, the
 diagonal Gaussian E-step and the KMeans Lloyd step per row with numpy's kernel and the
-compiled one, the rate of a large square GEMM on all cores), then one line per target: the measured seconds per
-EM iteration, the reference it is compared with (scikit-learn, the float64 fit, a raw
+compiled one, the rate of a large square GEMM on all cores), then one line per target:
+the measured seconds per EM iteration, the reference it is compared with (scikit-learn,
+the float64 fit, a raw
 read pass over the same store, n_init=1, numpy's kernels against the compiled ones in
 the same fits: ``--only kernels``), their ratio and the target ratio. Full covariance
 lines also print two floors: the E-step's own BLAS calls alone, and the machine's,
@@ -239,9 +240,7 @@ def in_memory(n, iters, gemm_rate):
         flops = {"full": 3 * N * K * D * D, "diag": 8 * N * K * D}[cov]
         report(f"in memory {cov} N={N} D={D} K={K}", ours, theirs, "scikit-learn", target)
         print(f"{'':<44}about {flops / 1e9:.1f} GFLOP per iteration (as computed): {flops / ours / 1e9:.1f} GFLOP/s")
-        module = "dask_em.families._gaussian_full_numba" if cov == "full" else "dask_em.families._gaussian_numba"
-        fused = use_compiled(module, cov != "full" or D <= gaussian.FUSED_FULL_FEATURES)
-        print(f"{'':<44}E-step kernel: {'compiled (numba)' if fused else 'numpy'}")
+        print(f"{'':<44}E-step kernel: {'compiled (numba)' if gaussian.fused_kernel(cov, D) else 'numpy'}")
         if cov == "full":
             floor = best_of(lambda: blas_floor(N, D, K))
             print(f"{'':<44}numpy kernel's own-GEMM floor (its GEMM and syrks alone, 2 threads): {floor:.3f} s; "

@@ -1,5 +1,6 @@
-"""dask-em's own vectorised ``exp`` and the responsibilities' compiled loop (imports
-numba: load lazily; :mod:`dask_em.compiled` says when they run).
+"""dask-em's own vectorised ``exp`` and the responsibilities' compiled loop, and what
+the compiled kernels share (:func:`compiled`, :func:`tile_rows`) (imports numba: load
+lazily; :mod:`dask_em.compiled` says when they run).
 
 :func:`softmax_floored` (used by :mod:`dask_em.engine.vector_exp`) computes the soft
 responsibilities one tile of rows at a time (:func:`_exp_rows`, also the Gaussian
@@ -41,6 +42,16 @@ _C = np.array([1.0 / math.factorial(i) for i in range(_DEGREE + 1)])  # Taylor c
 
 
 _OPTIONS = dict(nogil=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
+
+#: Values of one tile of the E-step kernels (the Gaussian and K-means ones): its rows,
+#: (D, rows), stay in the L1 cache (48 KiB on the Xeon measured: tiles of 128 to 256
+#: rows of D=16 ran as fast, 384 slower).
+TILE_VALUES = 4096
+
+
+def tile_rows(n_features: int) -> int:
+    """Rows per tile of the E-step kernels for ``n_features`` columns: 32 to 256."""
+    return int(min(256, max(32, TILE_VALUES // max(n_features, 1))))
 
 
 def compiled(fn=None, *, fastmath=_OPTIONS["fastmath"]):

@@ -138,7 +138,7 @@ def full_stats(X, w, ref, PT, f, c, groups, floor, tile, W, s1, nk, ll, rlr):  #
                 for i in range(m):
                     ry[i] = r[i] * ya0[i]
                     ry2[i] = r[i] * ya1[i]
-                B4 = a + (D - a) - (D - a) % 4
+                B4 = D - (D - a) % 4  # columns a.. in sweeps of four, then the rest
                 for b in range(a, B4, 4):
                     y0, y1, y2, y3 = y[k, b], y[k, b + 1], y[k, b + 2], y[k, b + 3]
                     q0 = q1 = q2 = q3 = zero
@@ -180,7 +180,6 @@ def full_stats(X, w, ref, PT, f, c, groups, floor, tile, W, s1, nk, ll, rlr):  #
                     for i in range(m):
                         total += ry[i] * yb[i]
                     W[k, a, b] += total
-
 
 
 def check():

@@ -21,17 +21,7 @@ import math
 import numba
 import numpy as np
 
-from dask_em._exp_numba import compiled, exp_rows
-
-#: Values of one tile: its shifted rows, (D, rows), stay in the L1 cache (48 KiB on the
-#: Xeon measured: tiles of 128 to 256 rows of D=16 ran as fast, 384 slower).
-TILE_VALUES = 4096
-
-
-def tile_rows(n_features: int) -> int:
-    """Rows per tile for ``n_features`` columns: 32 to 256."""
-    return int(min(256, max(32, TILE_VALUES // max(n_features, 1))))
-
+from dask_em._exp_numba import compiled, exp_rows, tile_rows
 
 @numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
 def _scratch(tile, entropy):  # pragma: no cover - compiled
@@ -128,7 +118,7 @@ def diag_stats(X, w, ref, A, B, c, groups, floor, tile, s2, s1, nk, ll, rlr):  #
         Responsibilities whose log relative to the row's largest is at or below it
         are exactly 0; at least -708.
     tile : int
-        Rows per tile (:func:`tile_rows`).
+        Rows per tile (:func:`dask_em._exp_numba.tile_rows`).
     s2, s1 : ndarray (G * K, D) float64
         ``sum_i r_ik t_id**2`` and ``sum_i r_ik t_id``, weighted by ``w``.
     nk : ndarray (G * K,) float64

@@ -19,17 +19,7 @@ convergence needs (:class:`dask_em.estimators.kmeans.CentreShift`).
 
 import numpy as np
 
-from dask_em._exp_numba import compiled
-
-#: Values of one tile: its rows, (D, rows), stay in the L1 cache (as the Gaussian
-#: kernel's, :data:`dask_em.families._gaussian_numba.TILE_VALUES`).
-TILE_VALUES = 4096
-
-
-def tile_rows(n_features: int) -> int:
-    """Rows per tile for ``n_features`` columns: 32 to 256."""
-    return int(min(256, max(32, TILE_VALUES // max(n_features, 1))))
-
+from dask_em._exp_numba import compiled, tile_rows
 
 # reassoc lets LLVM vectorise the distances' sums over the features (their order is
 # fixed by the code, the same in every run); the clusters' sums are not reordered
@@ -50,7 +40,7 @@ def lloyd_stats(X, w, centers, ref, v, tile, labels, best, second, sv, nk, s1, s
     v : ndarray (D,) float64
         The signature vector.
     tile : int
-        Rows per tile (:func:`tile_rows`).
+        Rows per tile (:func:`dask_em._exp_numba.tile_rows`).
     labels : ndarray (n,) int64
         Out: each row's nearest centre (the first of equally near ones).
     best, second : ndarray (n,) float64

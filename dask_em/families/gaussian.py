@@ -380,17 +380,11 @@ def fused_stats(
         :func:`suff_stats`'s statistics (float64) with ``nk`` (K,) and ``loglik``
         (groups,), the weighted sums of the rows' log-likelihoods.
     """
-    from dask_em.compiled import LOWEST_FLOOR, use_compiled
+    from dask_em.compiled import LOWEST_FLOOR
 
     means = params["means"]
     prec_chol = params["precisions_cholesky"]
-    K, D = means.shape
-    if covariance_type not in ("diag", "spherical", "full") or not floor >= LOWEST_FLOOR:
-        return None
-    if covariance_type == "full":
-        if not use_compiled("dask_em.families._gaussian_full_numba", D <= FUSED_FULL_FEATURES):
-            return None
-    elif not use_compiled("dask_em.families._gaussian_numba"):
+    if not floor >= LOWEST_FLOOR or fused_kernel(covariance_type, means.shape[1]) is None:
         return None
     w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
     rlr = np.zeros(groups if entropy else 0)
@@ -408,9 +402,25 @@ def fused_stats(
     return stats
 
 
+def fused_kernel(covariance_type: str, n_features: int) -> str | None:
+    """The module whose compiled E-step :func:`fused_stats` runs here for
+    ``covariance_type`` and ``n_features`` (as ``dask_em.kernels`` and
+    :data:`FUSED_FULL_FEATURES` say, :mod:`dask_em.compiled`), or None: numpy's kernel."""
+    from dask_em.compiled import use_compiled
+
+    if covariance_type == "full":
+        module, faster = "dask_em.families._gaussian_full_numba", n_features <= FUSED_FULL_FEATURES
+    elif covariance_type in ("diag", "spherical"):
+        module, faster = "dask_em.families._gaussian_numba", True
+    else:
+        return None
+    return module if use_compiled(module, faster) else None
+
+
 def _fused_diag(X, w, prec_chol, mr, ref, log_weights, groups, floor, rlr, covariance_type, cache):
     """:func:`fused_stats` for diag and spherical (:func:`~dask_em.families._gaussian_numba.diag_stats`)."""
-    from dask_em.families._gaussian_numba import diag_stats, tile_rows
+    from dask_em._exp_numba import tile_rows
+    from dask_em.families._gaussian_numba import diag_stats
 
     K, D = mr.shape
 

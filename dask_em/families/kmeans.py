@@ -268,24 +268,32 @@ def hard_stats(X: np.ndarray, w: np.ndarray | None, params: Params, cache=None, 
         "loglik": -float(s2.sum()),
     }
     if keep is not None:
-        labels = np.argmin(d2, axis=0)  # the first of equally near centres, as ``resp``
-        if K > 1:
-            others = d2.copy()
-            others[labels, np.arange(n)] = np.inf
-            second = np.min(others, axis=0)
-            second += xsq
-            np.maximum(second, 0.0, out=second)
-        else:
-            second = np.full(n, np.inf)
-        scale = math.sqrt(float(xsq.max(initial=0.0)) + float(derived["ccsq"].max()))
-        stats["region"] = slab_region(X, w, labels, best, second, scale, out[K], stats, derived["centers"], keep)
+        stats["region"] = _region(X, w, d2, xsq, out[K], best, stats, derived, keep)
     return stats
+
+
+def _region(X, w, d2, xsq, sv, best, stats, derived, keep):
+    """The slab's :class:`~dask_em.families.kmeans_region.Region` (see :func:`hard_stats`):
+    ``d2`` (K, n) the squared distances less ``|xc|^2``, ``best`` the nearest one."""
+    n = X.shape[0]
+    labels = np.argmin(d2, axis=0)  # the first of equally near centres, as ``resp``
+    if d2.shape[0] > 1:
+        others = d2.copy()
+        others[labels, np.arange(n)] = np.inf
+        second = np.min(others, axis=0)
+        second += xsq
+        np.maximum(second, 0.0, out=second)
+    else:
+        second = np.full(n, np.inf)
+    scale = math.sqrt(float(xsq.max(initial=0.0)) + float(derived["ccsq"].max()))
+    return slab_region(X, w, labels, best, second, scale, sv, stats, derived["centers"], keep)
 
 
 def _compiled_stats(X, w, derived, cache, keep):
     """:func:`hard_stats` by the compiled Lloyd step (:mod:`dask_em.families._kmeans_numba`):
     the same statistics, the distances taken from the differences ``x - c_k``."""
-    from dask_em.families._kmeans_numba import lloyd_stats, tile_rows
+    from dask_em._exp_numba import tile_rows
+    from dask_em.families._kmeans_numba import lloyd_stats
 
     work = cache.get("work")
     centers = derived["centers"]
