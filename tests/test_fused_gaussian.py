@@ -104,11 +104,14 @@ def _full_reference(X, w, means, covariances, weights, groups):
     return s1, s2, nk, ll, rlr
 
 
-@pytest.mark.parametrize("n", [1, 255, 256, 257, 700])
+@pytest.mark.parametrize("n", [1, 383, 384, 385, 800])  # tiles of 384 rows
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("D", [1, 5, 9])  # the loop's blocks of 4 features and their remainders
 def test_full_covariance_matches_a_row_by_row_reference(n, groups, weighted, D):
+    from dask_em.families._gaussian_full_numba import full_tile_rows
+
+    assert full_tile_rows(D) == 384
     rng = np.random.default_rng(n + 7 * groups + D)
     K = 4
     parts = [_full_mixture(rng, K, D, 0.0) for _ in range(groups)]
@@ -135,9 +138,10 @@ FLOAT32_TOLERANCES = {"diag": (1e-10, 1e-8, 1e-12), "full": (1e-6, 1e-5, 1e-8)}
 
 @pytest.mark.parametrize("covariance_type", ["diag", "full"])
 def test_far_from_the_origin_and_in_float32(covariance_type):
-    """Data at +1e6 fit as centred data (the rows are shifted before any square)."""
+    """Data at +1e6 fit as centred data (the rows are shifted before any square);
+    1,700 rows: full's float32 tiles of 768 rows, and a part tile."""
     rng = np.random.default_rng(3)
-    K, n = 3, 700
+    K, n = 3, 1700
     if covariance_type == "diag":
         means, sigma, weights, prec_chol = _mixture(rng, K, 4, 1, 1e6, False)
     else:

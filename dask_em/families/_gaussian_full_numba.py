@@ -6,14 +6,16 @@ numpy's kernel (:func:`~dask_em.families.gaussian.log_prob` and
 :func:`~dask_em.families.gaussian.suff_stats`) whitens the rows with one GEMM of inner
 dimension D + 1 and sums their squares with one syrk per component, both far from
 BLAS's peak for small D, around about eight passes over (K, D, n) and (n, K) arrays.
-:func:`full_stats` whitens a tile of rows with each component's Cholesky factor (the
-whitened rows stay in L2), takes the responsibilities as the diagonal kernel does
-(:func:`dask_em.families._gaussian_numba._responsibilities`) and sums the whitened
-rows' squares in the same loop: the least work a full-covariance E-step needs, ``2 K
-D^2`` flops a row. It whitens and sums each tile in the data's dtype (float32 or
-float64), the responsibilities and the sums over tiles in float64. Measured on an
-Intel Xeon (AVX-512, one thread; benchmarks/README.md), per row of a block for D=16,
-K=8: 213-282 against numpy's 573-697 ns (float32: 174).
+:func:`full_stats` whitens a tile of rows with each component's Cholesky factor,
+keeping only the squares' sums, takes the responsibilities as the diagonal kernel
+does (:func:`dask_em.families._gaussian_numba._responsibilities`) and sums the rows
+about each mean and their outer products in the same loop: the least work a
+full-covariance E-step needs, ``2 K D^2`` flops a row (a triangle each). It whitens
+and sums each tile in the data's dtype (float32 or float64), the responsibilities and
+the sums over tiles in float64. Per row of a block (one thread; benchmarks/README.md),
+D=16 K=8: 213-282 against numpy's 573-697 ns on an Intel Xeon (AVX-512); on an AMD
+EPYC (Zen 4) 168-174 (float32 118-120), and D=64 K=16 3,220 (float32 2,080), about
+80% of the single-core square GEMM's rate.
 """
 
 import numpy as np
@@ -22,26 +24,38 @@ from dask_em._exp_numba import compiled
 from dask_em.families._gaussian_numba import _responsibilities, _scratch, _shifted_tile
 
 
-#: Whitened rows of one tile, (G * K, D, rows), values: they stay in the L2 cache.
-FULL_TILE_VALUES = 32768
+#: Most bytes of one tile's rows, (D, rows): the shifted rows and those about one
+#: mean, two such arrays, stay in the L2 cache.
+FULL_TILE_BYTES = 2**19
 
 
-def full_tile_rows(n_components: int, n_features: int) -> int:
-    """Rows per tile of :func:`full_stats` for ``n_components`` (all mixtures) and
-    ``n_features``: 16 to 256."""
-    return int(min(256, max(16, FULL_TILE_VALUES // max(n_components * n_features, 1))))
+def full_tile_rows(n_features: int, itemsize: int = 8) -> int:
+    """Rows per tile of :func:`full_stats` for ``n_features`` of ``itemsize`` bytes:
+    384 (float64) or 768 (float32), or fewer where (D, rows) would exceed
+    :data:`FULL_TILE_BYTES`; a multiple of 48, at least 48. Each tile's sums end in
+    horizontal additions, which long tiles amortise; a power of two would put the rows
+    ``u[b]`` to ``u[b + 3]`` of the scatter's sweeps in the same L1 sets. On an AMD
+    EPYC (Zen 4), D=64 K=16 ran at 4,290 ns a row in tiles of 32 rows, 3,020-3,320 in
+    tiles of 192 to 384, 5,490 in tiles of 256; float32 rows 3-5% faster in tiles of
+    768 than of 384, slower beyond (benchmarks/README.md)."""
+    rows = FULL_TILE_BYTES // (max(n_features, 1) * itemsize) // 48 * 48
+    return int(min(3072 // itemsize, max(48, rows)))
 
 
 @compiled(fastmath={"contract", "reassoc", "nsz"})
-def full_stats(X, w, ref, PT, f, c, groups, floor, tile, W, s1, nk, ll, rlr):  # pragma: no cover - compiled
+def full_stats(X, w, ref, PT, f, mr, c, groups, floor, tile, W, s1, nk, ll, rlr):  # pragma: no cover - compiled
     """Add one slab's full-covariance statistics to ``W``, ``s1``, ``nk``, ``ll`` (and
     ``rlr``), in place.
 
-    Per tile of rows: the shifted rows ``t = x - ref``, transposed; every component's
-    whitened rows ``y_kj = sum_l P_k[l, j] t_l + f_kj`` (``P_k`` upper triangular, so
-    ``l <= j``; four ``l`` a sweep) and log-density ``c_k - |y_k|**2 / 2``; the
-    responsibilities (as :func:`diag_stats`); then ``sum_i r_ik t_i`` and the upper
-    triangle of ``sum_i r_ik y_ik y_ik^T``, four columns a sweep.
+    Per tile of rows: the shifted rows ``t = x - ref``, transposed; for each component
+    the whitened rows ``y_kj = sum_l P_k[l, j] t_l + f_kj`` (``P_k`` upper triangular,
+    so ``l <= j``; four ``j`` by four ``l`` a sweep), four ``j`` at a time, only their
+    squares kept: the log-density ``c_k - |y_k|**2 / 2``; the responsibilities (as
+    :func:`~dask_em.families._gaussian_numba.diag_stats`); then, per component, the
+    rows about its mean ``u = t - mr_k``, ``sum_i r_ik u_i`` and the upper triangle of
+    ``sum_i r_ik u_i u_i^T`` (two rows by four columns a sweep). The sums come out
+    about each mean, as :func:`~dask_em.families.gaussian.suff_stats` gives them,
+    with no transform back from the whitened coordinates.
 
     Parameters
     ----------
@@ -54,20 +68,23 @@ def full_stats(X, w, ref, PT, f, c, groups, floor, tile, W, s1, nk, ll, rlr):  #
         ``PT[k, j, l] = P_k[l, j]``, the precisions' Cholesky factors transposed (lower
         triangular, exact zeros above the diagonal).
     f : ndarray (G * K, D), X's dtype
-        ``-(mu_k - ref) P_k``.
+        ``-mr_k P_k``.
+    mr : ndarray (G * K, D), X's dtype
+        The means less ``ref``.
     c : ndarray (G * K,) float64
         Each component's log-density constant, log weight included.
     groups : int
     floor : float
-        As for :func:`diag_stats`.
+        As for :func:`~dask_em.families._gaussian_numba.diag_stats`.
     tile : int
         Rows per tile (:func:`full_tile_rows`).
     W : ndarray (G * K, D, D) float64
-        ``sum_i r_ik y_ik y_ik^T``, weighted by ``w``: the upper triangle only.
+        ``sum_i r_ik u_ik u_ik^T``, weighted by ``w``: added to the upper triangle,
+        which is then copied to the lower one.
     s1 : ndarray (G * K, D) float64
-        ``sum_i r_ik t_i``, weighted.
+        ``sum_i r_ik u_ik``, weighted.
     nk, ll, rlr
-        As for :func:`diag_stats`.
+        As for :func:`~dask_em.families._gaussian_numba.diag_stats`.
     """
     n, D = X.shape
     KG = PT.shape[0]
@@ -77,117 +94,149 @@ def full_stats(X, w, ref, PT, f, c, groups, floor, tile, W, s1, nk, ll, rlr):  #
     dt = X.dtype  # the tile's rows, whitened rows and their sums per tile: in the data's dtype
     zero = np.zeros(1, dt)[0]
     t = np.empty((D, tile), dt)
-    y = np.empty((KG, D, tile), dt)
+    u = np.empty((D, tile), dt)
+    y = np.empty((4, tile), dt)  # four whitened coordinates of the tile: only their squares are kept
     ry = np.empty(tile, dt)
     ry2 = np.empty(tile, dt)
+    rr = np.empty(tile, dt)  # the responsibilities in the data's dtype: converted once per component
+    q = np.empty(tile, dt)  # |y_k|**2 of the tile's rows
     lp = np.empty((KG, tile))
     saved, dot, top, scale, bits, red = _scratch(tile, entropy)
+    D4 = D - D % 4
     for start in range(0, n, tile):
         m = min(tile, n - start)
         _shifted_tile(X, ref, start, m, t, lp, c)
         for k in range(KG):
             row = lp[k]
-            D4 = D - D % 4
-            for j in range(0, D4, 4):  # four outputs by four features a sweep: 8 loads, 4 stores, 16 FMAs
-                y0, y1, y2, y3 = y[k, j], y[k, j + 1], y[k, j + 2], y[k, j + 3]
+            y0, y1, y2, y3 = y[0], y[1], y[2], y[3]
+            for i in range(m):
+                q[i] = zero
+            for j in range(0, D4, 4):  # four outputs by four features a block: 16 FMAs a row
                 f0, f1, f2, f3 = f[k, j], f[k, j + 1], f[k, j + 2], f[k, j + 3]
-                for i in range(m):
-                    y0[i] = f0
-                    y1[i] = f1
-                    y2[i] = f2
-                    y3[i] = f3
+                if j == 0:  # only a diagonal block: the outputs start at f here
+                    for i in range(m):
+                        y0[i] = f0
+                        y1[i] = f1
+                        y2[i] = f2
+                        y3[i] = f3
                 for l in range(0, j + 4, 4):  # P_k[l, j] is 0 for l > j: PT's zeros above its diagonal
                     t0, t1, t2, t3 = t[l], t[l + 1], t[l + 2], t[l + 3]
                     a0, a1, a2, a3 = PT[k, j, l], PT[k, j, l + 1], PT[k, j, l + 2], PT[k, j, l + 3]
                     b0, b1, b2, b3 = PT[k, j + 1, l], PT[k, j + 1, l + 1], PT[k, j + 1, l + 2], PT[k, j + 1, l + 3]
                     c0, c1, c2, c3 = PT[k, j + 2, l], PT[k, j + 2, l + 1], PT[k, j + 2, l + 2], PT[k, j + 2, l + 3]
                     d0, d1, d2, d3 = PT[k, j + 3, l], PT[k, j + 3, l + 1], PT[k, j + 3, l + 2], PT[k, j + 3, l + 3]
-                    for i in range(m):
-                        x0, x1, x2, x3 = t0[i], t1[i], t2[i], t3[i]
-                        y0[i] = y0[i] + a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
-                        y1[i] = y1[i] + b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
-                        y2[i] = y2[i] + c0 * x0 + c1 * x1 + c2 * x2 + c3 * x3
-                        y3[i] = y3[i] + d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3
-                for i in range(m):
-                    row[i] -= 0.5 * ((y0[i] * y0[i] + y1[i] * y1[i]) + (y2[i] * y2[i] + y3[i] * y3[i]))
+                    if l == j:  # the diagonal block, the last: the outputs' squares go to q, not the outputs
+                        for i in range(m):
+                            x0, x1, x2, x3 = t0[i], t1[i], t2[i], t3[i]
+                            v0 = y0[i] + a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+                            v1 = y1[i] + b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
+                            v2 = y2[i] + c0 * x0 + c1 * x1 + c2 * x2 + c3 * x3
+                            v3 = y3[i] + d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3
+                            q[i] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+                    elif l == 0:  # the first block: the outputs start at f
+                        for i in range(m):
+                            x0, x1, x2, x3 = t0[i], t1[i], t2[i], t3[i]
+                            y0[i] = f0 + a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+                            y1[i] = f1 + b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
+                            y2[i] = f2 + c0 * x0 + c1 * x1 + c2 * x2 + c3 * x3
+                            y3[i] = f3 + d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3
+                    else:
+                        for i in range(m):
+                            x0, x1, x2, x3 = t0[i], t1[i], t2[i], t3[i]
+                            y0[i] = y0[i] + a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+                            y1[i] = y1[i] + b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
+                            y2[i] = y2[i] + c0 * x0 + c1 * x1 + c2 * x2 + c3 * x3
+                            y3[i] = y3[i] + d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3
             for j in range(D4, D):  # the last D % 4 outputs, one at a time
-                yj = y[k, j]
                 fj = f[k, j]
                 for i in range(m):
-                    yj[i] = fj
+                    y0[i] = fj
                 for l in range(j + 1):
                     p = PT[k, j, l]
                     tl = t[l]
                     for i in range(m):
-                        yj[i] += p * tl[i]
+                        y0[i] += p * tl[i]
                 for i in range(m):
-                    row[i] -= 0.5 * yj[i] * yj[i]
+                    q[i] += y0[i] * y0[i]
+            for i in range(m):
+                row[i] -= 0.5 * q[i]
         _responsibilities(lp, groups, K, start, m, w, weighted, floor, top, scale, bits, red, saved, dot, entropy,
                           nk, ll, rlr)
         for k in range(KG):
             r = lp[k]
-            for d in range(D):
+            for i in range(m):
+                rr[i] = r[i]
+            for d in range(D):  # the rows about the component's mean, and their sum
                 td = t[d]
-                total = 0.0
+                ud = u[d]
+                md = mr[k, d]
+                total = zero
                 for i in range(m):
-                    total += r[i] * td[i]
+                    v = td[i] - md
+                    ud[i] = v
+                    total += rr[i] * v
                 s1[k, d] += total
             D2 = D - D % 2
             for a in range(0, D2, 2):  # two rows and four columns a sweep: 6 loads for 8 sums
-                ya0, ya1 = y[k, a], y[k, a + 1]
+                ua0, ua1 = u[a], u[a + 1]
                 for i in range(m):
-                    ry[i] = r[i] * ya0[i]
-                    ry2[i] = r[i] * ya1[i]
+                    ry[i] = rr[i] * ua0[i]
+                    ry2[i] = rr[i] * ua1[i]
                 B4 = D - (D - a) % 4  # columns a.. in sweeps of four, then the rest
                 for b in range(a, B4, 4):
-                    y0, y1, y2, y3 = y[k, b], y[k, b + 1], y[k, b + 2], y[k, b + 3]
+                    ub0, ub1, ub2, ub3 = u[b], u[b + 1], u[b + 2], u[b + 3]
                     q0 = q1 = q2 = q3 = zero
-                    u0 = u1 = u2 = u3 = zero
+                    z0 = z1 = z2 = z3 = zero
                     for i in range(m):
                         v = ry[i]
-                        u = ry2[i]
-                        q0 += v * y0[i]
-                        q1 += v * y1[i]
-                        q2 += v * y2[i]
-                        q3 += v * y3[i]
-                        u0 += u * y0[i]
-                        u1 += u * y1[i]
-                        u2 += u * y2[i]
-                        u3 += u * y3[i]
+                        v2 = ry2[i]
+                        q0 += v * ub0[i]
+                        q1 += v * ub1[i]
+                        q2 += v * ub2[i]
+                        q3 += v * ub3[i]
+                        z0 += v2 * ub0[i]
+                        z1 += v2 * ub1[i]
+                        z2 += v2 * ub2[i]
+                        z3 += v2 * ub3[i]
                     W[k, a, b] += q0
                     W[k, a, b + 1] += q1
                     W[k, a, b + 2] += q2
                     W[k, a, b + 3] += q3
-                    W[k, a + 1, b] += u0  # (a + 1, a): below the diagonal, not read
-                    W[k, a + 1, b + 1] += u1
-                    W[k, a + 1, b + 2] += u2
-                    W[k, a + 1, b + 3] += u3
+                    W[k, a + 1, b] += z0  # (a + 1, a): below the diagonal, not read
+                    W[k, a + 1, b + 1] += z1
+                    W[k, a + 1, b + 2] += z2
+                    W[k, a + 1, b + 3] += z3
                 for b in range(B4, D):
-                    yb = y[k, b]
-                    q0 = u0 = zero
+                    ub = u[b]
+                    q0 = z0 = zero
                     for i in range(m):
-                        q0 += ry[i] * yb[i]
-                        u0 += ry2[i] * yb[i]
+                        q0 += ry[i] * ub[i]
+                        z0 += ry2[i] * ub[i]
                     W[k, a, b] += q0
-                    W[k, a + 1, b] += u0
+                    W[k, a + 1, b] += z0
             for a in range(D2, D):
-                ya = y[k, a]
+                ua = u[a]
                 for i in range(m):
-                    ry[i] = r[i] * ya[i]
+                    ry[i] = rr[i] * ua[i]
                 for b in range(a, D):
-                    yb = y[k, b]
+                    ub = u[b]
                     total = zero
                     for i in range(m):
-                        total += ry[i] * yb[i]
+                        total += ry[i] * ub[i]
                     W[k, a, b] += total
 
+    for k in range(KG):  # the lower triangle, from the upper
+        for a in range(D):
+            for b in range(a + 1, D):
+                W[k, b, a] = W[k, a, b]
 
 def check():
     """Run the kernel once on a few values (compiling it, or loading numba's cache), so
     that a numba that cannot compile it fails here (see :mod:`dask_em.compiled`)."""
     X = np.array([[0.0], [1.0]])
     sums = [np.zeros((2, 1, 1)), np.zeros((2, 1)), np.zeros(2), np.zeros(1), np.zeros(1)]
-    full_stats(X, np.empty(0), np.zeros(1), np.ones((2, 1, 1)), np.array([[0.0], [-1.0]]), np.array([-0.5, -1.0]), 1,
-               -354.0, full_tile_rows(2, 1), *sums)
+    mr = np.array([[0.0], [1.0]])
+    full_stats(X, np.empty(0), np.zeros(1), np.ones((2, 1, 1)), -mr, mr, np.array([-0.5, -1.0]), 1, -354.0,
+               full_tile_rows(1, X.itemsize), *sums)
     if not np.isclose(sums[2].sum(), 2.0):
         raise RuntimeError(f"the compiled full-covariance E-step's responsibilities do not sum to 1 per row: {sums[2]}")

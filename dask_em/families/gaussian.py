@@ -438,10 +438,10 @@ def _fused_diag(X, w, prec_chol, mr, ref, log_weights, groups, floor, rlr, covar
 
 def _fused_full(X, w, prec_chol, mr, ref, log_weights, groups, floor, rlr, cache):
     """:func:`fused_stats` for full (:func:`~dask_em.families._gaussian_full_numba.full_stats`):
-    the sums of the whitened rows' squares ``W_k``, moved back as in :func:`suff_stats`,
-    ``s2_k = P_k^-T W_k P_k^-1``. float32 rows are whitened in float32, as numpy's
-    kernel does (1.5x faster than in float64), the responsibilities and the sums over
-    tiles taken in float64."""
+    the loop sums the rows about each mean, as :func:`suff_stats` does, but without the
+    whitened rows' transform back (``P_k^-T W_k P_k^-1``). float32 rows are whitened
+    and summed per tile in float32, as numpy's kernel does (1.5x faster than in
+    float64), the responsibilities and the sums over tiles in float64."""
     from dask_em.families._gaussian_full_numba import full_stats, full_tile_rows
 
     K, D = mr.shape
@@ -451,16 +451,14 @@ def _fused_full(X, w, prec_chol, mr, ref, log_weights, groups, floor, rlr, cache
         PT = np.tril(np.swapaxes(prec_chol, 1, 2))  # exact zeros above the diagonal: the loop's sweeps run over them
         f = -np.einsum("kd,kde->ke", mr, prec_chol)
         dt = X.dtype
-        return np.ascontiguousarray(PT, dtype=dt), np.ascontiguousarray(f, dtype=dt), np.ascontiguousarray(const)
+        return (np.ascontiguousarray(PT, dtype=dt), np.ascontiguousarray(f, dtype=dt),
+                np.ascontiguousarray(mr, dtype=dt), np.ascontiguousarray(const))
 
-    PT, f, c = _derived(cache, "fused-terms", terms)
-    W, s1, nk, loglik = np.zeros((K, D, D)), np.zeros((K, D)), np.zeros(K), np.zeros(groups)
-    full_stats(X, w, ref, PT, f, c, int(groups), float(floor), full_tile_rows(K, D), W, s1, nk, loglik, rlr)
-    W = np.triu(W)
-    W += np.swapaxes(np.triu(W, 1), 1, 2)
-    Pinv = _derived(cache, "pinv", lambda: _inverse_upper(prec_chol))
-    s2 = np.swapaxes(Pinv, 1, 2) @ W @ Pinv
-    return {"s1": s1 - nk[:, None] * mr, "s2": s2, "nk": nk, "loglik": loglik}
+    PT, f, m, c = _derived(cache, "fused-terms", terms)
+    s2, s1, nk, loglik = np.zeros((K, D, D)), np.zeros((K, D)), np.zeros(K), np.zeros(groups)
+    tile = full_tile_rows(D, X.itemsize)
+    full_stats(X, w, ref, PT, f, m, c, int(groups), float(floor), tile, s2, s1, nk, loglik, rlr)
+    return {"s1": s1, "s2": s2, "nk": nk, "loglik": loglik}
 
 
 # --------------------------------------------------------------------------- M-step
