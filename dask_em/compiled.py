@@ -10,8 +10,8 @@ tiles of rows that stay in the CPU's caches beats numpy's passes over whole arra
 - **the full-covariance Gaussian E-step** (:mod:`dask_em.families._gaussian_full_numba`), up to
   :data:`dask_em.families.gaussian.FUSED_FULL_FEATURES` features under ``"auto"``: the
   rows whitened with each component's Cholesky factor and their squares summed in the
-  same loop, instead of BLAS's thin GEMMs; 2.2-2.5x faster per row at D=16, 1.7-2.5x
-  per fit (1.5-1.9x at D=32, none at D=64);
+  same loop with the rows' sums about each mean, instead of BLAS's thin GEMMs; per fit
+  2-3x faster at D=16 to 64 on an AMD EPYC (Zen 4), 1.7-2.5x at D=16 on an Intel Xeon;
 - **the Lloyd step of K-means** (:mod:`dask_em.families._kmeans_numba`): the distances,
   the nearest centres and the clusters' sums of a slab in one loop, 2-3x faster per row
   than numpy's kernel (1.2-2.3x per Lloyd iteration on 2 threads; benchmarks/README.md);
@@ -27,7 +27,7 @@ The ``dask.config`` key ``dask_em.kernels`` chooses, in each process that runs E
 environment variable ``DASK_DASK_EM__KERNELS=numpy``):
 
 - ``"auto"`` (default): each compiled kernel where it is faster (above: the Gaussian
-  ones, full covariances up to 32 features, and the K-means one) and loads
+  ones, full covariances up to 64 features, and the K-means one) and loads
   (numba is installed), else numpy's; but numpy's in ``distributed`` workers whose
   memory limit is below :data:`MIN_WORKER_MEMORY`. With numba installed this is
   opt-out, not opt-in;

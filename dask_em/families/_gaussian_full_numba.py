@@ -12,10 +12,11 @@ does (:func:`dask_em.families._gaussian_numba._responsibilities`) and sums the r
 about each mean and their outer products in the same loop: the least work a
 full-covariance E-step needs, ``2 K D^2`` flops a row (a triangle each). It whitens
 and sums each tile in the data's dtype (float32 or float64), the responsibilities and
-the sums over tiles in float64. Per row of a block (one thread; benchmarks/README.md),
-D=16 K=8: 213-282 against numpy's 573-697 ns on an Intel Xeon (AVX-512); on an AMD
-EPYC (Zen 4) 168-174 (float32 118-120), and D=64 K=16 3,220 (float32 2,080), about
-80% of the single-core square GEMM's rate.
+the sums over tiles in float64. Per row of a block, one thread (benchmarks/README.md):
+on an AMD EPYC (Zen 4), D=16 K=8 164-171 ns (float32 93-96), D=64 K=16 2,980-3,050
+(float32 1,600-1,650: 85-90% of a square GEMM's rate on one core); on an Intel Xeon
+(AVX-512), before the tiles of 384 rows and the sums about the means, D=16 K=8 213-282
+against numpy's 573-697 ns.
 """
 
 import numpy as np
@@ -49,8 +50,9 @@ def full_stats(X, w, ref, PT, f, mr, c, groups, floor, tile, W, s1, nk, ll, rlr)
 
     Per tile of rows: the shifted rows ``t = x - ref``, transposed; for each component
     the whitened rows ``y_kj = sum_l P_k[l, j] t_l + f_kj`` (``P_k`` upper triangular,
-    so ``l <= j``; four ``j`` by four ``l`` a sweep), four ``j`` at a time, only their
-    squares kept: the log-density ``c_k - |y_k|**2 / 2``; the responsibilities (as
+    so ``l <= j``), four ``j`` at a time, in blocks of four ``l``: the first block
+    starts them at ``f``, the diagonal one, the last, adds their squares to ``|y_k|**2``
+    instead of storing them; the log-density ``c_k - |y_k|**2 / 2``; the responsibilities (as
     :func:`~dask_em.families._gaussian_numba.diag_stats`); then, per component, the
     rows about its mean ``u = t - mr_k``, ``sum_i r_ik u_i`` and the upper triangle of
     ``sum_i r_ik u_i u_i^T`` (two rows by four columns a sweep). The sums come out

@@ -72,10 +72,13 @@ from dask_em.families.gaussian_params import (  # noqa: F401
 _NK_EPS = 10 * np.finfo(np.float64).eps
 
 #: Under ``dask_em.kernels="auto"``, full covariances take the compiled E-step up to this
-#: many features. Whole fits on 2 threads (Xeon, AVX-512): 1.7-2.5x faster than numpy's
-#: kernel at D=16, 1.5-1.9x at D=32, as fast or slower at D=64, where BLAS's GEMMs are
-#: no longer thin (benchmarks/README.md).
-FUSED_FULL_FEATURES = 32
+#: many features. Whole fits on 2 threads, against numpy's kernel: on an AMD EPYC (Zen 4,
+#: 512-bit vectors in both), 0.31-0.53x its time at D=16 to 32, 0.38-0.41x at D=64,
+#: 0.5-0.6x at D=96 to 256; on an Intel Xeon (AVX-512 in BLAS, 256-bit vectors in the
+#: loop), before the loop's tiles of 384 rows, 0.4-0.6x at D=16 to 32, 1.0-1.2x at D=64.
+#: BLAS keeps the many-feature fits, where its GEMMs are no longer thin
+#: (benchmarks/README.md).
+FUSED_FULL_FEATURES = 64
 
 
 # --------------------------------------------------------------------------- log-prob
