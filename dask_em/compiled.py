@@ -11,7 +11,8 @@ tiles of rows that stay in the CPU's caches beats numpy's passes over whole arra
   :data:`dask_em.families.gaussian.FUSED_FULL_FEATURES` features under ``"auto"``: the
   rows whitened with each component's Cholesky factor and their squares summed in the
   same loop with the rows' sums about each mean, instead of BLAS's thin GEMMs; per fit
-  2-3x faster at D=16 to 64 on an AMD EPYC (Zen 4), 1.7-2.5x at D=16 on an Intel Xeon;
+  2.9-3.8x faster at D=16 and 2.4x at D=64 on an AMD EPYC (Zen 4), 1.7-2.5x at D=16 on
+  an Intel Xeon;
 - **the Lloyd step of K-means** (:mod:`dask_em.families._kmeans_numba`): the distances,
   the nearest centres and the clusters' sums of a slab in one loop, 2-3x faster per row
   than numpy's kernel (1.2-2.3x per Lloyd iteration on 2 threads; benchmarks/README.md);

@@ -71,12 +71,13 @@ def dataframe_feature_names(X):
 def numpy_block_rows(n_rows, n_features, itemsize=8, cores=None):
     """Rows per block when NumPy input is wrapped in a dask array.
 
-    Blocks of at most about 16 MiB, at least 4 of them (for 2+ cores) when the data
-    have more than 4,096 rows, of equal size and as many as a multiple of ``cores``
-    (by default dask's count of this machine's cores): a pass whose last round of
-    blocks is short or partly empty leaves cores idle at its end (1,000,000 x 16
-    float64 rows on 2 cores: 8 blocks of 125,000 rows instead of 7 of 131,072 and one
-    of 82,496, a full-covariance iteration 4-5% shorter).
+    Blocks of at most about 16 MiB (but about 1,024 rows at least), at least 4 of them
+    (for 2+ cores) when the data have more than 4,096 rows, of equal size, and as many
+    as a multiple of ``cores`` (by default dask's count of this machine's cores) where
+    the rows allow it: a pass whose last round of blocks is short or partly empty leaves
+    cores idle at its end (1,000,000 x 16 float64 rows on 2 cores: 8 blocks of 125,000
+    rows instead of 7 of 131,072 and one of 82,496, a full-covariance iteration 3-4%
+    shorter).
     """
     from dask.system import CPU_COUNT
 
@@ -84,8 +85,9 @@ def numpy_block_rows(n_rows, n_features, itemsize=8, cores=None):
     cores = max(1, cores or CPU_COUNT)
     blocks = max(-(-n_rows // most), 4)
     blocks = -(-blocks // cores) * cores
-    rows = -(-n_rows // blocks)
-    return int(max(1024, min(rows, max(n_rows, 1))))
+    if n_rows < blocks * 1024:  # blocks of about 1,024 rows or more: fewer of them
+        blocks = max(1, min(blocks, -(-n_rows // 1024)))
+    return int(max(1, -(-n_rows // blocks)))
 
 
 @dataclass

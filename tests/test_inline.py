@@ -100,3 +100,22 @@ def test_numpy_input_fits_equal_dask_input_fits_bit_for_bit():
                 np.testing.assert_array_equal(a.means_, b.means_)
                 np.testing.assert_array_equal(a.covariances_, b.covariances_)
                 assert a.lower_bound_ == b.lower_bound_
+
+
+@pytest.mark.parametrize("n, d, itemsize", [(1_000_000, 16, 8), (1_000_000, 16, 4), (200_000, 64, 8), (5_000, 4, 8),
+                                            (10_000_000, 16, 8), (3_000, 4, 8), (4_097, 2, 8), (1, 3, 8)])
+@pytest.mark.parametrize("cores", [1, 2, 3, 8])
+def test_numpy_input_blocks_are_equal_and_fill_every_core(n, d, itemsize, cores):
+    """Blocks of at most 16 MiB and about 1,024 rows at least, at least 4 above 4,096 rows,
+    about equal (a pass's last round keeps every core busy), their count a multiple of
+    the cores where the rows allow it."""
+    rows = numpy_block_rows(n, d, itemsize, cores=cores)
+    sizes = [min(rows, n - start) for start in range(0, n, rows)]
+    assert sum(sizes) == n
+    assert rows * d * itemsize <= 16 * 2**20
+    if n > 4_096:
+        assert len(sizes) >= 4
+    assert max(sizes) - min(sizes) < len(sizes)
+    assert min(sizes) >= 512 or len(sizes) == 1
+    if n >= 100_000:
+        assert len(sizes) % cores == 0

@@ -13,8 +13,8 @@ about each mean and their outer products in the same loop: the least work a
 full-covariance E-step needs, ``2 K D^2`` flops a row (a triangle each). It whitens
 and sums each tile in the data's dtype (float32 or float64), the responsibilities and
 the sums over tiles in float64. Per row of a block, one thread (benchmarks/README.md):
-on an AMD EPYC (Zen 4), D=16 K=8 164-171 ns (float32 93-96), D=64 K=16 2,980-3,050
-(float32 1,600-1,650: 85-90% of a square GEMM's rate on one core); on an Intel Xeon
+on an AMD EPYC (Zen 4), D=16 K=8 161-171 ns (float32 90-100), D=64 K=16 2,980-3,050,
+about 85% of a square GEMM's rate on one core (float32 1,580-1,650); on an Intel Xeon
 (AVX-512), before the tiles of 384 rows and the sums about the means, D=16 K=8 213-282
 against numpy's 573-697 ns.
 """

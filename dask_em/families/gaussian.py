@@ -441,10 +441,10 @@ def _fused_diag(X, w, prec_chol, mr, ref, log_weights, groups, floor, rlr, covar
 
 def _fused_full(X, w, prec_chol, mr, ref, log_weights, groups, floor, rlr, cache):
     """:func:`fused_stats` for full (:func:`~dask_em.families._gaussian_full_numba.full_stats`):
-    the loop sums the rows about each mean, as :func:`suff_stats` does, but without the
-    whitened rows' transform back (``P_k^-T W_k P_k^-1``). float32 rows are whitened
-    and summed per tile in float32, as numpy's kernel does (1.5x faster than in
-    float64), the responsibilities and the sums over tiles in float64."""
+    the loop takes its sums about each component's mean, which are the statistics
+    :func:`suff_stats` returns: no transform back from whitened coordinates. float32
+    rows are whitened and summed per tile in float32, as numpy's kernel does (1.5x
+    faster than in float64), the responsibilities and the sums over tiles in float64."""
     from dask_em.families._gaussian_full_numba import full_stats, full_tile_rows
 
     K, D = mr.shape
