@@ -71,22 +71,26 @@ def dataframe_feature_names(X):
 def numpy_block_rows(n_rows, n_features, itemsize=8, cores=None):
     """Rows per block when NumPy input is wrapped in a dask array.
 
-    Blocks of at most about 16 MiB (but about 1,024 rows at least), at least 4 of them
-    (for 2+ cores) when the data have more than 4,096 rows, of equal size, and as many
-    as a multiple of ``cores`` (by default dask's count of this machine's cores) where
-    the rows allow it: a pass whose last round of blocks is short or partly empty leaves
-    cores idle at its end (1,000,000 x 16 float64 rows on 2 cores: 8 blocks of 125,000
-    rows instead of 7 of 131,072 and one of 82,496, a full-covariance iteration 3-4%
-    shorter).
+    Blocks of at most about 16 MiB (but about 1,024 rows at least), at least 4 of them (for
+    2+ cores) when the data have more than 4,096 rows, of equal size, and as many as a
+    multiple of ``cores`` (by default the threads of the scheduler that would compute
+    them: :func:`~dask_em.engine.stepwise.scheduler_threads`) where the rows allow it
+    (past 1,024 blocks, rounding the rows up may leave one fewer). A pass whose last
+    round of blocks is short or partly empty leaves cores idle at its end: 1,000,000 x
+    16 float64 rows on 2 cores make 8 blocks of 125,000 rows, not 7 of 131,072 and one
+    of 82,496, and a full-covariance iteration is 3-4% shorter. The blocks, hence the
+    order of the sums and the results' last bits, depend on the thread count.
     """
-    from dask.system import CPU_COUNT
+    from dask_em.engine.stepwise import scheduler_threads
 
-    most = NUMPY_BLOCK_BYTES // max(1, n_features * itemsize)
-    cores = max(1, cores or CPU_COUNT)
+    most = max(1, NUMPY_BLOCK_BYTES // max(1, n_features * itemsize))
+    cores = max(1, int(cores or scheduler_threads()))
     blocks = max(-(-n_rows // most), 4)
     blocks = -(-blocks // cores) * cores
-    if n_rows < blocks * 1024:  # blocks of about 1,024 rows or more: fewer of them
-        blocks = max(1, min(blocks, -(-n_rows // 1024)))
+    if n_rows < blocks * 1024:  # blocks of 1,024 rows at least: fewer of them, still a multiple of the cores
+        blocks = max(1, n_rows // 1024)
+        if blocks >= cores:
+            blocks -= blocks % cores
     return int(max(1, -(-n_rows // blocks)))
 
 

@@ -162,6 +162,27 @@ def test_far_from_the_origin_and_in_float32(covariance_type):
     np.testing.assert_allclose(stats["loglik"], ll, rtol=loglik)
 
 
+def test_float32_sums_are_about_the_float64_means():
+    """float32 rows, means float32 cannot hold, 4e4 apart: the loop sums the rows about
+    the means rounded to float32, and the statistics come out about the float64 means,
+    as the reference's (without the move, s1 was off by nk times the rounding, up to
+    1e-3 here, and the means moved at every iteration)."""
+    rng = np.random.default_rng(11)
+    K, D, n = 2, 3, 1_500
+    _, covariances, weights, prec_chol = _full_mixture(rng, K, D, 0.0)
+    means = 1e6 + np.array([[0.123456789, -0.3141592, 0.27182818], [4e4 + 0.161803398, -0.5772156, 0.69314718]])
+    X = (means[rng.integers(0, K, size=n)] + rng.normal(size=(n, D))).astype(np.float32)
+    params = {"means": means, "precisions_cholesky": prec_chol}
+    with dask.config.set({"dask_em.kernels": "numba"}):
+        stats = gaussian.fused_stats(X, None, params, np.log(weights), 1, 0.5 * log_tiny(np.float32), "full")
+    s1, s2, nk, ll, _ = _full_reference(X, np.ones(n), means, covariances, weights, 1)
+    rounded = (means - np.float32(X[0, 0])).astype(np.float32) - (means - np.float32(X[0, 0]))
+    assert np.abs(rounded).max() > 1e-4  # float32 cannot hold the means about a row's shift
+    np.testing.assert_allclose(stats["nk"], nk, rtol=1e-9)
+    np.testing.assert_allclose(stats["s1"], s1, rtol=0, atol=1e-6 * n)
+    np.testing.assert_allclose(stats["s2"], s2, rtol=1e-5, atol=1e-6 * n)
+
+
 def test_responsibilities_below_the_floor_are_exactly_zero():
     """A component far from a row gets exactly 0 from it, not a subnormal remainder,
     rows exactly between two components split evenly, and a row whose every

@@ -103,19 +103,30 @@ def test_numpy_input_fits_equal_dask_input_fits_bit_for_bit():
 
 
 @pytest.mark.parametrize("n, d, itemsize", [(1_000_000, 16, 8), (1_000_000, 16, 4), (200_000, 64, 8), (5_000, 4, 8),
-                                            (10_000_000, 16, 8), (3_000, 4, 8), (4_097, 2, 8), (1, 3, 8)])
+                                            (10_000_000, 16, 8), (3_000, 4, 8), (4_097, 2, 8), (1, 3, 8),
+                                            (4_097, 4_096, 8), (10_000_003, 1_024, 8), (3, 2_097_153, 8)])
 @pytest.mark.parametrize("cores", [1, 2, 3, 8])
 def test_numpy_input_blocks_are_equal_and_fill_every_core(n, d, itemsize, cores):
-    """Blocks of at most 16 MiB and about 1,024 rows at least, at least 4 above 4,096 rows,
+    """Blocks of at most 16 MiB (but about 1,024 rows at least), at least 4 above 4,096 rows,
     about equal (a pass's last round keeps every core busy), their count a multiple of
-    the cores where the rows allow it."""
+    the cores where the rows allow it (up to 1,024 blocks: beyond, rounding the rows
+    up may leave one block fewer)."""
     rows = numpy_block_rows(n, d, itemsize, cores=cores)
     sizes = [min(rows, n - start) for start in range(0, n, rows)]
     assert sum(sizes) == n
-    assert rows * d * itemsize <= 16 * 2**20
-    if n > 4_096:
+    assert rows * d * itemsize <= 16 * 2**20 or rows < 2_048  # the floor, rounded to the cores, wins
+    assert min(sizes) >= 1_000 or len(sizes) == 1
+    if n > 4_096 * cores:
         assert len(sizes) >= 4
     assert max(sizes) - min(sizes) < len(sizes)
-    assert min(sizes) >= 512 or len(sizes) == 1
-    if n >= 100_000:
+    if n >= 1_024 * cores and len(sizes) <= 1_024:
         assert len(sizes) % cores == 0
+
+
+def test_numpy_input_blocks_follow_the_scheduler_threads():
+    """By default, as many blocks as a multiple of the threads that will run them
+    (dask's num_workers for the local schedulers)."""
+    for threads in (3, 5):
+        with dask.config.set(num_workers=threads):
+            rows = numpy_block_rows(1_000_000, 16)
+        assert -(-1_000_000 // rows) % threads == 0

@@ -72,7 +72,8 @@ def full_stats(X, w, ref, PT, f, mr, c, groups, floor, tile, W, s1, nk, ll, rlr)
     f : ndarray (G * K, D), X's dtype
         ``-mr_k P_k``.
     mr : ndarray (G * K, D), X's dtype
-        The means less ``ref``.
+        The means less ``ref`` (in float32, rounded: the caller moves the sums to the
+        float64 means).
     c : ndarray (G * K,) float64
         Each component's log-density constant, log weight included.
     groups : int
@@ -84,7 +85,7 @@ def full_stats(X, w, ref, PT, f, mr, c, groups, floor, tile, W, s1, nk, ll, rlr)
         ``sum_i r_ik u_ik u_ik^T``, weighted by ``w``: added to the upper triangle,
         which is then copied to the lower one.
     s1 : ndarray (G * K, D) float64
-        ``sum_i r_ik u_ik``, weighted.
+        ``sum_i r_ik u_ik``, weighted, summed in float64 (per tile too).
     nk, ll, rlr
         As for :func:`~dask_em.families._gaussian_numba.diag_stats`.
     """
@@ -172,11 +173,11 @@ def full_stats(X, w, ref, PT, f, mr, c, groups, floor, tile, W, s1, nk, ll, rlr)
                 td = t[d]
                 ud = u[d]
                 md = mr[k, d]
-                total = zero
+                total = 0.0  # in float64: the mean's update is this sum over the count, near 0 at convergence
                 for i in range(m):
                     v = td[i] - md
                     ud[i] = v
-                    total += rr[i] * v
+                    total += r[i] * v
                 s1[k, d] += total
             D2 = D - D % 2
             for a in range(0, D2, 2):  # two rows and four columns a sweep: 6 loads for 8 sums
