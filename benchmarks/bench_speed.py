@@ -8,22 +8,21 @@ per Lloyd iteration, full covariance <= 3x the machine floor); n_init=4 keeps is
     python benchmarks/bench_speed.py --quick    # smaller sizes, a smoke run
     python benchmarks/bench_speed.py --only kmeans predict
 
-Prints the machine first (CPU vendor and model, the SIMD level numpy dispatches to,
-the BLAS library and its kernel, the ``dask_em.kernels`` setting and numba's version,
-which float64 exp the responsibilities use, numpy's exp per element and the
-responsibilities per row with numpy's passes and with dask-em's compiled loop, the
-diagonal Gaussian E-step and the KMeans Lloyd step per row with numpy's kernel and the
-compiled one, the rate of a large square GEMM on all cores), then one line per target:
-the measured seconds per EM iteration, the reference it is compared with (scikit-learn,
-the float64 fit, a raw
-read pass over the same store, n_init=1, numpy's kernels against the compiled ones in
-the same fits: ``--only kernels``), their ratio and the target ratio. Full covariance
-lines also print two floors: the E-step's own BLAS calls alone, and the machine's,
-``2 N K D^2`` flops at the square-GEMM rate. Then KMeans (per Lloyd iteration against
-scikit-learn's, in memory, and the same with numpy's kernels where numba is installed;
-streamed against a raw read pass), per-row outputs on the
-threaded scheduler (with and without the per-task BLAS limit), the per-iteration cost
-for growing N and the fixed overhead per iteration with 1,000 chunks.
+Prints the machine first (CPU vendor and model, the SIMD level numpy dispatches to, the
+BLAS library and its kernel, the ``dask_em.kernels`` setting and numba's version, which
+float64 exp the responsibilities use, numpy's exp per element and the responsibilities
+per row with numpy's passes and with dask-em's compiled loop, the diagonal Gaussian
+E-step and the KMeans Lloyd step per row with numpy's kernel and the compiled one, the
+rate of a large square GEMM on all cores), then one line per target: the measured
+seconds per EM iteration, the reference it is compared with (scikit-learn, the float64
+fit, a raw read pass over the same store, n_init=1, numpy's kernels against the compiled
+ones in the same fits: ``--only kernels``), their ratio and the target ratio. Full
+covariance lines also print two floors: the E-step's own BLAS calls alone, and the
+machine's, ``2 N K D^2`` flops at the square-GEMM rate. Then KMeans (per Lloyd iteration
+against scikit-learn's, in memory, and the same with numpy's kernels where numba is
+installed; streamed against a raw read pass), per-row outputs on the threaded scheduler
+(with and without the per-task BLAS limit), the per-iteration cost for growing N and the
+fixed overhead per iteration with 1,000 chunks.
 """
 
 import argparse

@@ -35,12 +35,13 @@ environment variable ``DASK_DASK_EM__KERNELS=numpy``):
 - ``"numba"``: every compiled kernel; an error if they cannot be loaded;
 - ``"numpy"``: numpy's kernels only.
 
-numba is optional: ``pip install "dask-em[fast]"`` installs it. A kernel compiles on
-its first use in a process (1-3 s; the full-covariance one 6-10 s) and numba caches it on disk (0.3 s to load it;
-without a writable cache directory it compiles in every process). A process that
-loads numba holds about 100 MB more (numba 49 MB, LLVM 51 MB, measured on numba 0.68):
-count it in small worker memory limits, or set ``"numpy"``. Each module compiles on the
-first use of its kernel (the full-covariance one takes about 100 MB more while it does).
+numba is optional: ``pip install "dask-em[fast]"`` installs it. A kernel compiles on its
+first use in a process (1-3 s; the full-covariance one 6-10 s) and numba caches it on
+disk (0.3 s to load it; without a writable cache directory it compiles in every
+process). A process that loads numba holds about 100 MB more (numba 49 MB, LLVM 51 MB,
+measured on numba 0.68): count it in small worker memory limits, or set ``"numpy"``.
+Each module compiles on the first use of its kernel (the full-covariance one takes about
+100 MB more while it does).
 """
 
 import functools

@@ -176,8 +176,8 @@ def test_float32_sums_are_about_the_float64_means():
     with dask.config.set({"dask_em.kernels": "numba"}):
         stats = gaussian.fused_stats(X, None, params, np.log(weights), 1, 0.5 * log_tiny(np.float32), "full")
     s1, s2, nk, ll, _ = _full_reference(X, np.ones(n), means, covariances, weights, 1)
-    rounded = (means - np.float32(X[0, 0])).astype(np.float32) - (means - np.float32(X[0, 0]))
-    assert np.abs(rounded).max() > 1e-4  # float32 cannot hold the means about a row's shift
+    mr = means - gaussian._reference(X, None).astype(np.float64)  # the means about the loop's shift of the rows
+    assert np.abs(mr.astype(np.float32) - mr).max() > 1e-4  # which float32 cannot hold
     np.testing.assert_allclose(stats["nk"], nk, rtol=1e-9)
     np.testing.assert_allclose(stats["s1"], s1, rtol=0, atol=1e-6 * n)
     np.testing.assert_allclose(stats["s2"], s2, rtol=1e-5, atol=1e-6 * n)
