@@ -10,9 +10,9 @@ tiles of rows that stay in the CPU's caches beats numpy's passes over whole arra
 - **the full-covariance Gaussian E-step** (:mod:`dask_em.families._gaussian_full_numba`), up to
   :data:`dask_em.families.gaussian.FUSED_FULL_FEATURES` features under ``"auto"``: the
   rows whitened with each component's Cholesky factor and their squares summed in the
-  same loop with the rows' sums about each mean, instead of BLAS's thin GEMMs; per fit
-  2.9-3.8x faster at D=16 and 2.4x at D=64 on an AMD EPYC (Zen 4), 1.7-2.5x at D=16 on
-  an Intel Xeon;
+  same loop with the rows' sums about each mean, instead of BLAS's thin GEMMs (float32
+  rows in float32, their responsibilities too); per fit 2.9-3.8x faster at D=16 and
+  2.4x at D=64 on an AMD EPYC (Zen 4), 1.7-2.5x at D=16 on an Intel Xeon;
 - **the Lloyd step of K-means** (:mod:`dask_em.families._kmeans_numba`): the distances,
   the nearest centres and the clusters' sums of a slab in one loop, 2-3x faster per row
   than numpy's kernel (1.2-2.3x per Lloyd iteration on 2 threads; benchmarks/README.md);
@@ -36,7 +36,7 @@ environment variable ``DASK_DASK_EM__KERNELS=numpy``):
 - ``"numpy"``: numpy's kernels only.
 
 numba is optional: ``pip install "dask-em[fast]"`` installs it. A kernel compiles on its
-first use in a process (1-3 s; the full-covariance one 6-10 s) and numba caches it on
+first use in a process (1-3 s; the full-covariance ones, float64 and float32, 8-12 s) and numba caches it on
 disk (0.3 s to load it; without a writable cache directory it compiles in every
 process). A process that loads numba holds about 100 MB more (numba 49 MB, LLVM 51 MB,
 measured on numba 0.68): count it in small worker memory limits, or set ``"numpy"``.
@@ -60,6 +60,9 @@ MIN_WORKER_MEMORY = 1 << 30
 #: The library's floors are -354 (the E-step's statistics; -43.7 for float32) and -707.4
 #: to -694 (the scores, ``log(tiny) + log(K) + 1``); a lower one gets numpy's kernels.
 LOWEST_FLOOR = -708.0
+#: The same for float32 results (the full-covariance E-step's responsibilities of
+#: float32 rows, :func:`dask_em._exp_numba.exp_rows32`); a lower floor gets numpy's kernels.
+LOWEST_FLOOR_32 = -87.0
 
 
 @functools.lru_cache(maxsize=None)

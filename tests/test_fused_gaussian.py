@@ -162,6 +162,37 @@ def test_far_from_the_origin_and_in_float32(covariance_type):
     np.testing.assert_allclose(stats["loglik"], ll, rtol=loglik)
 
 
+@pytest.mark.parametrize("n", [767, 768, 769])  # float32 tiles of 768 rows
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_float32_full_covariance_with_weights_groups_and_entropy(n, groups, weighted):
+    """float32 rows' responsibilities are float32 (exp_rows32), normalised and summed
+    in float64: within float32's rounding of the reference's, for every sum, with
+    sample weights, two mixtures side by side and the entropy terms; D=5, the loop's
+    blocks of four features and a remainder."""
+    from dask_em.families._gaussian_full_numba import full_tile_rows
+
+    D, K = 5, 3
+    assert full_tile_rows(D, 4) == 768
+    rng = np.random.default_rng(n + 7 * groups + weighted)
+    parts = [_full_mixture(rng, K, D, 0.0) for _ in range(groups)]
+    means, covariances, weights, prec_chol = (np.concatenate([p[i] for p in parts]) for i in range(4))
+    means = means.astype(np.float32).astype(np.float64)
+    X = (means[rng.integers(0, K * groups, size=n)] + rng.normal(size=(n, D))).astype(np.float32)
+    w = rng.uniform(0.1, 3.0, size=n) if weighted else None
+    params = {"means": means, "precisions_cholesky": prec_chol}
+    with dask.config.set({"dask_em.kernels": "numba"}):
+        stats = gaussian.fused_stats(X, w, params, np.log(weights), groups, 0.5 * log_tiny(np.float32), "full",
+                                     entropy=True)
+    s1, s2, nk, ll, rlr = _full_reference(X, np.ones(n) if w is None else w, means, covariances, weights, groups)
+    scale = nk.sum() / groups
+    np.testing.assert_allclose(stats["nk"], nk, rtol=1e-6, atol=1e-6 * scale)
+    np.testing.assert_allclose(stats["s1"], s1, rtol=1e-5, atol=1e-6 * scale)
+    np.testing.assert_allclose(stats["s2"], s2, rtol=1e-5, atol=1e-6 * scale)
+    np.testing.assert_allclose(stats["loglik"], ll, rtol=1e-7)
+    np.testing.assert_allclose(stats["resp_log_resp"], rlr, rtol=1e-5, atol=1e-6 * scale)
+
+
 def test_float32_sums_are_about_the_float64_means():
     """float32 rows, means float32 cannot hold, 4e4 apart: the loop sums the rows about
     the means rounded to float32, and the statistics come out about the float64 means,
@@ -228,6 +259,10 @@ def test_runs_only_where_it_applies():
         tied = {"means": X[:2], "precisions_cholesky": np.eye(3)}
         assert gaussian.fused_stats(X, None, tied, logw, 1, FLOOR, "tied") is None
         assert gaussian.fused_stats(X, None, diag, logw, 1, -720.0, "diag") is None  # below the exp's range
+        X32 = X.astype(np.float32)  # float32 rows' full responsibilities: float32's exp's range
+        assert gaussian.fused_stats(X32, None, full, logw, 1, -88.0, "full") is None
+        assert gaussian.fused_stats(X32, None, full, logw, 1, -87.0, "full") is not None
+        assert gaussian.fused_stats(X32, None, diag, logw, 1, -88.0, "diag") is not None  # float64 there
         assert gaussian.fused_stats(X, None, diag, logw, 1, FLOOR, "diag") is not None
         assert gaussian.fused_stats(X, None, full, logw, 1, FLOOR, "full") is not None
     # under "auto", full covariances with many features keep BLAS (gaussian.FUSED_FULL_FEATURES)

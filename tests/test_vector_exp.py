@@ -113,6 +113,34 @@ def test_own_exp_is_within_an_ulp_of_an_extended_precision_exp():
     assert special[6] == special[7] == np.inf and special[8] == special[9] == 1.0
 
 
+def test_float32_exp_is_within_an_ulp_of_float32():
+    """float32's exp (``exp_rows32``, the full kernel's for float32 rows) over its whole
+    range [-87, 0], against an 80-bit exp of the same float32 arguments: within one
+    float32 ulp, exactly 0 at and below the floor (and for -inf), exactly 1 at the
+    row's largest, the column sums and the entropy's ``sum r max(d, floor)``."""
+    from dask_em._exp_numba import exp_rows32
+
+    floor = -87.0
+    rng = np.random.default_rng(5)
+    half = (np.arange(-125, 1) + 0.5) * np.log(2)  # farthest from a multiple of ln 2
+    x = np.concatenate([rng.uniform(floor, 0, 100_000), half, np.nextafter(half, -np.inf), [floor, -88.0, -np.inf]])
+    x = x[x <= 0]
+    m = x.size
+    a = np.stack([np.zeros(m), x])  # the largest log-density of every column is 0: d = x
+    r = np.empty((2, m), np.float32)
+    top, total, dot = np.empty(m), np.empty(m, np.float32), np.empty(m, np.float32)
+    exp_rows32(a, r, 0, 2, m, floor, top, total, np.empty(m, np.float32), np.empty(m, np.float32),
+               np.empty(m, np.float32), dot)
+    inside = x > floor
+    exact = np.exp(x[inside].astype(np.float32).astype(np.longdouble))
+    ulps = np.abs(r[1, inside].astype(np.longdouble) - exact) / np.spacing(exact.astype(np.float32))
+    assert ulps.max() <= 1.0
+    assert np.all(r[1, ~inside] == 0.0) and (~inside).sum() == 3
+    assert np.all(r[0] == 1.0) and np.all(top == 0.0)
+    np.testing.assert_array_equal(total, np.float32(1.0) + r[1])
+    np.testing.assert_allclose(dot, r[1] * np.maximum(x, floor).astype(np.float32), rtol=1e-6)
+
+
 def test_numpys_exp_meets_the_same_reference():
     """The bound above is the one numpy's own passes meet (but for the exp(floor)
     they subtract)."""

@@ -58,41 +58,53 @@ def _responsibilities(lp, groups, K, start, m, w, weighted, floor, top, scale, b
     per source file: after editing this one in a source checkout, delete the other's
     ``__pycache__`` entries too)."""
     for g in range(groups):
-        first = g * K
-        exp_rows(lp, first, K, 0, m, floor, top, scale, bits, red, saved, dot)
+        exp_rows(lp, g * K, K, 0, m, floor, top, scale, bits, red, saved, dot)
+        _normalised(lp, g, K, start, m, w, weighted, top, scale, dot, entropy, nk, ll, rlr)
+
+
+@numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy",
+            fastmath={"contract", "reassoc", "nsz"})
+def _normalised(r, g, K, start, m, w, weighted, top, scale, dot, entropy, nk, ll, rlr):  # pragma: no cover - compiled
+    """Mixture ``g``'s floored exps ``r[g * K : (g + 1) * K, :m]`` (float64, or float32:
+    :func:`dask_em._exp_numba.exp_rows32`), their column sums ``scale`` and largest
+    log-densities ``top``, become responsibilities times the rows' weights, in place;
+    adds their sums to ``nk``, the rows' log-likelihoods to ``ll[g]`` and the entropy
+    terms to ``rlr[g]`` (``dot``: see :func:`dask_em._exp_numba._exp_rows`). The sums
+    are float64 whatever ``r``'s dtype."""
+    first = g * K
+    total = 0.0
+    logs = 0.0  # sum_i w_i log(scale_i)
+    if weighted or K >= 2**31:
+        for i in range(m):
+            wi = w[start + i] if weighted else 1.0
+            log_scale = math.log(float(scale[i])) * wi  # in float64 for float32 sums too
+            logs += log_scale
+            total += top[i] * wi
+            scale[i] = wi / scale[i]
+    else:  # one log per 32 rows: each sum is 1 to K, their product below 2**992
+        for i in range(m):
+            total += top[i]
+        for j in range(0, m, 32):
+            product = 1.0
+            for i in range(j, min(j + 32, m)):
+                product *= scale[i]
+            logs += math.log(product)
+        for i in range(m):
+            scale[i] = np.float32(1.0) / scale[i]  # in float32 for float32 sums: 1 is exact in either
+    total += logs
+    if entropy:  # sum_k r_k log r_k = sum_k r_k d_k - log(scale), r_k = exp(d_k) / scale; times w
+        entropy_sum = 0.0
+        for i in range(m):
+            entropy_sum += dot[i] * scale[i]
+        rlr[g] += entropy_sum - logs
+    ll[g] += total
+    for k in range(first, first + K):
+        row = r[k]
         total = 0.0
-        logs = 0.0  # sum_i w_i log(scale_i)
-        if weighted or K >= 2**31:
-            for i in range(m):
-                wi = w[start + i] if weighted else 1.0
-                log_scale = math.log(scale[i]) * wi
-                logs += log_scale
-                total += top[i] * wi
-                scale[i] = wi / scale[i]
-        else:  # one log per 32 rows: each sum is 1 to K, their product below 2**992
-            for i in range(m):
-                total += top[i]
-            for j in range(0, m, 32):
-                product = 1.0
-                for i in range(j, min(j + 32, m)):
-                    product *= scale[i]
-                logs += math.log(product)
-            for i in range(m):
-                scale[i] = 1.0 / scale[i]
-        total += logs
-        if entropy:  # sum_k r_k log r_k = sum_k r_k d_k - log(scale), r_k = exp(d_k) / scale; times w
-            entropy_sum = 0.0
-            for i in range(m):
-                entropy_sum += dot[i] * scale[i]
-            rlr[g] += entropy_sum - logs
-        ll[g] += total
-        for k in range(first, first + K):
-            row = lp[k]
-            total = 0.0
-            for i in range(m):
-                row[i] *= scale[i]
-                total += row[i]
-            nk[k] += total
+        for i in range(m):
+            row[i] *= scale[i]
+            total += row[i]
+        nk[k] += total
 
 
 # reassoc lets LLVM vectorise the sums over a tile's rows (their order changes by

@@ -370,7 +370,8 @@ def fused_stats(
         Mixtures in ``params``, each normalised on its own.
     floor : float
         Responsibilities at or below ``exp(floor)`` times the row's largest are
-        exactly 0; below :data:`dask_em.compiled.LOWEST_FLOOR`, None is returned.
+        exactly 0; below :data:`dask_em.compiled.LOWEST_FLOOR` (full with float32
+        rows: :data:`~dask_em.compiled.LOWEST_FLOOR_32`), None is returned.
     covariance_type : str
     cache : dict, optional
         As for :func:`log_prob`; keeps the rows' shift for the block.
@@ -383,18 +384,19 @@ def fused_stats(
         :func:`suff_stats`'s statistics (float64) with ``nk`` (K,) and ``loglik``
         (groups,), the weighted sums of the rows' log-likelihoods.
     """
-    from dask_em.compiled import LOWEST_FLOOR
+    from dask_em.compiled import LOWEST_FLOOR, LOWEST_FLOOR_32
 
     means = params["means"]
     prec_chol = params["precisions_cholesky"]
-    if not floor >= LOWEST_FLOOR or fused_kernel(covariance_type, means.shape[1]) is None:
+    single = covariance_type == "full" and X.dtype == np.float32  # float32 responsibilities
+    if not floor >= (LOWEST_FLOOR_32 if single else LOWEST_FLOOR) or fused_kernel(covariance_type, means.shape[1]) is None:
         return None
     w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
     rlr = np.zeros(groups if entropy else 0)
     ref = _reference(X, cache)  # in the data's dtype; the means are taken about it in float64
     mr = means - ref.astype(np.float64)
     if covariance_type == "full":  # float32 rows stay float32: the loop computes in the data's dtype
-        X = np.ascontiguousarray(X, dtype=np.float32 if X.dtype == np.float32 else np.float64)
+        X = np.ascontiguousarray(X, dtype=np.float32 if single else np.float64)
         stats = _fused_full(X, w, prec_chol, mr, ref.astype(X.dtype), log_weights, groups, floor, rlr, cache)
     else:  # float32 rows converted here: 2x faster than in the loop
         X = np.ascontiguousarray(X, dtype=np.float64)
@@ -444,11 +446,11 @@ def _fused_full(X, w, prec_chol, mr, ref, log_weights, groups, floor, rlr, cache
     the loop takes its sums about each component's mean, which are the statistics
     :func:`suff_stats` returns: no transform back from whitened coordinates. float32
     rows are whitened and summed per tile in float32, as numpy's kernel does (1.5x
-    faster than in float64), the responsibilities, ``s1`` and the sums over tiles in
-    float64; their sums are taken about the means rounded to float32, then moved
-    exactly to the float64 means (without, a mean 4e4 from the rows' shift moved by
-    up to 3e-4 of its standard deviation every iteration, with no fixed point)."""
-    from dask_em.families._gaussian_full_numba import full_stats, full_tile_rows
+    faster than in float64), their responsibilities computed in float32 from float64
+    log-densities (:func:`~dask_em.families._gaussian_full_numba.full_stats32`), ``nk``,
+    ``s1`` and the sums over tiles in float64; their sums are taken about the means
+    rounded to float32, and the loop moves them exactly to the float64 ones."""
+    from dask_em.families._gaussian_full_numba import full_stats, full_stats32, full_tile_rows
 
     K, D = mr.shape
 
@@ -457,18 +459,17 @@ def _fused_full(X, w, prec_chol, mr, ref, log_weights, groups, floor, rlr, cache
         PT = np.tril(np.swapaxes(prec_chol, 1, 2))  # exact zeros above the diagonal: the loop's sweeps run over them
         f = -np.einsum("kd,kde->ke", mr, prec_chol)
         dt = X.dtype
-        return (np.ascontiguousarray(PT, dtype=dt), np.ascontiguousarray(f, dtype=dt),
-                np.ascontiguousarray(mr, dtype=dt), np.ascontiguousarray(const))
+        m = np.ascontiguousarray(mr, dtype=dt)
+        d = m - mr  # float32's rounding of the means (float64: none)
+        return np.ascontiguousarray(PT, dtype=dt), np.ascontiguousarray(f, dtype=dt), m, d, np.ascontiguousarray(const)
 
-    PT, f, m, c = _derived(cache, "fused-terms", terms)
+    PT, f, m, d, c = _derived(cache, "fused-terms", terms)
     s2, s1, nk, loglik = np.zeros((K, D, D)), np.zeros((K, D)), np.zeros(K), np.zeros(groups)
     tile = full_tile_rows(D, X.itemsize)
-    full_stats(X, w, ref, PT, f, m, c, int(groups), float(floor), tile, s2, s1, nk, loglik, rlr)
-    if m.dtype != np.float64:  # sums about the means rounded to float32, m: moved to the float64 ones, mr
-        d = m.astype(np.float64) - mr  # t - mr = (t - m) + d
-        cross = s1[:, :, None] * d[:, None, :]
-        s2 += cross + np.swapaxes(cross, 1, 2) + nk[:, None, None] * (d[:, :, None] * d[:, None, :])
-        s1 += nk[:, None] * d
+    if X.dtype == np.float32:
+        full_stats32(X, w, ref, PT, f, m, d, c, int(groups), float(floor), tile, s2, s1, nk, loglik, rlr)
+    else:
+        full_stats(X, w, ref, PT, f, m, c, int(groups), float(floor), tile, s2, s1, nk, loglik, rlr)
     return {"s1": s1, "s2": s2, "nk": nk, "loglik": loglik}
 
 
