@@ -75,6 +75,48 @@ def test_large_data_on_several_threads_stay_on_dask():
     assert counter.count == 0  # no threads to gain: in process
 
 
+class CountTasks(CountComputes):
+    """Also counts the tasks dask's local scheduler runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.tasks = 0
+
+    def _pretask(self, key, dsk, state):
+        self.tasks += 1
+
+
+@pytest.mark.parametrize("per_task, row_wise", [(1, False), (2, False), (2, True)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_in_memory_blocks_on_threads_run_the_graphs_tasks_bit_for_bit(per_task, row_wise, weighted):
+    """Persisted blocks on the threaded scheduler: the pass runs tree_pass's tasks as a
+    plain graph (passes._pass_of_in_memory_blocks), one graph on dask's scheduler, whose
+    callbacks see every task, with the result of ``dask.compute(tree_pass(...))`` bit
+    for bit."""
+    from dask_em.engine.passes import tree_pass
+
+    Xn = make_blobs(n=40_000, seed=4)  # above INLINE_BYTES with the weights: not in the calling thread
+    rng = np.random.default_rng(2)
+    X = da.from_array(Xn, chunks=(5_000, -1)).persist()
+    w = da.from_array(rng.uniform(0.5, 2.0, len(Xn)), chunks=5_000).persist() if weighted else None
+    family = get_family("gaussian-full")
+    resp = np.eye(3)[rng.integers(0, 3, len(Xn))]
+    zeros = {"means": np.zeros((3, Xn.shape[1]))}
+    params = family.m_step(family.suff_stats(Xn, resp, zeros), zeros, reg_covar=1e-6)
+    payload = (family, [MixtureState(np.full(3, 1 / 3), params)])
+    kw = dict(name="estep-test", extra=w, split_every=3, row_wise=row_wise, blocks_per_task=per_task)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        (expected,) = dask.compute(tree_pass(X, estep_block, payload, **kw))
+        with CountTasks() as counter:
+            got = run_pass(X, estep_block, payload, **kw)
+    _same(got, expected)
+    tasks = level = 8 // per_task  # the kernels' tasks, then a tree of fan-in 3
+    while level > 1:
+        level = -(-level // 3)
+        tasks += level
+    assert counter.count == 1 and counter.tasks == tasks
+
+
 def test_numpy_input_fits_equal_dask_input_fits_bit_for_bit():
     """The same data as NumPy (passes in process) and as a dask array of the same chunks
     (one compute per pass): the same fit, bit for bit."""

@@ -13,7 +13,7 @@ would gain nothing: the graph would run one task, the scheduler has one thread
 The result is the graph's, bit for bit: the same kernel calls on the same blocks
 (grouped into the same tasks), combined in the same tree (the same fan-in, in the
 same order), with BLAS limited to one thread where the graph's pass limits it.
-Dask input is left to dask: one ``dask.compute`` per pass.
+Dask input is left to dask: one graph per pass, run by dask's scheduler.
 """
 
 import contextlib
