@@ -3,6 +3,8 @@
 row-by-row reference written here; scikit-learn parity of whole fits with it is in
 tests/test_gaussian_parity.py."""
 
+import dataclasses
+
 import dask
 import numpy as np
 import pytest
@@ -244,6 +246,54 @@ def test_a_component_of_weight_zero_gets_nothing_and_no_nan():
     np.testing.assert_allclose(stats["nk"], nk, rtol=1e-12)
     np.testing.assert_allclose(stats["loglik"], ll, rtol=1e-12)
     np.testing.assert_allclose(stats["resp_log_resp"], rlr, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kernels", ["numpy", "numba", "auto"])
+@pytest.mark.parametrize("covariance_type, D", [("diag", 3), ("spherical", 3), ("full", 3), ("full", 65), ("tied", 3)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("floor", [FLOOR, -88.0, -720.0])
+def test_fused_slab_rows_answers_as_fused_stats_runs(kernels, covariance_type, D, dtype, floor):
+    """The E-step's longer slabs (Family.fused_slab_rows) exactly where fused_stats
+    runs its loop: a longer slab on numpy's path would hold larger work arrays."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, D)).astype(dtype)
+    cov = {"tied": np.eye(D), "full": np.stack([np.eye(D)] * 2), "diag": np.ones((2, D))}.get(covariance_type, np.ones(2))
+    params = {"means": np.asarray(X[:2], dtype=np.float64), "precisions_cholesky": cov}
+    with dask.config.set({"dask_em.kernels": kernels}):
+        runs = gaussian.fused_stats(X, None, params, np.log([0.5, 0.5]), 1, floor, covariance_type) is not None
+        rows = gaussian.fused_slab_rows(2, D, dtype, floor, covariance_type)
+    assert (rows is not None) == runs
+    if runs:
+        assert rows == max(1024, gaussian.FUSED_SLAB_BYTES // (D * np.dtype(dtype).itemsize))
+
+
+def test_the_e_step_runs_the_loop_on_longer_slabs():
+    """estep_block hands the compiled loop slabs of fused_slab_rows (8 MiB of rows),
+    numpy's kernel slabs of slab_rows; the two give the same statistics."""
+    from dask_em.engine.estep import MixtureState, estep_block, slab_rows
+    from dask_em.families import get_family
+
+    rng = np.random.default_rng(8)
+    K, D, n = 3, 4, 300_000  # 9.6 MB: two slabs for the loop, 37 for numpy's kernel
+    means, covariances, weights, prec_chol = _full_mixture(rng, K, D, 0.0)
+    X = means[rng.integers(0, K, size=n)] + rng.normal(size=(n, D))
+    family = get_family("gaussian-full")
+    states = [MixtureState(weights, {"means": means, "precisions_cholesky": prec_chol})]
+    calls = []
+
+    def counted(X, *args, **kwargs):  # the family's fused_stats, counting the rows of each call
+        calls.append(len(X))
+        return family.fused_stats(X, *args, **kwargs)
+
+    with dask.config.set({"dask_em.kernels": "numba"}):
+        (fused,) = estep_block(X, None, (dataclasses.replace(family, fused_stats=counted), states), 0)
+    with dask.config.set({"dask_em.kernels": "numpy"}):
+        (generic,) = estep_block(X, None, (family, states), 0)
+    assert calls == [gaussian.FUSED_SLAB_BYTES // (D * 8), n - gaussian.FUSED_SLAB_BYTES // (D * 8)]
+    assert slab_rows(K, D) < calls[0]
+    for key in ("nk", "s1", "s2"):
+        np.testing.assert_allclose(fused[key], generic[key], rtol=1e-10, atol=1e-8 * n)
+    np.testing.assert_allclose(fused["loglik"], generic["loglik"], rtol=1e-12)
 
 
 def test_runs_only_where_it_applies():

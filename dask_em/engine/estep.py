@@ -200,6 +200,13 @@ def _stacked(states):
     return MixtureState(weights=np.concatenate([s.weights for s in states]), params=params)
 
 
+def _floor(dtype):
+    """The E-step's floor: responsibilities below sqrt(tiny) become 0, as their products
+    with the data in the statistics' GEMMs would be subnormal numbers, on which BLAS
+    runs ~50x slower."""
+    return 0.5 * log_tiny(dtype)
+
+
 def _estep_slab(X, w, family, state, cache, groups=1, keep=None):
     """Statistics of one slab of valid rows (see :func:`estep_block`): a list of one
     dict per mixture, ``groups`` mixtures being stacked in ``state``."""
@@ -208,9 +215,7 @@ def _estep_slab(X, w, family, state, cache, groups=1, keep=None):
         if keep is not None:
             kw["keep"] = keep
         return [family.hard_stats(X, w, state.params, **kw)]
-    # responsibilities below sqrt(tiny) become 0: their products with the data in
-    # the statistics' GEMMs would be subnormal numbers, on which BLAS runs ~50x slower
-    floor = 0.5 * log_tiny(X.dtype)
+    floor = _floor(X.dtype)
     if family.fused_stats is not None:
         stats = family.fused_stats(X, w, state.params, log_weights(family, state), groups, floor, **kw)
         if stats is not None:  # one compiled loop: no (n, K) arrays
@@ -245,7 +250,8 @@ def estep_block(X, w, payload, index):
     """E-step on one row block for several mixtures at once (shared data, one read).
 
     The block is processed in slabs of :func:`slab_rows` rows so that per-row work
-    arrays stay small; statistics are summed over slabs in float64. Families that
+    arrays stay small (of the family's ``fused_slab_rows`` where its compiled loop
+    runs, which keeps none); statistics are summed over slabs in float64. Families that
     cache get one dict per mixture for the whole block; its ``"rows"`` entry is
     shared by all mixtures and renewed for every slab (work on the rows alone).
 
@@ -276,8 +282,11 @@ def estep_block(X, w, payload, index):
         mixtures = [(state, 1) for state in states]
     work = Workspace()  # the slabs' temporaries, reused (see Workspace)
     caches = [{"work": work} if family.caches else None for _ in mixtures]
-    itemsize = _compute_dtype(X.dtype, family).itemsize
-    step = slab_rows(max(len(m.weights) for m, _ in mixtures), X.shape[1], itemsize)
+    dtype = _compute_dtype(X.dtype, family)
+    n_components = max(len(m.weights) for m, _ in mixtures)
+    step = slab_rows(n_components, X.shape[1], dtype.itemsize)
+    if family.fused_slab_rows is not None and not family.hard:  # one compiled loop: longer slabs
+        step = family.fused_slab_rows(n_components, X.shape[1], dtype, _floor(dtype)) or step
     totals = None
     counts = {"weight": 0.0, "n_rows": 0, "n_nonfinite": 0, "n_bad_weight": 0}
     gaps = None

@@ -138,6 +138,13 @@ class Family:
         (a compiled kernel), with ``nk`` and ``loglik`` (groups,); also ``cache=``
         when :attr:`caches`. ``None`` from the call (the kernel does not apply or is
         turned off, see :mod:`dask_em.compiled`) or as the attribute: the generic path.
+    fused_slab_rows : callable or None
+        ``fused_slab_rows(n_components, n_features, dtype, floor) -> int or None``:
+        the rows of a slab (:func:`dask_em.engine.estep.estep_block`) where
+        ``fused_stats`` runs its kernel for those arguments, which needs no (n, K)
+        arrays, so that slabs may be longer than the generic path's; None where it
+        would not run (the generic path's slabs). It must answer as ``fused_stats``
+        does: a longer slab on the generic path would hold larger work arrays.
     caches : bool
         ``log_prob`` and ``suff_stats`` (and ``hard_stats``, ``fused_stats``) take a
         ``cache`` dict.
@@ -239,4 +246,5 @@ class Family:
     marginalize: bool = False
     hard_stats: Callable = None
     fused_stats: Callable = None
+    fused_slab_rows: Callable = None
     local: Callable = None

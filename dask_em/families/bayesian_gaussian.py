@@ -135,7 +135,7 @@ def suff_stats(X, resp, params, covariance_type, cache=None) -> Stats:
 
 
 def fused_stats(X, weights, params, log_weights, groups, floor, covariance_type, cache=None):
-    """diag and spherical: :func:`log_prob`, the responsibilities and :func:`suff_stats`
+    """diag, spherical and full: :func:`log_prob`, the responsibilities and :func:`suff_stats`
     in the Gaussian family's compiled loop (:func:`dask_em.families.gaussian.fused_stats`,
     the same log-densities with this family's constant), or None where it does not run.
     One mixture at a time (this family does not stack)."""
@@ -371,6 +371,7 @@ def _make(covariance_type, prior_type):
         check_params=bind(check_params, covariance_type=covariance_type),
         recentre=bind(gaussian.recentre, covariance_type=covariance_type),
         fused_stats=bind(fused_stats, covariance_type=covariance_type),
+        fused_slab_rows=bind(gaussian.fused_slab_rows, covariance_type=covariance_type),
         log_weights=bind(log_weights, prior_type=prior_type),
         mixing_weights=bind(mixing_weights, prior_type=prior_type),
         variational=True,

@@ -79,6 +79,12 @@ _NK_EPS = 10 * np.finfo(np.float64).eps
 #: BLAS keeps the many-feature fits, where its GEMMs are no longer thin
 #: (benchmarks/README.md).
 FUSED_FULL_FEATURES = 64
+#: Bytes of rows of a slab where the compiled E-step runs (:func:`fused_slab_rows`):
+#: its loop keeps no (n, K) arrays, so a slab is longer than the generic path's
+#: ``dask_em.engine.estep.slab_rows``. D=64 K=16 on an AMD EPYC (Zen 4), one thread:
+#: 3,264 ns a row in slabs of 2,048 rows (1 MiB), 3,121 in slabs of 16,384 (8 MiB):
+#: fewer calls, sums of slabs and part tiles (benchmarks/README.md).
+FUSED_SLAB_BYTES = 8 * 2**20
 
 
 # --------------------------------------------------------------------------- log-prob
@@ -384,12 +390,10 @@ def fused_stats(
         :func:`suff_stats`'s statistics (float64) with ``nk`` (K,) and ``loglik``
         (groups,), the weighted sums of the rows' log-likelihoods.
     """
-    from dask_em.compiled import LOWEST_FLOOR, LOWEST_FLOOR_32
-
     means = params["means"]
     prec_chol = params["precisions_cholesky"]
     single = covariance_type == "full" and X.dtype == np.float32  # float32 responsibilities
-    if not floor >= (LOWEST_FLOOR_32 if single else LOWEST_FLOOR) or fused_kernel(covariance_type, means.shape[1]) is None:
+    if not _fused_runs(covariance_type, means.shape[1], X.dtype, floor):
         return None
     w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
     rlr = np.zeros(groups if entropy else 0)
@@ -405,6 +409,23 @@ def fused_stats(
     if entropy:
         stats["resp_log_resp"] = rlr
     return stats
+
+
+def _fused_runs(covariance_type, n_features, dtype, floor):
+    """Whether :func:`fused_stats` runs its compiled loop for these arguments."""
+    from dask_em.compiled import LOWEST_FLOOR, LOWEST_FLOOR_32
+
+    lowest = LOWEST_FLOOR_32 if covariance_type == "full" and dtype == np.float32 else LOWEST_FLOOR
+    return floor >= lowest and fused_kernel(covariance_type, n_features) is not None
+
+
+def fused_slab_rows(n_components: int, n_features: int, dtype, floor: float, covariance_type: str) -> int | None:
+    """Rows of an E-step slab where :func:`fused_stats` runs its compiled loop for
+    ``n_features`` of ``dtype`` at ``floor`` (:data:`FUSED_SLAB_BYTES` of rows, at
+    least 1,024), else None (see :attr:`dask_em.families.Family.fused_slab_rows`)."""
+    if not _fused_runs(covariance_type, n_features, np.dtype(dtype), floor):
+        return None
+    return max(1024, FUSED_SLAB_BYTES // (max(n_features, 1) * np.dtype(dtype).itemsize))
 
 
 def fused_kernel(covariance_type: str, n_features: int) -> str | None:
@@ -602,6 +623,7 @@ def _make(covariance_type):
         check_params=bind(check_params, covariance_type=covariance_type),
         recentre=bind(recentre, covariance_type=covariance_type),
         fused_stats=bind(fused_stats, covariance_type=covariance_type),
+        fused_slab_rows=bind(fused_slab_rows, covariance_type=covariance_type),
         missing=missing_ops(covariance_type),
     )
 
