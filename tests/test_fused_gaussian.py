@@ -120,16 +120,23 @@ def test_full_covariance_matches_a_row_by_row_reference(n, groups, weighted, D):
     means, covariances, weights, prec_chol = (np.concatenate([p[i] for p in parts]) for i in range(4))
     X = means[rng.integers(0, K * groups, size=n)] + rng.normal(size=(n, D))
     w = rng.uniform(0.1, 3.0, size=n) if weighted else None
+    _full_stats_match(X, w, means, covariances, prec_chol, weights, groups, FLOOR,
+                      {"nk": (1e-12, 1e-12), "s1": (1e-10, 1e-11), "s2": (1e-10, 1e-11), "loglik": (1e-12, 0),
+                       "resp_log_resp": (1e-10, 1e-12)})
+
+
+def _full_stats_match(X, w, means, covariances, prec_chol, weights, groups, floor, tolerances):
+    """fused_stats's full-covariance statistics (the compiled loop) against the
+    row-by-row reference: ``tolerances[key] = (rtol, atol as a fraction of the rows'
+    weight)``."""
     params = {"means": means, "precisions_cholesky": prec_chol}
     with dask.config.set({"dask_em.kernels": "numba"}):
-        stats = gaussian.fused_stats(X, w, params, np.log(weights), groups, FLOOR, "full", entropy=True)
-    s1, s2, nk, ll, rlr = _full_reference(X, np.ones(n) if w is None else w, means, covariances, weights, groups)
+        stats = gaussian.fused_stats(X, w, params, np.log(weights), groups, floor, "full", entropy=True)
+    s1, s2, nk, ll, rlr = _full_reference(X, np.ones(len(X)) if w is None else w, means, covariances, weights, groups)
+    expected = {"nk": nk, "s1": s1, "s2": s2, "loglik": ll, "resp_log_resp": rlr}
     scale = nk.sum() / groups
-    np.testing.assert_allclose(stats["nk"], nk, rtol=1e-12, atol=1e-12 * scale)
-    np.testing.assert_allclose(stats["s1"], s1, rtol=1e-10, atol=1e-11 * scale)
-    np.testing.assert_allclose(stats["s2"], s2, rtol=1e-10, atol=1e-11 * scale)
-    np.testing.assert_allclose(stats["loglik"], ll, rtol=1e-12)
-    np.testing.assert_allclose(stats["resp_log_resp"], rlr, rtol=1e-10, atol=1e-12 * scale)
+    for key, (rtol, atol) in tolerances.items():
+        np.testing.assert_allclose(stats[key], expected[key], rtol=rtol, atol=atol * scale, err_msg=key)
 
 
 # float32 rows: diag computes in float64 (the reference takes the same float32 values);
@@ -182,17 +189,9 @@ def test_float32_full_covariance_with_weights_groups_and_entropy(n, groups, weig
     means = means.astype(np.float32).astype(np.float64)
     X = (means[rng.integers(0, K * groups, size=n)] + rng.normal(size=(n, D))).astype(np.float32)
     w = rng.uniform(0.1, 3.0, size=n) if weighted else None
-    params = {"means": means, "precisions_cholesky": prec_chol}
-    with dask.config.set({"dask_em.kernels": "numba"}):
-        stats = gaussian.fused_stats(X, w, params, np.log(weights), groups, 0.5 * log_tiny(np.float32), "full",
-                                     entropy=True)
-    s1, s2, nk, ll, rlr = _full_reference(X, np.ones(n) if w is None else w, means, covariances, weights, groups)
-    scale = nk.sum() / groups
-    np.testing.assert_allclose(stats["nk"], nk, rtol=1e-6, atol=1e-6 * scale)
-    np.testing.assert_allclose(stats["s1"], s1, rtol=1e-5, atol=1e-6 * scale)
-    np.testing.assert_allclose(stats["s2"], s2, rtol=1e-5, atol=1e-6 * scale)
-    np.testing.assert_allclose(stats["loglik"], ll, rtol=1e-7)
-    np.testing.assert_allclose(stats["resp_log_resp"], rlr, rtol=1e-5, atol=1e-6 * scale)
+    _full_stats_match(X, w, means, covariances, prec_chol, weights, groups, 0.5 * log_tiny(np.float32),
+                      {"nk": (1e-6, 1e-6), "s1": (1e-5, 1e-6), "s2": (1e-5, 1e-6), "loglik": (1e-7, 0),
+                       "resp_log_resp": (1e-5, 1e-6)})
 
 
 def test_float32_sums_are_about_the_float64_means():

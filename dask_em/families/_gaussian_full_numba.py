@@ -187,6 +187,15 @@ def _sums_about_means(R, t, u, mr, m, ry, ry2, W, s1, zero):  # pragma: no cover
 
 
 @numba.njit(**_INLINE)
+def _sizes(X, w, PT, groups, rlr):  # pragma: no cover - compiled
+    """``n``, ``D``, ``G * K``, ``K``, whether the rows are weighted, whether the entropy
+    terms are asked for (the arguments of :func:`full_stats`)."""
+    n, D = X.shape
+    KG = PT.shape[0]
+    return n, D, KG, KG // groups, w.shape[0] == n, rlr.shape[0] == groups
+
+
+@numba.njit(**_INLINE)
 def _tile_scratch(D, tile, KG, dt):  # pragma: no cover - compiled
     """``t``, ``u`` (D, tile), ``y`` (4, tile), ``ry``, ``ry2``, ``q`` (tile,) in the
     rows' dtype ``dt``, ``lp`` (KG, tile) float64, and 0 in ``dt``."""
@@ -246,11 +255,7 @@ def full_stats(X, w, ref, PT, f, mr, c, groups, floor, tile, W, s1, nk, ll, rlr)
     nk, ll, rlr
         As for :func:`~dask_em.families._gaussian_numba.diag_stats`.
     """
-    n, D = X.shape
-    KG = PT.shape[0]
-    K = KG // groups
-    weighted = w.shape[0] == n
-    entropy = rlr.shape[0] == groups
+    n, D, KG, K, weighted, entropy = _sizes(X, w, PT, groups, rlr)
     t, u, y, ry, ry2, q, lp, zero = _tile_scratch(D, tile, KG, X.dtype)
     saved, dot, top, scale, bits, red = _scratch(tile, entropy)
     for start in range(0, n, tile):
@@ -282,11 +287,7 @@ def full_stats32(X, w, ref, PT, f, mr, d, c, groups, floor, tile, W, s1, nk, ll,
     rows' squares rounded to float32, ``6e-8 |y_k|**2``), and they enter the sums in
     float32 as before. With float64 responsibilities the loop took 92-94 ns a row at
     D=16 K=8, 87-89 with these (AMD EPYC, Zen 4)."""
-    n, D = X.shape
-    KG = PT.shape[0]
-    K = KG // groups
-    weighted = w.shape[0] == n
-    entropy = rlr.shape[0] == groups
+    n, D, KG, K, weighted, entropy = _sizes(X, w, PT, groups, rlr)
     t, u, y, ry, ry2, q, lp, zero = _tile_scratch(D, tile, KG, X.dtype)
     sums, firsts, counts = np.zeros((KG, D, D)), np.zeros((KG, D)), np.zeros(KG)  # this call's, to be moved
     R = np.empty((KG, tile), X.dtype)
