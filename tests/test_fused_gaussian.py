@@ -256,7 +256,8 @@ def test_fused_slab_rows_answers_as_fused_stats_runs(kernels, covariance_type, D
     runs its loop: a longer slab on numpy's path would hold larger work arrays."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(50, D)).astype(dtype)
-    cov = {"tied": np.eye(D), "full": np.stack([np.eye(D)] * 2), "diag": np.ones((2, D))}.get(covariance_type, np.ones(2))
+    factors = {"tied": np.eye(D), "full": np.stack([np.eye(D)] * 2), "diag": np.ones((2, D)), "spherical": np.ones(2)}
+    cov = factors[covariance_type]
     params = {"means": np.asarray(X[:2], dtype=np.float64), "precisions_cholesky": cov}
     with dask.config.set({"dask_em.kernels": kernels}):
         runs = gaussian.fused_stats(X, None, params, np.log([0.5, 0.5]), 1, floor, covariance_type) is not None

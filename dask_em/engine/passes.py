@@ -315,9 +315,10 @@ def _pass_of_in_memory_blocks(X, kernel, payload, kwargs):
     """The pass of :func:`tree_pass`'s tasks over ``X``'s blocks held in memory (and the
     weights', ``kwargs["extra"]``), run by ``dask.threaded.get`` on a plain dict: the
     same tasks, the same tree, the same bits, on dask's threaded scheduler (its pool,
-    its callbacks), without building a collection for ``dask.compute`` to optimise.
-    That cost about 0.7 ms of a pass's 3.4 ms fixed cost (N=1e6 D=16, 4 to 8 blocks;
-    benchmarks/README.md). ``_NOT_IN_PROCESS`` when a block is not in memory."""
+    its callbacks), without building a collection for ``dask.compute`` to tokenize and
+    optimise: the gap between a fit's passes went from 3.3-3.5 to 1.2-1.3 ms (N=1e6
+    D=16, 4 to 8 blocks; benchmarks/README.md). ``_NOT_IN_PROCESS`` when a block is not
+    in memory."""
     blocks = inline.in_memory_blocks(X)
     extra = kwargs.get("extra")
     extras = [None] * X.numblocks[0]
