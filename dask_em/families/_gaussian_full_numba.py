@@ -119,9 +119,9 @@ def _log_densities(t, PT, f, m, y, q, lp, zero):  # pragma: no cover - compiled
 def _sums_about_means(R, t, u, mr, m, ry, ry2, W, s1, zero):  # pragma: no cover - compiled
     """Per component, the rows about its mean ``u = t - mr_k`` (``u``: scratch like
     ``t``), and, with its responsibilities ``R[k, :m]`` (the rows' dtype), ``sum_i
-    r_ik u_i`` (summed in float64) added to ``s1`` and the upper triangle of
-    ``sum_i r_ik u_i u_i^T`` (two rows by four columns a sweep, in the rows' dtype) to
-    ``W``. ``ry``, ``ry2``: scratch of a tile."""
+    r_ik u_i`` added to ``s1`` and the upper triangle of ``sum_i r_ik u_i u_i^T`` (two
+    rows by four columns a sweep) to ``W``, both summed over the tile in the rows' dtype.
+    ``ry``, ``ry2``: scratch of a tile."""
     KG, D = mr.shape
     for k in range(KG):
         r = R[k]
@@ -129,7 +129,7 @@ def _sums_about_means(R, t, u, mr, m, ry, ry2, W, s1, zero):  # pragma: no cover
             td = t[d]
             ud = u[d]
             md = mr[k, d]
-            total = 0.0  # in float64: the mean's update is this sum over the count, near 0 at convergence
+            total = zero  # per tile in the rows' dtype, as W; across tiles in float64
             for i in range(m):
                 v = td[i] - md
                 ud[i] = v
@@ -251,7 +251,7 @@ def full_stats(X, w, ref, PT, f, mr, c, groups, floor, tile, W, s1, nk, ll, rlr)
         ``sum_i r_ik u_ik u_ik^T``, weighted by ``w``: added to the upper triangle,
         which is then copied to the lower one.
     s1 : ndarray (G * K, D) float64
-        ``sum_i r_ik u_ik``, weighted, summed in float64 (per tile too).
+        ``sum_i r_ik u_ik``, weighted.
     nk, ll, rlr
         As for :func:`~dask_em.families._gaussian_numba.diag_stats`.
     """

@@ -468,8 +468,8 @@ def _fused_full(X, w, prec_chol, mr, ref, log_weights, groups, floor, rlr, cache
     :func:`suff_stats` returns: no transform back from whitened coordinates. float32
     rows are whitened and summed per tile in float32, as numpy's kernel does (1.5x
     faster than in float64), their responsibilities computed in float32 from float64
-    log-densities (:func:`~dask_em.families._gaussian_full_numba.full_stats32`), ``nk``,
-    ``s1`` and the sums over tiles in float64; their sums are taken about the means
+    log-densities (:func:`~dask_em.families._gaussian_full_numba.full_stats32`), ``nk``
+    and the sums over tiles in float64; their sums are taken about the means
     rounded to float32, and the loop moves them exactly to the float64 ones."""
     from dask_em.families._gaussian_full_numba import full_stats, full_stats32, full_tile_rows
 
