@@ -54,6 +54,7 @@ _SHIFTER_32 = np.float32(12582912.0)  # 1.5 * 2**23
 _EXP_BIAS_32 = np.int32(127 << 23)
 _DEGREE_32 = 7
 _C32 = _C[: _DEGREE_32 + 1].astype(np.float32)
+_X_MAX_32 = np.float32(88.0)  # above, 2**k would overflow float32's exponent (exp overflows at 88.72)
 
 
 _OPTIONS = dict(nogil=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
@@ -162,8 +163,9 @@ def _exp_rows32(a, r, first, K, m, floor, top, total, bits, red, saved, dot):  #
     ``r[first : first + K, :m]`` (float32) ``exp(a - top)``, the difference rounded to
     float32 (an absolute error of at most ``|a - top| * 6e-8``, below that of
     log-densities from float32 rows), exactly 0 at or below ``floor`` (at least
-    :data:`dask_em.compiled.LOWEST_FLOOR_32`); ``total``, ``bits``, ``red``, ``saved``, ``dot``: float32,
-    as for :func:`_exp_rows`."""
+    :data:`dask_em.compiled.LOWEST_FLOOR_32`), ``inf`` above 88 (a column whose largest
+    is not finite, as :func:`_exp_rows`); ``total``, ``bits``, ``red``, ``saved``,
+    ``dot``: float32, as for :func:`_exp_rows`."""
     entropy = dot.shape[0] >= m
     fl = np.float32(floor)
     zero = np.float32(0.0)
@@ -178,9 +180,9 @@ def _exp_rows32(a, r, first, K, m, floor, top, total, bits, red, saved, dot):  #
         row = a[k]
         out = r[k]
         for i in range(m):  # as _exp_tile: the reduced argument and 2**k's bits, in three loops
-            x = np.float32(row[i] - top[i])
+            x = np.float32(row[i] - top[i])  # at most 0, but where the column's largest is not finite
             out[i] = x
-            x = fl if x < fl else x
+            x = fl if x < fl else (_X_MAX_32 if x > _X_MAX_32 else x)
             shifted = x * _LOG2E_32 + _SHIFTER_32
             n = shifted - _SHIFTER_32
             red[i] = (x - n * _LN2_HI_32) - n * _LN2_LO_32
@@ -195,7 +197,8 @@ def _exp_rows32(a, r, first, K, m, floor, top, total, bits, red, saved, dot):  #
             p = _C32[_DEGREE_32]
             for d in range(_DEGREE_32 - 1, -1, -1):
                 p = p * v + _C32[d]
-            e = zero if out[i] <= fl else p * bits[i]
+            x = out[i]
+            e = np.float32(np.inf) if x > _X_MAX_32 else (zero if x <= fl else p * bits[i])
             out[i] = e
             total[i] += e
         if entropy:

@@ -88,12 +88,23 @@ class CountTasks(CountComputes):
 
 @pytest.mark.parametrize("per_task, row_wise", [(1, False), (2, False), (2, True)])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_in_memory_blocks_on_threads_run_the_graphs_tasks_bit_for_bit(per_task, row_wise, weighted):
+def test_in_memory_blocks_on_threads_run_the_graphs_tasks_bit_for_bit(per_task, row_wise, weighted, monkeypatch):
     """Persisted blocks on the threaded scheduler: the pass runs tree_pass's tasks as a
     plain graph (passes._pass_of_in_memory_blocks), one graph on dask's scheduler, whose
     callbacks see every task, with the result of ``dask.compute(tree_pass(...))`` bit
     for bit."""
+    from dask_em.engine import passes
     from dask_em.engine.passes import tree_pass
+
+    taken = []
+    plain = passes._pass_of_in_memory_blocks
+
+    def watched(*args):  # the plain graph's path, and whether it ran the pass
+        result = plain(*args)
+        taken.append(result is not passes._NOT_IN_PROCESS)
+        return result
+
+    monkeypatch.setattr(passes, "_pass_of_in_memory_blocks", watched)
 
     Xn = make_blobs(n=40_000, seed=4)  # above INLINE_BYTES with the weights: not in the calling thread
     rng = np.random.default_rng(2)
@@ -110,6 +121,7 @@ def test_in_memory_blocks_on_threads_run_the_graphs_tasks_bit_for_bit(per_task, 
         with CountTasks() as counter:
             got = run_pass(X, estep_block, payload, **kw)
     _same(got, expected)
+    assert taken == [True]
     tasks = level = 8 // per_task  # the kernels' tasks, then a tree of fan-in 3
     while level > 1:
         level = -(-level // 3)

@@ -139,6 +139,19 @@ def test_float32_exp_is_within_an_ulp_of_float32():
     assert np.all(r[0] == 1.0) and np.all(top == 0.0)
     np.testing.assert_array_equal(total, np.float32(1.0) + r[1])
     np.testing.assert_allclose(dot, r[1] * np.maximum(x, floor).astype(np.float32), rtol=1e-6)
+    # columns whose largest is not finite, and a finite one, as the float64 exp_rows gives them
+    from dask_em._exp_numba import TILE, exp_rows
+
+    special = np.array([[np.inf, np.nan, 100.0, -np.inf], [-1.0, -1.0, 5.0, -np.inf]])
+    r = np.empty((2, 4), np.float32)
+    scratch = [np.empty(4, np.float32) for _ in range(4)]
+    exp_rows32(special, r, 0, 2, 4, floor, np.empty(4), scratch[0], scratch[1], scratch[2], scratch[3],
+               np.empty(0, np.float32))
+    wide = special.copy()
+    exp_rows(wide, 0, 2, 0, 4, floor, np.empty(4), np.empty(4), np.empty(TILE), np.empty(TILE), np.empty(4),
+             np.empty(0))
+    np.testing.assert_allclose(r, wide.astype(np.float32), rtol=1e-7)  # inf, NaN and 0 where float64 has them
+    assert r[0, 0] == np.inf and np.isnan(r[0, 1]) and r[0, 2] == 1.0 and r[1, 2] == 0.0
 
 
 def test_numpys_exp_meets_the_same_reference():

@@ -318,15 +318,17 @@ def _pass_of_in_memory_blocks(X, kernel, payload, kwargs):
     its callbacks), without building a collection for ``dask.compute`` to tokenize and
     optimise: the gap between a fit's passes went from 3.3-3.5 to 1.2-1.3 ms (N=1e6
     D=16, 4 to 8 blocks; benchmarks/README.md). ``_NOT_IN_PROCESS`` when a block is not
-    in memory."""
+    in memory. Unlike :func:`_pass_in_process`, it does not depend on
+    :func:`~dask_em.engine.inline.in_process`: the tasks still run on dask's scheduler."""
     blocks = inline.in_memory_blocks(X)
+    if blocks is None:
+        return _NOT_IN_PROCESS
     extra = kwargs.get("extra")
     extras = [None] * X.numblocks[0]
     if extra is not None:
-        extra = extra.rechunk((X.chunks[0],))
-        extras = inline.in_memory_blocks(extra)
-    if blocks is None or extras is None:
-        return _NOT_IN_PROCESS
+        extras = inline.in_memory_blocks(extra.rechunk((X.chunks[0],)))
+        if extras is None:
+            return _NOT_IN_PROCESS
     name = kwargs.get("name", "pass")
     token = next(_local_passes)  # keys unique in the graph; not a hash of the payload (~1 ms at D=64 K=16)
     payload_key = f"{name}-params-{token}"

@@ -70,7 +70,9 @@ def _normalised(r, g, K, start, m, w, weighted, top, scale, dot, entropy, nk, ll
     log-densities ``top``, become responsibilities times the rows' weights, in place;
     adds their sums to ``nk``, the rows' log-likelihoods to ``ll[g]`` and the entropy
     terms to ``rlr[g]`` (``dot``: see :func:`dask_em._exp_numba._exp_rows`). The sums
-    are float64 whatever ``r``'s dtype."""
+    are float64 whatever ``r``'s dtype. Inlined into the full-covariance kernels too
+    (after editing it in a source checkout, delete their ``__pycache__`` entries, as
+    for :func:`_responsibilities`)."""
     first = g * K
     total = 0.0
     logs = 0.0  # sum_i w_i log(scale_i)

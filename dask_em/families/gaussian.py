@@ -81,9 +81,10 @@ _NK_EPS = 10 * np.finfo(np.float64).eps
 FUSED_FULL_FEATURES = 64
 #: Bytes of rows of a slab where the compiled E-step runs (:func:`fused_slab_rows`):
 #: its loop keeps no (n, K) arrays, so a slab is longer than the generic path's
-#: ``dask_em.engine.estep.slab_rows``. D=64 K=16 on an AMD EPYC (Zen 4), one thread:
-#: 3,264 ns a row in slabs of 2,048 rows (1 MiB), 3,121 in slabs of 16,384 (8 MiB):
-#: fewer calls, sums of slabs and part tiles (benchmarks/README.md).
+#: ``dask_em.engine.estep.slab_rows`` (whose (rows, K, D) work arrays stay near 16 MiB:
+#: 2,048 rows at D=64 K=16). D=64 K=16 on an AMD EPYC (Zen 4), one thread: 3,264 ns a
+#: row in slabs of 2,048 rows, 3,121 in slabs of 16,384 (8 MiB): fewer calls, sums of
+#: slabs and part tiles (benchmarks/README.md).
 FUSED_SLAB_BYTES = 8 * 2**20
 
 
@@ -421,11 +422,14 @@ def _fused_runs(covariance_type, n_features, dtype, floor):
 
 def fused_slab_rows(n_components: int, n_features: int, dtype, floor: float, covariance_type: str) -> int | None:
     """Rows of an E-step slab where :func:`fused_stats` runs its compiled loop for
-    ``n_features`` of ``dtype`` at ``floor`` (:data:`FUSED_SLAB_BYTES` of rows, at
-    least 1,024), else None (see :attr:`dask_em.families.Family.fused_slab_rows`)."""
+    ``n_features`` of ``dtype`` at ``floor``, else None (see
+    :attr:`dask_em.families.Family.fused_slab_rows`): :data:`FUSED_SLAB_BYTES` of the
+    rows as the loop reads them (diag and spherical convert float32 rows to float64)
+    and of their float64 weights, at least 1,024."""
     if not _fused_runs(covariance_type, n_features, np.dtype(dtype), floor):
         return None
-    return max(1024, FUSED_SLAB_BYTES // (max(n_features, 1) * np.dtype(dtype).itemsize))
+    itemsize = np.dtype(dtype).itemsize if covariance_type == "full" else 8
+    return max(1024, FUSED_SLAB_BYTES // (max(n_features, 1) * itemsize + 8))
 
 
 def fused_kernel(covariance_type: str, n_features: int) -> str | None:
