@@ -14,7 +14,7 @@ full-covariance E-step needs, ``2 K D^2`` flops a row (a triangle each). It whit
 and sums each tile in the data's dtype, float64 or float32 (:func:`full_stats32`,
 whose responsibilities are float32 too), the sums over tiles in float64. Per row of a
 block, one thread (benchmarks/README.md): on an AMD EPYC (Zen 4), D=16 K=8 161-171 ns
-(float32 87-89), D=64 K=16 2,980-3,050, about 85% of a square GEMM's rate on one core
+(float32 85-87), D=64 K=16 2,980-3,050, about 85% of a square GEMM's rate on one core
 (float32 1,580-1,650); on an Intel Xeon
 (AVX-512), before the tiles of 384 rows and the sums about the means, D=16 K=8 213-282
 against numpy's 573-697 ns.
@@ -286,7 +286,8 @@ def full_stats32(X, w, ref, PT, f, mr, d, c, groups, floor, tile, W, s1, nk, ll,
     ``|d| exp(d) 6e-8``), is below that of the log-densities themselves (the whitened
     rows' squares rounded to float32, ``6e-8 |y_k|**2``), and they enter the sums in
     float32 as before. With float64 responsibilities the loop took 92-94 ns a row at
-    D=16 K=8, 87-89 with these (AMD EPYC, Zen 4)."""
+    D=16 K=8, 87-89 with these, 85-87 with ``s1`` summed per tile in float32 too (AMD
+    EPYC, Zen 4)."""
     n, D, KG, K, weighted, entropy = _sizes(X, w, PT, groups, rlr)
     t, u, y, ry, ry2, q, lp, zero = _tile_scratch(D, tile, KG, X.dtype)
     sums, firsts, counts = np.zeros((KG, D, D)), np.zeros((KG, D)), np.zeros(KG)  # this call's, to be moved
