@@ -279,12 +279,9 @@ class BlockPasses:
         split_every = split_every or split_every_default()
         token = _pass_token(self.X.name, None if self.extra is None else self.extra.name, tuple(blocks), kernel,
                             payload, combine, split_every, row_wise)
-        payload_key = f"{name}-params-{token}"
         keys = [(self.X.name, int(i), 0) for i in blocks]
         extras = [None] * len(keys) if self.extra is None else [(self.extra.name, int(i)) for i in blocks]
-        layer, root = _pass_tasks(keys, extras, kernel, payload_key, f"{name}-{token}", f"{name}-combine-{token}",
-                                  combine, split_every, 1, row_wise)
-        layer.update(delayed(payload, name=payload_key, traverse=False).__dask_graph__())  # as tree_pass ships it
+        layer, root = _plain_pass(keys, extras, kernel, payload, name, token, combine, split_every, 1, row_wise)
         graph, _ = cull(collections.ChainMap(layer, self._graph), [root])
         with blas_limited():
             result = dask.threaded.get(graph, root)
@@ -329,18 +326,26 @@ def _pass_of_in_memory_blocks(X, kernel, payload, kwargs):
         extras = inline.in_memory_blocks(extra.rechunk((X.chunks[0],)))
         if extras is None:
             return _NOT_IN_PROCESS
-    name = kwargs.get("name", "pass")
     token = next(_local_passes)  # keys unique in the graph; not a hash of the payload (~1 ms at D=64 K=16)
-    payload_key = f"{name}-params-{token}"
-    layer, root = _pass_tasks(blocks, extras, kernel, payload_key, f"{name}-{token}", f"{name}-combine-{token}",
+    layer, root = _plain_pass(blocks, extras, kernel, payload, kwargs.get("name", "pass"), token,
                               kwargs.get("combine", add_stats), kwargs.get("split_every") or split_every_default(),
                               kwargs["blocks_per_task"], kwargs.get("row_wise", False))
-    layer.update(delayed(payload, name=payload_key, traverse=False).__dask_graph__())
     with blas_limited():
         return dask.threaded.get(layer, root)
 
 
 _local_passes = itertools.count()
+
+
+def _plain_pass(blocks, extras, kernel, payload, name, token, combine, split_every, blocks_per_task, row_wise):
+    """:func:`_pass_tasks` with the payload shipped as :func:`tree_pass` ships it, for
+    ``dask.threaded.get``: the dict and the key of its root, the keys named as
+    :func:`tree_pass` names them (``name``, ``token``)."""
+    payload_key = f"{name}-params-{token}"
+    layer, root = _pass_tasks(blocks, extras, kernel, payload_key, f"{name}-{token}", f"{name}-combine-{token}",
+                              combine, split_every, blocks_per_task, row_wise)
+    layer.update(delayed(payload, name=payload_key, traverse=False).__dask_graph__())
+    return layer, root
 
 
 def _pass_in_process(X, kernel, payload, threads, scheduler, kwargs):

@@ -257,7 +257,7 @@ def full_stats(X, w, ref, PT, f, mr, c, groups, floor, tile, W, s1, nk, ll, rlr)
     """
     n, D, KG, K, weighted, entropy = _sizes(X, w, PT, groups, rlr)
     t, u, y, ry, ry2, q, lp, zero = _tile_scratch(D, tile, KG, X.dtype)
-    saved, dot, top, scale, bits, red = _scratch(tile, entropy)
+    saved, dot, top, scale, bits, red = _scratch(tile, entropy, np.float64)
     for start in range(0, n, tile):
         m = min(tile, n - start)
         _shifted_tile(X, ref, start, m, t, lp, c)
@@ -292,9 +292,7 @@ def full_stats32(X, w, ref, PT, f, mr, d, c, groups, floor, tile, W, s1, nk, ll,
     t, u, y, ry, ry2, q, lp, zero = _tile_scratch(D, tile, KG, X.dtype)
     sums, firsts, counts = np.zeros((KG, D, D)), np.zeros((KG, D)), np.zeros(KG)  # this call's, to be moved
     R = np.empty((KG, tile), X.dtype)
-    saved, dot, total, bits, red = np.empty(tile, X.dtype), np.zeros(tile if entropy else 0, X.dtype), \
-        np.empty(tile, X.dtype), np.empty(tile, X.dtype), np.empty(tile, X.dtype)
-    top = np.empty(tile)
+    saved, dot, top, total, bits, red = _scratch(tile, entropy, X.dtype)
     for start in range(0, n, tile):
         m = min(tile, n - start)
         _shifted_tile(X, ref, start, m, t, lp, c)

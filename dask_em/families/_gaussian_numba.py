@@ -24,11 +24,12 @@ import numpy as np
 from dask_em._exp_numba import compiled, exp_rows, tile_rows
 
 @numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
-def _scratch(tile, entropy):  # pragma: no cover - compiled
-    """The responsibilities' scratch arrays of a tile (:func:`_responsibilities`):
-    ``saved``, ``dot`` (empty without the entropy sums), ``top``, ``scale``, ``bits``, ``red``."""
-    dot = np.zeros(tile if entropy else 0)
-    return np.empty(tile), dot, np.empty(tile), np.empty(tile), np.empty(tile), np.empty(tile)
+def _scratch(tile, entropy, dt):  # pragma: no cover - compiled
+    """The responsibilities' scratch arrays of a tile (:func:`_responsibilities`), in the
+    responsibilities' dtype ``dt`` but ``top`` (float64): ``saved``, ``dot`` (empty
+    without the entropy sums), ``top``, ``scale``, ``bits``, ``red``."""
+    dot = np.zeros(tile if entropy else 0, dt)
+    return np.empty(tile, dt), dot, np.empty(tile), np.empty(tile, dt), np.empty(tile, dt), np.empty(tile, dt)
 
 
 @numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
@@ -151,7 +152,7 @@ def diag_stats(X, w, ref, A, B, c, groups, floor, tile, s2, s1, nk, ll, rlr):  #
     entropy = rlr.shape[0] == groups
     t = np.empty((D, tile))
     lp = np.empty((KG, tile))
-    saved, dot, top, scale, bits, red = _scratch(tile, entropy)
+    saved, dot, top, scale, bits, red = _scratch(tile, entropy, np.float64)
     for start in range(0, n, tile):
         m = min(tile, n - start)
         _shifted_tile(X, ref, start, m, t, lp, c)
